@@ -1,0 +1,152 @@
+"""`ReplayBuffer`: the ring of past batches that backward-SGD replays."""
+
+import keras
+import tensorflow as tf
+
+STATIC_SHAPE_HINT = (
+    "Backward-SGD keeps past batches in fixed-size buffers, so every batch "
+    "must have the same static shape and dtype. Batch a tf.data pipeline "
+    "with `.batch(batch_size, drop_remainder=True)`, or pass NumPy arrays "
+    "whose length is a multiple of `batch_size`."
+)
+
+
+class ReplayBuffer:
+    """A ring of `capacity` batches, each with its frozen learning rate.
+
+    Every leaf of the batch structure (inputs, targets, sample weights) gets
+    one `tf.Variable` of shape `[capacity, *leaf.shape]` in the leaf's own
+    dtype (uint8 images stay uint8). Slots are written with a scatter and read
+    with a gather, so under XLA no buffer index is a compile-time constant
+    and the step function compiles once.
+
+    Args:
+        capacity: Number of slots.
+        spec: The batch structure, a nest of `tf.TensorSpec` with fully
+            defined shapes.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> spec = (tf.TensorSpec((2, 3), "float32"), tf.TensorSpec((2,), "int32"))
+    >>> buf = ReplayBuffer(4, spec)
+    >>> buf.write(1, (tf.ones((2, 3)), tf.constant([1, 2])), 0.1)
+    >>> batch, lr = buf.read(1)
+    >>> batch[1].numpy().tolist(), round(float(lr), 3)
+    ([1, 2], 0.1)
+    """
+
+    def __init__(self, capacity, spec):
+        self.capacity = int(capacity)
+        self.spec = spec
+        with tf.init_scope():
+            # Leaves that are None (no targets, no sample weights) hold nothing.
+            self._slots = [
+                None
+                if s is None
+                else tf.Variable(
+                    tf.zeros((self.capacity, *s.shape), s.dtype),
+                    trainable=False,
+                    name=f"replay_{path or 'batch'}",
+                )
+                for path, s in _flatten_with_names(spec)
+            ]
+            self.learning_rates = tf.Variable(
+                tf.zeros((self.capacity,), "float32"),
+                trainable=False,
+                name="replay_learning_rates",
+            )
+            # The step that found the buffer full (exact mode), 0 if none.
+            self.rejected_step = tf.Variable(
+                tf.constant(0, "int64"), trainable=False, name="replay_rejected"
+            )
+
+    @property
+    def nbytes(self):
+        """Bytes held by the batch slots (all leaves, all slots)."""
+        return sum(
+            v.shape.num_elements() * v.dtype.size for v in self._slots if v is not None
+        )
+
+    @staticmethod
+    def spec_of(batch):
+        """The static `tf.TensorSpec` nest of `batch`, checked to be fully defined.
+
+        Raises:
+            ValueError: if any leaf has an unknown dimension.
+        """
+        spec = keras.tree.map_structure(
+            lambda t: None if t is None else tf.TensorSpec.from_tensor(t), batch
+        )
+        for path, s in _flatten_with_names(spec):
+            if s is not None and not s.shape.is_fully_defined():
+                raise ValueError(
+                    f"{STATIC_SHAPE_HINT} Received: a batch whose element "
+                    f"'{path or 'batch'}' has shape {tuple(s.shape)} (None is "
+                    "a dimension that can vary, e.g. a partial last batch)."
+                )
+        return spec
+
+    def check(self, batch):
+        """Raises `ValueError` unless `batch` matches the buffer's structure."""
+        spec = self.spec_of(batch)
+        try:
+            keras.tree.assert_same_structure(spec, self.spec)
+            same = all(
+                (a is None and b is None)
+                or (a is not None and b is not None and a.shape == b.shape
+                    and a.dtype == b.dtype)
+                for a, b in zip(keras.tree.flatten(spec), keras.tree.flatten(self.spec))
+            )
+        except (ValueError, TypeError):
+            same = False
+        if not same:
+            raise ValueError(
+                f"{STATIC_SHAPE_HINT} The replay buffer holds batches of "
+                f"{_describe(self.spec)}. Received: a batch of {_describe(spec)}."
+            )
+
+    def write(self, slot, batch, learning_rate):
+        """Stores `batch` and its frozen `learning_rate` in `slot`."""
+        slot = tf.reshape(tf.cast(slot, "int64"), [1])
+        for var, leaf in zip(self._slots, keras.tree.flatten(batch)):
+            if var is not None:
+                var.scatter_update(tf.IndexedSlices(leaf[None], slot))
+        self.learning_rates.scatter_update(
+            tf.IndexedSlices(tf.reshape(learning_rate, [1]), slot)
+        )
+
+    def reject(self, step):
+        """Records that `step` found the buffer full; nothing else changes."""
+        self.rejected_step.assign(tf.cast(step, "int64"))
+        return tf.constant(0)
+
+    def pop_rejected_step(self):
+        """Returns (on the host) and clears the step recorded by `reject`."""
+        step = int(self.rejected_step.numpy())
+        if step:
+            self.rejected_step.assign(0)
+        return step
+
+    def read(self, slot):
+        """Returns `(batch, learning_rate)` stored in `slot`."""
+        leaves = [None if v is None else tf.gather(v, slot) for v in self._slots]
+        batch = keras.tree.pack_sequence_as(self.spec, leaves)
+        return batch, tf.gather(self.learning_rates, slot)
+
+
+def _flatten_with_names(spec):
+    """`(name, leaf)` pairs, names like "0/1" or "0/image", in tree order."""
+    return [
+        ("/".join(str(p) for p in path), leaf)
+        for path, leaf in keras.tree.flatten_with_path(spec)
+    ]
+
+
+def _describe(spec):
+    leaves = _flatten_with_names(spec)
+    return ", ".join(
+        f"{path or 'batch'}: "
+        + ("None" if s is None else f"{tuple(s.shape)} {s.dtype.name}")
+        for path, s in leaves
+    )

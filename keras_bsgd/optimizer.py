@@ -1,0 +1,242 @@
+"""`BackwardSGD`: the Keras optimizer that holds backward-SGD's settings and state."""
+
+import numbers
+
+import keras
+import tensorflow as tf
+
+WRAP_HINT = (
+    "BackwardSGD replays buffered batches, which needs the replaying trainer "
+    "of keras_bsgd: build the model with `keras_bsgd.Model` / "
+    "`keras_bsgd.Sequential`, or wrap an existing model with "
+    "`model = keras_bsgd.wrap(model)` before `compile()`."
+)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@keras.saving.register_keras_serializable(package="keras_bsgd")
+class BackwardSGD(keras.optimizers.SGD):
+    """Backward-SGD: SGD whose per-batch updates are composed newest-first.
+
+    Ordinary (forward) SGD applies the update map `T_i` of batch `i` to the
+    previous iterate, `S_k = T_k(S_{k-1})`. Backward-SGD composes the same maps
+    in reverse order: every step restarts from an anchor state and replays the
+    buffered batches newest-first. In contractive regions its iterates converge
+    to a point, where forward SGD keeps moving with a stationary spread
+    (Dherin et al., 2025). Each `T_i` is one step of Keras `SGD` (with momentum,
+    Nesterov, clipping and weight decay as configured) on batch `i`, frozen
+    when the batch arrives: its learning rate is the schedule's value at the
+    step the batch arrived.
+
+    ```
+    exact (window=None):  S~_k = T_1(T_2(... T_k(S_0)))
+    windowed (window=w):  A_k  = T_{k-w}(... T_1(S_0))       # the anchor
+                          S~_k = T_{k-w+1}(... T_k(A_k))
+    ```
+
+    The training state `S` is the trainable weights and the momentum slots.
+    `window=1` is forward SGD step for step; a window at least as long as the
+    run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
+    plus one to advance the anchor once `k > w` (exact mode: `k`).
+
+    This optimizer only holds settings and state; the replay itself runs in the
+    trainer of `keras_bsgd.Model`, `keras_bsgd.Sequential` or
+    `keras_bsgd.wrap(model)`. Compiling a plain `keras.Model` with it fails at
+    the first training step rather than silently training as forward SGD.
+    `optimizer.iterations` counts outer steps (batches consumed), never
+    inner replays.
+
+    Args:
+        learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
+            or a callable, as for `keras.optimizers.SGD`. Defaults to `0.01`.
+        momentum: Float in `[0, 1)`. Defaults to `0.0`.
+        nesterov: Whether to apply Nesterov momentum. Defaults to `False`.
+        window: Integer `w >= 1` for windowed backward-SGD, or `None` for exact
+            backward-SGD. Defaults to `None`.
+        max_steps: Buffer capacity of exact mode: the most steps the run may
+            take. When `None`, `fit()` uses the number of steps it will run,
+            where that is known. Only valid with `window=None`.
+            Defaults to `None`.
+        **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
+            (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
+            `loss_scale_factor`, `name`, ...).
+
+    References:
+        - [Dherin et al., 2025](https://arxiv.org/abs/2502.01557), "How
+          iteration order influences convergence and stability in deep
+          learning".
+
+    Example:
+
+    >>> import keras, numpy as np, keras_bsgd
+    >>> model = keras_bsgd.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, window=4), loss="mse")
+    >>> x, y = np.ones((64, 3), "float32"), np.zeros((64, 1), "float32")
+    >>> history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    >>> int(model.optimizer.iterations)
+    16
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.0,
+        nesterov=False,
+        window=None,
+        max_steps=None,
+        name="backward_sgd",
+        **kwargs,
+    ):
+        _validate(learning_rate, momentum, window, max_steps, kwargs)
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=float(momentum),
+            nesterov=bool(nesterov),
+            name=name,
+            **kwargs,
+        )
+        self.window = None if window is None else int(window)
+        self.max_steps = None if max_steps is None else int(max_steps)
+        self._map_learning_rate = None
+
+    def build(self, var_list):
+        """Creates the momentum slots and the anchor state, in a fixed order.
+
+        Args:
+            var_list: The model's trainable variables.
+        """
+        if self.built:
+            return
+        super().build(var_list)
+        # Anchor: the state S (weights, then momentum) that every step restarts
+        # from. Saved with the optimizer, so its order here is the file layout.
+        self.anchor_weights = [
+            self.add_variable_from_reference(v, "anchor") for v in var_list
+        ]
+        self.anchor_momentums = [
+            self.add_variable_from_reference(v, "anchor_momentum")
+            for v in var_list
+        ] if self.momentum else []
+
+    def _live_and_anchor(self):
+        live = list(self._trainable_variables) + list(self.momentums)
+        return live, self.anchor_weights + self.anchor_momentums
+
+    def save_anchor(self):
+        """Copies the live training state (weights, momentum) into the anchor."""
+        for live, anchor in zip(*self._live_and_anchor()):
+            anchor.assign(live)
+
+    def restore_anchor(self):
+        """Copies the anchor into the live training state (weights, momentum)."""
+        for live, anchor in zip(*self._live_and_anchor()):
+            live.assign(anchor)
+
+    def current_learning_rate(self):
+        """The learning rate a batch arriving now is frozen with.
+
+        Returns:
+            A scalar float32 tensor: the schedule (or callable, or value)
+            evaluated at `iterations`, i.e. before the current step is counted.
+        """
+        return tf.cast(super()._get_current_learning_rate(), "float32")
+
+    def _get_current_learning_rate(self):
+        # Inside a replayed map, everything that reads `self.learning_rate`
+        # (weight decay too) must see the map's frozen rate.
+        if self._map_learning_rate is not None:
+            return self._map_learning_rate
+        return super()._get_current_learning_rate()
+
+    def apply_map(self, grads, trainable_variables, learning_rate):
+        """Applies one map `T_i`: a base SGD step with a frozen learning rate.
+
+        Runs the same sequence as `Optimizer.apply` (loss-scale unscaling,
+        clipping, weight decay, the SGD rule, constraints) but neither counts
+        an iteration nor updates the EMA: inner replays are not steps.
+
+        Args:
+            grads: Gradients, one per trainable variable.
+            trainable_variables: The variables the optimizer was built with.
+            learning_rate: Scalar tensor, the rate frozen for this map.
+        """
+        if self.loss_scale_factor is not None:
+            grads = [g / self.loss_scale_factor for g in grads]
+        self._map_learning_rate = learning_rate
+        try:
+            grads = self._clip_gradients(grads)
+            self._apply_weight_decay(trainable_variables)
+            self._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._map_learning_rate = None
+        for variable in trainable_variables:
+            if variable.constraint is not None:
+                variable.assign(variable.constraint(variable))
+
+    def finish_step(self):
+        """Counts one outer step and updates the EMA of the output iterates."""
+        if self.use_ema:
+            self._update_model_variables_moving_average(self._trainable_variables)
+        self._iterations.assign_add(1)
+
+    def apply(self, grads, trainable_variables=None):
+        # Reached only from a trainer that does not replay (e.g. a plain
+        # keras.Model's train_step): training on would silently be forward SGD.
+        raise TypeError(
+            f"{WRAP_HINT} Received: a call to `BackwardSGD.apply()`, which "
+            "means the model's train_step is not keras_bsgd's."
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"window": self.window, "max_steps": self.max_steps})
+        return config
+
+
+def _validate(learning_rate, momentum, window, max_steps, kwargs):
+    if window is not None and (not _is_int(window) or window < 1):
+        raise ValueError(
+            "`window` must be a positive integer (windowed backward-SGD) or "
+            "None (exact backward-SGD). "
+            f"Received: window={window!r}"
+        )
+    if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
+        raise ValueError(
+            "`max_steps` must be a positive integer: the buffer capacity of "
+            f"exact backward-SGD. Received: max_steps={max_steps!r}"
+        )
+    if window is not None and max_steps is not None:
+        raise ValueError(
+            "`max_steps` sets the buffer capacity of exact mode (window=None); "
+            "with a window the buffer always holds `window` batches. Pass "
+            "one of them: `window=w` for windowed backward-SGD, or "
+            "`max_steps=n` for exact backward-SGD over at most n steps. "
+            f"Received: window={window!r}, max_steps={max_steps!r}"
+        )
+    if isinstance(learning_rate, bool) or (
+        isinstance(learning_rate, numbers.Real) and learning_rate < 0
+    ):
+        raise ValueError(
+            "`learning_rate` must be a non-negative float, a "
+            "LearningRateSchedule or a callable. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    if (
+        not isinstance(momentum, numbers.Real)
+        or isinstance(momentum, bool)
+        or not 0 <= momentum < 1
+    ):
+        raise ValueError(
+            "`momentum` must be a float in [0, 1). "
+            f"Received: momentum={momentum!r}"
+        )
+    if kwargs.get("gradient_accumulation_steps"):
+        raise ValueError(
+            "BackwardSGD does not support `gradient_accumulation_steps`: every "
+            "batch is its own update map. Use a larger batch instead. "
+            "Received: gradient_accumulation_steps="
+            f"{kwargs['gradient_accumulation_steps']!r}"
+        )

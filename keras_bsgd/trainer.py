@@ -1,0 +1,387 @@
+"""The replaying trainer: `Model`, `Sequential` and `wrap`.
+
+A training step `k` of backward-SGD (DESIGN.md §1), all inside the one
+compiled train function:
+
+1. log the loss and metrics of the new batch `B_k` at the current weights
+   (the previous output iterate `S~_{k-1}`), as Keras' own `train_step` does;
+2. restore the live state (weights, momentum) from the anchor;
+3. windowed mode, `k > w`: advance the anchor by the map of the batch that
+   leaves the window, `A_k = T_{k-w}(A_{k-1})`;
+4. write `B_k` and its frozen learning rate into the ring buffer;
+5. replay `T_k, T_{k-1}, ..., T_{max(1, k-w+1)}` in a `tf.while_loop`
+   (so the model is traced once, whatever the window);
+6. count one outer step.
+"""
+
+import inspect
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_bsgd.buffer import STATIC_SHAPE_HINT
+from keras_bsgd.buffer import ReplayBuffer
+from keras_bsgd.optimizer import BackwardSGD
+
+_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
+
+
+def _noop():
+    return tf.constant(0)
+
+
+class ReplayTrainer:
+    """Mixin that turns a Keras model's `fit` into backward-SGD.
+
+    With any optimizer other than `BackwardSGD` the model trains exactly as
+    the Keras class it extends.
+    """
+
+    _replay_buffer = None
+    _array_batch_size = None
+    _planned_capacity = None
+
+    @property
+    def replay_buffer(self):
+        """The `ReplayBuffer` of past batches, or `None` before the first step."""
+        return self._replay_buffer
+
+    def compile(self, *args, **kwargs):
+        # A new optimizer starts a new run: its anchor is taken from the
+        # weights at its first step, and the buffer is rebuilt for it.
+        self._replay_buffer = None
+        super().compile(*args, **kwargs)
+
+    def _backward_sgd(self):
+        optimizer = self.optimizer
+        if isinstance(optimizer, BackwardSGD):
+            return optimizer
+        if isinstance(getattr(optimizer, "inner_optimizer", None), BackwardSGD):
+            raise ValueError(
+                "BackwardSGD cannot run inside a LossScaleOptimizer yet (the "
+                "`mixed_float16` policy wraps the optimizer in one). Use the "
+                "`mixed_bfloat16` or `float32` policy. Received: "
+                f"optimizer={optimizer!r}"
+            )
+        return None
+
+    def fit(self, *args, **kwargs):
+        optimizer = self._backward_sgd()
+        if optimizer is not None:
+            self._plan_fit(optimizer, _FIT_SIGNATURE.bind(self, *args, **kwargs))
+        return super().fit(*args, **kwargs)
+
+    def _plan_fit(self, optimizer, bound):
+        """Checks batch sizes and sizes exact mode's buffer before any step."""
+        arg = bound.arguments
+        x = arg.get("x")
+        epochs = arg.get("epochs", 1) - arg.get("initial_epoch", 0)
+        steps_per_epoch = arg.get("steps_per_epoch")
+        num_samples = _num_array_samples(x)
+        if num_samples is not None:
+            batch_size = arg.get("batch_size") or 32
+            split = arg.get("validation_split") or 0.0
+            if split and arg.get("validation_data") is None:
+                num_samples = int(math.floor(num_samples * (1.0 - split)))
+            if num_samples % batch_size:
+                raise ValueError(
+                    f"{STATIC_SHAPE_HINT} Received: {num_samples} training "
+                    f"samples with batch_size={batch_size}, which leaves a "
+                    f"partial last batch of {num_samples % batch_size}."
+                )
+            buffer = self._replay_buffer
+            if buffer is not None and self._array_batch_size != batch_size:
+                raise ValueError(
+                    f"{STATIC_SHAPE_HINT} This model's replay buffer holds "
+                    f"batches of {self._array_batch_size}. Received: "
+                    f"batch_size={batch_size}"
+                )
+            self._array_batch_size = batch_size
+            steps_per_epoch = steps_per_epoch or num_samples // batch_size
+        else:
+            self._array_batch_size = None
+        if steps_per_epoch is None and isinstance(x, tf.data.Dataset):
+            cardinality = int(x.cardinality())
+            steps_per_epoch = cardinality if cardinality > 0 else None
+        if steps_per_epoch is None and hasattr(x, "__len__"):
+            steps_per_epoch = len(x)
+        if optimizer.window is not None:
+            return
+        done = int(optimizer.iterations)
+        steps = None if steps_per_epoch is None else steps_per_epoch * epochs
+        if self._replay_buffer is not None:
+            capacity = self._replay_buffer.capacity
+        elif optimizer.max_steps is not None:
+            capacity = optimizer.max_steps
+        elif steps is None:
+            raise ValueError(
+                "Exact backward-SGD (window=None) keeps every batch, so it "
+                "needs the number of steps in advance, and this fit() does not "
+                "know it (the dataset's length is unknown). Pass "
+                "`BackwardSGD(max_steps=...)`, `fit(steps_per_epoch=...)`, or "
+                "use `window=w`. Received: x of unknown length"
+            )
+        else:
+            capacity = done + steps
+            self._planned_capacity = capacity
+        if steps is not None and done + steps > capacity:
+            raise ValueError(_capacity_message(capacity, capacity + 1, done))
+
+    def _buffer_for(self, optimizer, batch):
+        """The replay buffer, created from the first batch's static spec."""
+        if self._replay_buffer is not None:
+            self._replay_buffer.check(batch)
+            return self._replay_buffer
+        spec = ReplayBuffer.spec_of(batch)
+        if optimizer.window is not None:
+            capacity = optimizer.window
+        else:
+            capacity = optimizer.max_steps or self._planned_capacity
+            if capacity is None:
+                raise ValueError(
+                    "Exact backward-SGD (window=None) needs its buffer capacity: "
+                    "pass `BackwardSGD(max_steps=...)`, or train with `fit()` on "
+                    "data of known length. Received: max_steps=None"
+                )
+        self._replay_buffer = ReplayBuffer(capacity, spec)
+        return self._replay_buffer
+
+    def _static_batch(self, batch):
+        # NumPy inputs reach the step with an unknown batch dimension; fit()
+        # has already checked that every batch is full.
+        if self._array_batch_size is None:
+            return batch
+
+        def fix(t):
+            if t is None or t.shape.rank == 0 or t.shape[0] is not None:
+                return t
+            return tf.ensure_shape(t, [self._array_batch_size, *t.shape[1:]])
+
+        return keras.tree.map_structure(fix, batch)
+
+    def train_step(self, data):
+        optimizer = self._backward_sgd()
+        if optimizer is None:
+            return super().train_step(data)
+        batch = self._static_batch(keras.utils.unpack_x_y_sample_weight(data))
+        buffer = self._buffer_for(optimizer, batch)
+        if not optimizer.built:
+            # Keras builds optimizers lazily in `apply()`, which replay skips.
+            with keras.name_scope(optimizer.name, caller=optimizer):
+                optimizer.build(self.trainable_variables)
+        x, y, sample_weight = batch
+
+        # Logs: the new batch at the current weights, S~_{k-1}.
+        y_pred = self(x, training=True)
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(loss, sample_weight=batch_size)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        step = tf.cast(optimizer.iterations, "int64") + 1
+        learning_rate = optimizer.current_learning_rate()
+        capacity = buffer.capacity
+
+        def replay():
+            tf.cond(tf.equal(step, 1), _save_anchor(optimizer), _noop)
+            optimizer.restore_anchor()
+            slot = (step - 1) % capacity
+            if optimizer.window is not None:
+
+                def advance_anchor():
+                    self._apply_map(optimizer, buffer, slot)
+                    optimizer.save_anchor()
+                    return _noop()
+
+                tf.cond(step > capacity, advance_anchor, _noop)
+            buffer.write(slot, batch, learning_rate)
+
+            def body(i):
+                self._apply_map(optimizer, buffer, (step - 1 - i) % capacity)
+                return (i + 1,)
+
+            tf.while_loop(
+                lambda i: i < tf.minimum(step, capacity),
+                body,
+                (tf.constant(0, "int64"),),
+                maximum_iterations=capacity,
+            )
+            optimizer.finish_step()
+            return _noop()
+
+        if optimizer.window is None:
+            tf.cond(step <= capacity, replay, lambda: buffer.reject(step))
+        else:
+            replay()
+        return logs
+
+    def _apply_map(self, optimizer, buffer, slot):
+        """Applies the map `T_i` of the batch buffered in `slot` to the live state."""
+        (x, y, sample_weight), learning_rate = buffer.read(slot)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            loss = optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        optimizer.apply_map(
+            [g for g, _ in pairs], [v for _, v in pairs], learning_rate
+        )
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=force)
+        compiled = self.train_function
+
+        def train_function(iterator):
+            logs = compiled(iterator)
+            buffer = self._replay_buffer
+            if buffer is not None:
+                rejected = buffer.pop_rejected_step()
+                if rejected:
+                    raise ValueError(
+                        _capacity_message(buffer.capacity, rejected, rejected - 1)
+                    )
+            return logs
+
+        self.train_function = train_function
+        return train_function
+
+
+def _save_anchor(optimizer):
+    def save():
+        optimizer.save_anchor()
+        return _noop()
+
+    return save
+
+
+def _capacity_message(capacity, step, done):
+    return (
+        f"Exact backward-SGD's buffer holds {capacity} batches, and step "
+        f"{step} would need one more. Training stopped with the state of step "
+        f"{done}, unchanged. Either compile with a larger "
+        "`BackwardSGD(max_steps=...)`, or use windowed backward-SGD with "
+        f"`window=w`. Received: step {step} with capacity={capacity}"
+    )
+
+
+def _num_array_samples(x):
+    """The sample count of array-like `x` (NumPy, tensors, their nests), else None."""
+    leaves = keras.tree.flatten(x) if x is not None else []
+    if leaves and all(isinstance(t, (np.ndarray, tf.Tensor)) for t in leaves):
+        return int(leaves[0].shape[0])
+    return None
+
+
+@keras.saving.register_keras_serializable(package="keras_bsgd")
+class Model(ReplayTrainer, keras.Model):
+    """A `keras.Model` whose `fit` runs backward-SGD when compiled with `BackwardSGD`.
+
+    Use it exactly like `keras.Model`: functional (`Model(inputs, outputs)`)
+    or subclassed (`class Net(keras_bsgd.Model)`). With any other optimizer
+    it trains as plain Keras.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_bsgd
+    >>> inputs = keras.Input((4,))
+    >>> model = keras_bsgd.Model(inputs, keras.layers.Dense(2)(inputs))
+    >>> model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, max_steps=4), loss="mse")
+    >>> x, y = np.ones((16, 4), "float32"), np.zeros((16, 2), "float32")
+    >>> model.fit(x, y, batch_size=4, verbose=0).history["loss"][0] > 0
+    True
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_bsgd")
+class Sequential(ReplayTrainer, keras.Sequential):
+    """A `keras.Sequential` whose `fit` runs backward-SGD with `BackwardSGD`.
+
+    Example:
+
+    >>> import keras, keras_bsgd
+    >>> model = keras_bsgd.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer=keras_bsgd.BackwardSGD(window=8), loss="mse")
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_bsgd")
+class WrappedModel(Model):
+    """A `keras_bsgd.Model` that calls an existing model (made by `wrap`).
+
+    Args:
+        model: The wrapped Keras model; its weights are shared, not copied.
+    """
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "model": keras.saving.serialize_keras_object(self.model),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
+
+
+def wrap(model):
+    """Returns a `keras_bsgd.Model` that trains `model`'s own weights by backward-SGD.
+
+    Functional and `Sequential` models are rebuilt as a functional
+    `keras_bsgd.Model` over the same layers; subclassed models are called
+    through a `WrappedModel`. Either way the weights are shared: training the
+    result trains `model`.
+
+    Args:
+        model: A built `keras.Model`.
+
+    Returns:
+        A `keras_bsgd.Model`, or `model` itself if it already is one.
+
+    Example:
+
+    >>> import keras, keras_bsgd
+    >>> plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model = keras_bsgd.wrap(plain)
+    >>> model.trainable_variables[0] is plain.trainable_variables[0]
+    True
+    """
+    if isinstance(model, ReplayTrainer):
+        return model
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`keras_bsgd.wrap` expects a keras.Model. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            "`keras_bsgd.wrap` needs a built model, so that the wrapper can "
+            "share its weights: call the model on a batch, or build it with "
+            f"`model.build(input_shape)`, first. Received: unbuilt model "
+            f"'{model.name}'"
+        )
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if inputs and outputs:
+        return Model(inputs=inputs, outputs=outputs, name=model.name)
+    return WrappedModel(model, name=model.name)
