@@ -1,0 +1,193 @@
+"""The replaying trainer against the float64 reference, closed forms and Keras SGD."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bsgd
+from tests import reference
+from tests.trajectories import EXECUTION_MODES
+from tests.trajectories import as_dataset
+from tests.trajectories import make_mlp
+from tests.trajectories import make_stream
+from tests.trajectories import max_relative_error
+from tests.trajectories import run
+
+NUM_STEPS = 30
+LEARNING_RATE = 0.1
+SGD_SETTINGS = {
+    "plain": dict(momentum=0.0),
+    "momentum": dict(momentum=0.5),
+    "nesterov": dict(momentum=0.5, nesterov=True),
+}
+
+
+@pytest.mark.parametrize("mode", list(EXECUTION_MODES))
+@pytest.mark.parametrize("window", [1, 2, 5, None])
+@pytest.mark.parametrize("sgd", list(SGD_SETTINGS))
+def test_trajectory_matches_float64_reference(mode, window, sgd):
+    batches, params = make_stream(seed=1, num_batches=NUM_STEPS)
+    settings = SGD_SETTINGS[sgd]
+    expected = reference.backward_sgd(
+        reference.initial_state(params, settings["momentum"]),
+        batches,
+        [LEARNING_RATE] * NUM_STEPS,
+        window=window,
+        **settings,
+    )
+    optimizer = keras_bsgd.BackwardSGD(LEARNING_RATE, window=window, **settings)
+    states = run(make_mlp(params), optimizer, batches, mode)
+
+    assert len(states) == NUM_STEPS
+    errors = [max_relative_error(s, e) for s, e in zip(states, expected)]
+    assert max(errors) <= 1e-5, errors
+    assert int(optimizer.iterations) == NUM_STEPS
+
+
+def test_backward_differs_from_forward():
+    # Guards the reference comparison above: the orders really differ here.
+    batches, params = make_stream(seed=1, num_batches=NUM_STEPS)
+    state0 = reference.initial_state(params, 0.0)
+    rates = [LEARNING_RATE] * NUM_STEPS
+    forward = reference.forward_sgd(state0, batches, rates)[-1]
+    backward = reference.backward_sgd(state0, batches, rates)[-1]
+    assert max_relative_error(backward, forward) > 1e-2
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_window_one_equals_keras_sgd(momentum):
+    batches, params = make_stream(seed=2, num_batches=NUM_STEPS)
+    ours = run(
+        make_mlp(params),
+        keras_bsgd.BackwardSGD(LEARNING_RATE, momentum=momentum, window=1),
+        batches,
+    )
+    keras_sgd = run(
+        make_mlp(params, keras.Sequential),
+        keras.optimizers.SGD(LEARNING_RATE, momentum=momentum),
+        batches,
+    )
+    for a, b in zip(ours, keras_sgd, strict=True):
+        assert max_relative_error(a, b) <= 1e-6
+
+
+def test_long_window_equals_exact_mode():
+    batches, params = make_stream(seed=3, num_batches=NUM_STEPS)
+    windowed = run(make_mlp(params), keras_bsgd.BackwardSGD(0.1, window=NUM_STEPS), batches)
+    exact = run(make_mlp(params), keras_bsgd.BackwardSGD(0.1), batches)
+    for a, b in zip(windowed, exact, strict=True):
+        assert max_relative_error(a, b) <= 1e-6
+
+
+def test_schedule_evaluated_once_per_map_at_arrival():
+    batches, params = make_stream(seed=4, num_batches=12)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.2, decay_steps=1, decay_rate=0.8)
+    rates = [float(schedule(k)) for k in range(12)]
+    expected = reference.backward_sgd(
+        reference.initial_state(params, 0.0), batches, rates, window=3
+    )
+    optimizer = keras_bsgd.BackwardSGD(schedule, window=3)
+    states = run(make_mlp(params), optimizer, batches, "xla")
+    for s, e in zip(states, expected, strict=True):
+        assert max_relative_error(s, e) <= 1e-5
+    # Replays do not advance the schedule: only the 12 outer steps count.
+    assert int(optimizer.iterations) == 12
+    assert np.isclose(float(optimizer.learning_rate), rates[-1] * 0.8, rtol=1e-6)
+
+
+def test_output_iterate_is_the_models_weights_for_evaluate_and_predict():
+    batches, params = make_stream(seed=5, num_batches=6)
+    model = make_mlp(params)
+    states = run(model, keras_bsgd.BackwardSGD(0.1), batches)
+    x = batches[0][0].astype("float32")
+    expected = reference.mlp_loss_and_grads(states[-1]["params"], x, batches[0][1])[0]
+    assert np.isclose(model.evaluate(x, batches[0][1], verbose=0), expected, rtol=1e-5)
+
+
+def test_logged_loss_is_new_batch_at_previous_iterate():
+    batches, params = make_stream(seed=6, num_batches=5)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    expected = reference.backward_sgd(
+        reference.initial_state(params, 0.0), batches, [0.1] * 5, window=2
+    )
+    previous = [reference.initial_state(params, 0.0)] + expected[:-1]
+    losses = []
+    model.fit(
+        as_dataset(batches),
+        verbose=0,
+        callbacks=[
+            keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda batch, logs: losses.append(logs["loss"])
+            )
+        ],
+    )
+    # Keras logs the running mean of the per-batch losses over the epoch.
+    per_batch = [reference.mlp_loss_and_grads(s["params"], *b)[0] for s, b in zip(previous, batches)]
+    running = np.cumsum(per_batch) / np.arange(1, 6)
+    np.testing.assert_allclose(losses, running, rtol=1e-5)
+
+
+# Closed forms of DESIGN.md §1 on a one-parameter model: batch loss (θ - a)²/2.
+
+
+def scalar_model(theta0):
+    model = keras_bsgd.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")]
+    )
+    model.set_weights([np.array([[theta0]], "float32")])
+    return model
+
+
+def half_squared_error(y_true, y_pred):
+    return 0.5 * keras.ops.square(y_true - y_pred)
+
+
+def scalar_trajectory(targets, optimizer, theta0=0.0):
+    model = scalar_model(theta0)
+    model.compile(optimizer=optimizer, loss=half_squared_error, jit_compile=True)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.ones((len(targets), 1), "float32"), np.asarray(targets, "float32")[:, None])
+    ).batch(1, drop_remainder=True)
+    thetas = []
+    model.fit(
+        ds,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda b, logs: thetas.append(float(model.get_weights()[0][0, 0]))
+            )
+        ],
+    )
+    return np.array(thetas)
+
+
+def test_e2_two_alternating_batches():
+    h, a, b = 0.5, 1.0, 3.0
+    targets = [a, b] * 20
+    backward = scalar_trajectory(targets, keras_bsgd.BackwardSGD(h))
+    forward = scalar_trajectory(targets, keras_bsgd.BackwardSGD(h, window=1))
+    fixed_ab = (a + (1 - h) * b) / (2 - h)
+    fixed_ba = ((1 - h) * a + b) / (2 - h)
+    # Backward converges to one point; forward ends in the 2-cycle.
+    np.testing.assert_allclose(backward[-4:], fixed_ab, atol=1e-6)
+    np.testing.assert_allclose(forward[-2:], [fixed_ab, fixed_ba], atol=1e-6)
+    np.testing.assert_allclose(forward[-4:-2], [fixed_ab, fixed_ba], atol=1e-6)
+
+
+def test_e1_backward_settles_within_a_run_forward_keeps_its_spread():
+    h, mean, sigma, steps = 0.2, 1.0, 1.0, 250
+    targets = np.random.default_rng(7).normal(mean, sigma, 2000)
+    backward = scalar_trajectory(targets[:steps], keras_bsgd.BackwardSGD(h), theta0=5.0)
+    forward = scalar_trajectory(targets, keras_bsgd.BackwardSGD(h, window=1), theta0=5.0)
+
+    # Closed form: S~_k = (1-h)^k θ0 + h Σ_j (1-h)^(j-1) a_j.
+    k = np.arange(1, steps + 1)
+    decay = (1 - h) ** np.arange(steps)
+    closed = (1 - h) ** k * 5.0 + h * np.array([np.dot(decay[:n], targets[:n]) for n in k])
+    np.testing.assert_allclose(backward, closed, rtol=1e-5, atol=1e-5)
+
+    assert np.std(backward[200:]) < 1e-5
+    stationary_std = np.sqrt(h * sigma**2 / (2 - h))
+    assert abs(np.std(forward[200:]) / stationary_std - 1) < 0.15
