@@ -68,6 +68,11 @@ class ReplayBuffer:
             v.shape.num_elements() * v.dtype.size for v in self._slots if v is not None
         )
 
+    @property
+    def batch_size(self):
+        """The leading dimension shared by every buffered batch."""
+        return next(s.shape[0] for s in keras.tree.flatten(self.spec) if s is not None)
+
     @staticmethod
     def spec_of(batch):
         """The static `tf.TensorSpec` nest of `batch`, checked to be fully defined.
@@ -75,27 +80,28 @@ class ReplayBuffer:
         Raises:
             ValueError: if any leaf has an unknown dimension.
         """
-        spec = keras.tree.map_structure(
-            lambda t: None if t is None else tf.TensorSpec.from_tensor(t), batch
-        )
+        spec = _spec(batch)
         for path, s in _flatten_with_names(spec):
             if s is not None and not s.shape.is_fully_defined():
                 raise ValueError(
                     f"{STATIC_SHAPE_HINT} Received: a batch whose element "
-                    f"'{path or 'batch'}' has shape {tuple(s.shape)} (None is "
-                    "a dimension that can vary, e.g. a partial last batch)."
+                    f"'{path or 'batch'}' has shape {tuple(s.shape)}{_NONE_NOTE}"
                 )
         return spec
 
     def check(self, batch):
         """Raises `ValueError` unless `batch` matches the buffer's structure."""
-        spec = self.spec_of(batch)
+        spec = _spec(batch)
         try:
             keras.tree.assert_same_structure(spec, self.spec)
             same = all(
                 (a is None and b is None)
-                or (a is not None and b is not None and a.shape == b.shape
-                    and a.dtype == b.dtype)
+                or (
+                    a is not None
+                    and b is not None
+                    and a.shape == b.shape
+                    and a.dtype == b.dtype
+                )
                 for a, b in zip(keras.tree.flatten(spec), keras.tree.flatten(self.spec))
             )
         except (ValueError, TypeError):
@@ -103,7 +109,8 @@ class ReplayBuffer:
         if not same:
             raise ValueError(
                 f"{STATIC_SHAPE_HINT} The replay buffer holds batches of "
-                f"{_describe(self.spec)}. Received: a batch of {_describe(spec)}."
+                f"{_describe(self.spec)}. Received: a batch of "
+                f"{_describe(spec)}{_NONE_NOTE}"
             )
 
     def write(self, slot, batch, learning_rate):
@@ -133,6 +140,15 @@ class ReplayBuffer:
         leaves = [None if v is None else tf.gather(v, slot) for v in self._slots]
         batch = keras.tree.pack_sequence_as(self.spec, leaves)
         return batch, tf.gather(self.learning_rates, slot)
+
+
+_NONE_NOTE = " (None is a dimension that varies, e.g. a partial last batch)."
+
+
+def _spec(batch):
+    return keras.tree.map_structure(
+        lambda t: None if t is None else tf.TensorSpec.from_tensor(t), batch
+    )
 
 
 def _flatten_with_names(spec):

@@ -92,10 +92,10 @@ class ReplayTrainer:
                     f"partial last batch of {num_samples % batch_size}."
                 )
             buffer = self._replay_buffer
-            if buffer is not None and self._array_batch_size != batch_size:
+            if buffer is not None and buffer.batch_size != batch_size:
                 raise ValueError(
                     f"{STATIC_SHAPE_HINT} This model's replay buffer holds "
-                    f"batches of {self._array_batch_size}. Received: "
+                    f"batches of {buffer.batch_size}. Received: "
                     f"batch_size={batch_size}"
                 )
             self._array_batch_size = batch_size
@@ -105,8 +105,8 @@ class ReplayTrainer:
         if steps_per_epoch is None and isinstance(x, tf.data.Dataset):
             cardinality = int(x.cardinality())
             steps_per_epoch = cardinality if cardinality > 0 else None
-        if steps_per_epoch is None and hasattr(x, "__len__"):
-            steps_per_epoch = len(x)
+        elif steps_per_epoch is None and hasattr(x, "__len__"):
+            steps_per_epoch = len(x)  # keras.utils.PyDataset and sequences
         if optimizer.window is not None:
             return
         done = int(optimizer.iterations)

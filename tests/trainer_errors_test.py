@@ -1,0 +1,125 @@
+"""Misuse of the trainer: a clear error, and the training state left as it was."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bsgd
+from tests.trajectories import as_dataset
+from tests.trajectories import make_mlp
+from tests.trajectories import make_stream
+
+
+def snapshot(model):
+    return [np.array(v) for v in model.trainable_variables + model.optimizer.variables]
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    assert len(after) == len(before)
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def trained_model(window=2, steps=4):
+    batches, params = make_stream(seed=0, num_batches=steps)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=window), loss="mse")
+    model.fit(as_dataset(batches), verbose=0)
+    return model, batches
+
+
+def test_partial_last_batch_in_dataset_is_rejected_with_drop_remainder_hint():
+    model, batches = trained_model()
+    before = snapshot(model)
+    xs = np.concatenate([b[0] for b in batches]).astype("float32")
+    ys = np.concatenate([b[1] for b in batches]).astype("float32")
+    ragged = tf.data.Dataset.from_tensor_slices((xs[:15], ys[:15])).batch(4)
+    with pytest.raises(ValueError, match=r"drop_remainder=True.*\(None, 3\)"):
+        model.fit(ragged, verbose=0)
+    assert_unchanged(model, before)
+
+
+def test_numpy_inputs_with_partial_last_batch_are_rejected_before_training():
+    batches, params = make_stream(seed=0, num_batches=1)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    with pytest.raises(ValueError, match="partial last batch of 2"):
+        model.fit(np.ones((10, 3)), np.ones((10, 2)), batch_size=4, verbose=0)
+    assert model.replay_buffer is None
+
+
+def test_numpy_batch_size_cannot_change_between_fits():
+    model, _ = trained_model()
+    before = snapshot(model)
+    model.fit(np.ones((8, 3), "float32"), np.ones((8, 2), "float32"), batch_size=4, verbose=0)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="holds batches of 4. Received: batch_size=8"):
+        model.fit(np.ones((16, 3), "float32"), np.ones((16, 2), "float32"), batch_size=8, verbose=0)
+    assert_unchanged(model, before)
+
+
+def test_batch_of_other_shape_or_dtype_is_rejected():
+    model, batches = trained_model()
+    before = snapshot(model)
+    other_size = tf.data.Dataset.from_tensor_slices(
+        (np.ones((16, 3), "float32"), np.ones((16, 2), "float32"))
+    ).batch(8, drop_remainder=True)
+    # reduce_retracing generalizes the new shape to (None, 3) before the check.
+    with pytest.raises(ValueError, match=r"holds batches of .*\(4, 3\) float32.*\((None|8), 3\)"):
+        model.fit(other_size, verbose=0)
+    assert_unchanged(model, before)
+    other_dtype = tf.data.Dataset.from_tensor_slices(
+        (np.ones((8, 3), "float64"), np.ones((8, 2), "float32"))
+    ).batch(4, drop_remainder=True)
+    with pytest.raises(ValueError, match=r"Received: a batch of .*\((4|None), 3\) float64"):
+        model.fit(other_dtype, verbose=0)
+    assert_unchanged(model, before)
+
+
+def test_exact_mode_needs_a_capacity():
+    batches, params = make_stream(seed=0, num_batches=4)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1), loss="mse")
+    endless = as_dataset(batches).repeat()
+    with pytest.raises(ValueError, match=r"max_steps=\.\.\.\)`, `fit\(steps_per_epoch"):
+        model.fit(endless, epochs=1, verbose=0, steps_per_epoch=None)
+
+
+def test_exact_mode_capacity_checked_before_training_when_length_known():
+    batches, params = make_stream(seed=0, num_batches=8)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, max_steps=5), loss="mse")
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"holds 5 batches, and step 6.*max_steps.*window=w"):
+        model.fit(as_dataset(batches), verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_exact_mode_overflow_inside_the_run_stops_with_state_of_last_step():
+    batches, params = make_stream(seed=0, num_batches=8)
+    unknown_length = as_dataset(batches).filter(lambda x, y: True)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, max_steps=5), loss="mse", jit_compile=True)
+    with pytest.raises(ValueError, match=r"step 6 would need one more.*state of step 5"):
+        model.fit(unknown_length, verbose=0)
+    assert int(model.optimizer.iterations) == 5
+
+    reference_model = make_mlp(params)
+    reference_model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, max_steps=5), loss="mse")
+    reference_model.fit(as_dataset(batches[:5]), verbose=0)
+    for a, b in zip(model.get_weights(), reference_model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_mixed_float16_is_refused_clearly():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras_bsgd.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+        with pytest.raises(ValueError, match="LossScaleOptimizer"):
+            model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
