@@ -2,6 +2,7 @@
 
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.optimizer import BackwardSGD
+from keras_bsgd.trainer import FunctionalModel
 from keras_bsgd.trainer import Model
 from keras_bsgd.trainer import Sequential
 from keras_bsgd.trainer import WrappedModel
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackwardSGD",
+    "FunctionalModel",
     "Model",
     "ReplayBuffer",
     "Sequential",

@@ -21,6 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+# Keras has no public name for the functional model class. Functional
+# keras_bsgd models need it as a base class: Keras' own route for subclasses
+# called with (inputs, outputs) rewrites `__bases__` of the whole class chain,
+# which would turn `keras_bsgd.Model` itself functional for every later user.
+from keras.src.models.functional import Functional
+
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.optimizer import BackwardSGD
@@ -40,6 +46,7 @@ class ReplayTrainer:
     """
 
     _replay_buffer = None
+    _replay_buffer_owner = None  # id() of the optimizer the buffer serves
     _array_batch_size = None
     _planned_capacity = None
 
@@ -47,12 +54,6 @@ class ReplayTrainer:
     def replay_buffer(self):
         """The `ReplayBuffer` of past batches, or `None` before the first step."""
         return self._replay_buffer
-
-    def compile(self, *args, **kwargs):
-        # A new optimizer starts a new run: its anchor is taken from the
-        # weights at its first step, and the buffer is rebuilt for it.
-        self._replay_buffer = None
-        super().compile(*args, **kwargs)
 
     def _backward_sgd(self):
         optimizer = self.optimizer
@@ -91,7 +92,7 @@ class ReplayTrainer:
                     f"samples with batch_size={batch_size}, which leaves a "
                     f"partial last batch of {num_samples % batch_size}."
                 )
-            buffer = self._replay_buffer
+            buffer = self._buffer_of(optimizer)
             if buffer is not None and buffer.batch_size != batch_size:
                 raise ValueError(
                     f"{STATIC_SHAPE_HINT} This model's replay buffer holds "
@@ -111,7 +112,7 @@ class ReplayTrainer:
             return
         done = int(optimizer.iterations)
         steps = None if steps_per_epoch is None else steps_per_epoch * epochs
-        if self._replay_buffer is not None:
+        if self._buffer_of(optimizer) is not None:
             capacity = self._replay_buffer.capacity
         elif optimizer.max_steps is not None:
             capacity = optimizer.max_steps
@@ -129,9 +130,15 @@ class ReplayTrainer:
         if steps is not None and done + steps > capacity:
             raise ValueError(_capacity_message(capacity, capacity + 1, done))
 
+    def _buffer_of(self, optimizer):
+        # A newly compiled optimizer starts a new run, with a new buffer.
+        if self._replay_buffer_owner == id(optimizer):
+            return self._replay_buffer
+        return None
+
     def _buffer_for(self, optimizer, batch):
         """The replay buffer, created from the first batch's static spec."""
-        if self._replay_buffer is not None:
+        if self._buffer_of(optimizer) is not None:
             self._replay_buffer.check(batch)
             return self._replay_buffer
         spec = ReplayBuffer.spec_of(batch)
@@ -146,6 +153,7 @@ class ReplayTrainer:
                     "data of known length. Received: max_steps=None"
                 )
         self._replay_buffer = ReplayBuffer(capacity, spec)
+        self._replay_buffer_owner = id(optimizer)
         return self._replay_buffer
 
     def _static_batch(self, batch):
@@ -286,9 +294,9 @@ def _num_array_samples(x):
 class Model(ReplayTrainer, keras.Model):
     """A `keras.Model` whose `fit` runs backward-SGD when compiled with `BackwardSGD`.
 
-    Use it exactly like `keras.Model`: functional (`Model(inputs, outputs)`)
-    or subclassed (`class Net(keras_bsgd.Model)`). With any other optimizer
-    it trains as plain Keras.
+    Use it like `keras.Model`: functional (`Model(inputs, outputs)`, which
+    returns a `FunctionalModel`) or subclassed (`class Net(keras_bsgd.Model)`
+    with a `call()`). With any other optimizer it trains as plain Keras.
 
     Example:
 
@@ -300,6 +308,38 @@ class Model(ReplayTrainer, keras.Model):
     >>> model.fit(x, y, batch_size=4, verbose=0).history["loss"][0] > 0
     True
     """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Model and _functional_arguments(args, kwargs):
+            return FunctionalModel.__new__(FunctionalModel, *args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, **kwargs):
+        if isinstance(self, Functional):
+            Functional.__init__(self, *args, **kwargs)
+        elif _functional_arguments(args, kwargs):
+            raise TypeError(
+                "Subclasses of keras_bsgd.Model are subclassed models: define "
+                "`call()` and create them without `inputs`/`outputs`. For a "
+                "functional model use `keras_bsgd.Model(inputs, outputs)`, or "
+                "`keras_bsgd.wrap(model)` on any built Keras model. Received: "
+                f"{type(self).__name__}(inputs, outputs)"
+            )
+        else:
+            keras.Model.__init__(self, *args, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="keras_bsgd")
+class FunctionalModel(Model, Functional):
+    """The functional `keras_bsgd.Model`: what `keras_bsgd.Model(inputs, outputs)` returns."""
+
+
+def _functional_arguments(args, kwargs):
+    return (
+        len(args) == 2
+        or (len(args) == 1 and "outputs" in kwargs)
+        or ("inputs" in kwargs and "outputs" in kwargs)
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_bsgd")
