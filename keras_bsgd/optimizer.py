@@ -37,7 +37,11 @@ class BackwardSGD(keras.optimizers.SGD):
                           S~_k = T_{k-w+1}(... T_k(A_k))
     ```
 
-    The training state `S` is the trainable weights and the momentum slots.
+    The training state `S` is the trainable weights, the momentum slots and
+    the model's non-trainable state (e.g. BatchNorm statistics); random
+    layers (dropout, noise) draw the same numbers whenever batch `i` is
+    replayed. With `use_ema=True` the EMA averages the output iterates, one
+    update per step, and is copied into the model at the end of `fit()`.
     `window=1` is forward SGD step for step; a window at least as long as the
     run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
     plus one to advance the anchor once `k > w` (exact mode: `k`).
@@ -101,6 +105,9 @@ class BackwardSGD(keras.optimizers.SGD):
         self.window = None if window is None else int(window)
         self.max_steps = None if max_steps is None else int(max_steps)
         self._map_learning_rate = None
+        # Set by the trainer at compile(): returns the model's non-trainable
+        # state (BatchNorm statistics, ...) that belongs to S.
+        self.model_state_source = None
 
     def build(self, var_list):
         """Creates the momentum slots and the anchor state, in a fixed order.
@@ -120,19 +127,36 @@ class BackwardSGD(keras.optimizers.SGD):
             self.add_variable_from_reference(v, "anchor_momentum")
             for v in var_list
         ] if self.momentum else []
+        model_state = self.model_state_source() if self.model_state_source else []
+        self.anchor_model_state = [
+            self.add_variable_from_reference(v, "anchor_state") for v in model_state
+        ]
 
-    def _live_and_anchor(self):
+    def _live_and_anchor(self, model_state):
+        if len(model_state) != len(self.anchor_model_state):
+            raise ValueError(
+                "The model's non-trainable state changed after the optimizer "
+                f"was built: {len(self.anchor_model_state)} variables then, "
+                f"{len(model_state)} now. Compile the model again with a new "
+                f"BackwardSGD. Received: {len(model_state)} state variables"
+            )
         live = list(self._trainable_variables) + list(self.momentums)
-        return live, self.anchor_weights + self.anchor_momentums
+        anchor = self.anchor_weights + self.anchor_momentums
+        return live + list(model_state), anchor + self.anchor_model_state
 
-    def save_anchor(self):
-        """Copies the live training state (weights, momentum) into the anchor."""
-        for live, anchor in zip(*self._live_and_anchor()):
+    def save_anchor(self, model_state=()):
+        """Copies the live training state into the anchor.
+
+        Args:
+            model_state: The model's non-trainable state variables, in the
+                order `model_state_source` gave them at `build()`.
+        """
+        for live, anchor in zip(*self._live_and_anchor(model_state)):
             anchor.assign(live)
 
-    def restore_anchor(self):
-        """Copies the anchor into the live training state (weights, momentum)."""
-        for live, anchor in zip(*self._live_and_anchor()):
+    def restore_anchor(self, model_state=()):
+        """Copies the anchor into the live training state (see `save_anchor`)."""
+        for live, anchor in zip(*self._live_and_anchor(model_state)):
             live.assign(anchor)
 
     def current_learning_rate(self):
@@ -232,6 +256,15 @@ def _validate(learning_rate, momentum, window, max_steps, kwargs):
         raise ValueError(
             "`momentum` must be a float in [0, 1). "
             f"Received: momentum={momentum!r}"
+        )
+    if kwargs.get("ema_overwrite_frequency"):
+        raise ValueError(
+            "BackwardSGD does not support `ema_overwrite_frequency`: every step "
+            "recomputes the weights from the anchor, so an overwrite would be "
+            "discarded at the next step. The EMA of the output iterates is "
+            "copied into the model at the end of fit() (use_ema=True). "
+            "Received: ema_overwrite_frequency="
+            f"{kwargs['ema_overwrite_frequency']!r}"
         )
     if kwargs.get("gradient_accumulation_steps"):
         raise ValueError(

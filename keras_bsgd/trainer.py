@@ -55,6 +55,19 @@ class ReplayTrainer:
         """The `ReplayBuffer` of past batches, or `None` before the first step."""
         return self._replay_buffer
 
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if isinstance(optimizer, BackwardSGD):
+            optimizer.model_state_source = self._model_state
+
+    def compile_from_config(self, config):
+        # Keras skips compiling custom `compile()` methods when loading; this
+        # one only adds to Keras' compile, so load it the way Keras does.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _backward_sgd(self):
         optimizer = self.optimizer
         if isinstance(optimizer, BackwardSGD):
@@ -179,9 +192,19 @@ class ReplayTrainer:
             # Keras builds optimizers lazily in `apply()`, which replay skips.
             with keras.name_scope(optimizer.name, caller=optimizer):
                 optimizer.build(self.trainable_variables)
-        x, y, sample_weight = batch
+        model_state = self._model_state()
+        step = tf.cast(optimizer.iterations, "int64") + 1
+        learning_rate = optimizer.current_learning_rate()
+        capacity = buffer.capacity
 
-        # Logs: the new batch at the current weights, S~_{k-1}.
+        # S_0 is the state at the first step, taken before the logging pass
+        # below moves BatchNorm statistics.
+        tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _noop)
+
+        # Logs: the new batch at the current weights S~_{k-1}, with the
+        # random draws of its map.
+        x, y, sample_weight = batch
+        self._seed_random_layers(step)
         y_pred = self(x, training=True)
         loss = self.compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
@@ -189,27 +212,25 @@ class ReplayTrainer:
         batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
         self._loss_tracker.update_state(loss, sample_weight=batch_size)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-        step = tf.cast(optimizer.iterations, "int64") + 1
-        learning_rate = optimizer.current_learning_rate()
-        capacity = buffer.capacity
+        # Replayed losses must not reach the metrics (per-output loss trackers
+        # are updated by compute_loss itself).
+        metric_values = [tf.identity(v) for v in self.metrics_variables]
 
         def replay():
-            tf.cond(tf.equal(step, 1), _save_anchor(optimizer), _noop)
-            optimizer.restore_anchor()
+            optimizer.restore_anchor(model_state)
             slot = (step - 1) % capacity
             if optimizer.window is not None:
 
                 def advance_anchor():
-                    self._apply_map(optimizer, buffer, slot)
-                    optimizer.save_anchor()
-                    return _noop()
+                    self._apply_map(optimizer, buffer, slot, step - capacity)
+                    return _save(optimizer, model_state)
 
                 tf.cond(step > capacity, advance_anchor, _noop)
             buffer.write(slot, batch, learning_rate)
 
             def body(i):
-                self._apply_map(optimizer, buffer, (step - 1 - i) % capacity)
+                index = step - i
+                self._apply_map(optimizer, buffer, (index - 1) % capacity, index)
                 return (i + 1,)
 
             tf.while_loop(
@@ -225,12 +246,33 @@ class ReplayTrainer:
             tf.cond(step <= capacity, replay, lambda: buffer.reject(step))
         else:
             replay()
+        for variable, value in zip(self.metrics_variables, metric_values):
+            variable.assign(value)
         return logs
 
-    def _apply_map(self, optimizer, buffer, slot):
-        """Applies the map `T_i` of the batch buffered in `slot` to the live state."""
+    def _model_state(self):
+        """The non-trainable variables that belong to the training state S."""
+        return [v for v in self.non_trainable_variables if not _is_seed_state(v)]
+
+    def _seed_random_layers(self, index):
+        """Keys every random layer's draws to the batch's arrival `index`.
+
+        Keras random ops are stateless functions of a SeedGenerator's state
+        `[seed, counter]`; the counter advances by one per draw. Setting it to
+        `index * 2**20` makes the draws of map `T_index` the same at every
+        replay, while the layer's own seed (set by `keras.utils.set_random_seed`
+        or `seed=`) keeps runs reproducible and layers independent.
+        """
+        for state in self.non_trainable_variables:
+            if _is_seed_state(state):
+                counter = tf.cast(index, state.dtype) * (2**20)
+                state.assign(tf.stack([state[0], counter]))
+
+    def _apply_map(self, optimizer, buffer, slot, index):
+        """Applies the map `T_index` of the batch buffered in `slot` to the live state."""
         (x, y, sample_weight), learning_rate = buffer.read(slot)
         variables = self.trainable_variables
+        self._seed_random_layers(index)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(
@@ -264,12 +306,14 @@ class ReplayTrainer:
         return train_function
 
 
-def _save_anchor(optimizer):
-    def save():
-        optimizer.save_anchor()
-        return _noop()
+def _save(optimizer, model_state):
+    optimizer.save_anchor(model_state)
+    return _noop()
 
-    return save
+
+def _is_seed_state(variable):
+    # The state variable of a keras.random.SeedGenerator (dropout, noise, ...).
+    return variable.name == "seed_generator_state"
 
 
 def _capacity_message(capacity, step, done):
