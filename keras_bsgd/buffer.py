@@ -1,6 +1,7 @@
 """`ReplayBuffer`: the ring of past batches that backward-SGD replays."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 STATIC_SHAPE_HINT = (
@@ -36,23 +37,29 @@ class ReplayBuffer:
     ([1, 2], 0.1)
     """
 
-    def __init__(self, capacity, spec):
+    def __init__(self, capacity, spec, saved=None):
         self.capacity = int(capacity)
         self.spec = spec
+        if saved is not None:
+            saved.check(capacity, spec)
         with tf.init_scope():
             # Leaves that are None (no targets, no sample weights) hold nothing.
             self._slots = [
                 None
                 if s is None
                 else tf.Variable(
-                    tf.zeros((self.capacity, *s.shape), s.dtype),
+                    tf.zeros((self.capacity, *s.shape), s.dtype)
+                    if saved is None
+                    else tf.constant(saved.leaves[i], s.dtype),
                     trainable=False,
                     name=f"replay_{path or 'batch'}",
                 )
-                for path, s in _flatten_with_names(spec)
+                for i, (path, s) in enumerate(_flatten_with_names(spec))
             ]
             self.learning_rates = tf.Variable(
-                tf.zeros((self.capacity,), "float32"),
+                tf.zeros((self.capacity,), "float32")
+                if saved is None
+                else tf.constant(saved.learning_rates, "float32"),
                 trainable=False,
                 name="replay_learning_rates",
             )
@@ -143,6 +150,81 @@ class ReplayBuffer:
 
 
 _NONE_NOTE = " (None is a dimension that varies, e.g. a partial last batch)."
+
+
+class SavedBuffer:
+    """The contents of a `ReplayBuffer` as stored in a `.keras` / `.weights.h5` file.
+
+    A saved buffer becomes a live `ReplayBuffer` at the first training step
+    after loading, once the batch structure is known again.
+
+    Args:
+        capacity: Number of slots.
+        leaves: One array `[capacity, *shape]` per batch leaf (None for
+            empty leaves), in `keras.tree.flatten` order.
+        learning_rates: Array `[capacity]` of frozen learning rates.
+    """
+
+    PREFIX = "replay_buffer:"
+
+    def __init__(self, capacity, leaves, learning_rates):
+        self.capacity = int(capacity)
+        self.leaves = leaves
+        self.learning_rates = np.asarray(learning_rates, "float32")
+
+    @classmethod
+    def of(cls, buffer):
+        return cls(
+            buffer.capacity,
+            [None if v is None else v.numpy() for v in buffer._slots],
+            buffer.learning_rates.numpy(),
+        )
+
+    def save(self, store):
+        """Writes the buffer under `PREFIX` keys of a Keras saving `store`."""
+        store[self.PREFIX + "capacity"] = np.array(self.capacity, "int64")
+        store[self.PREFIX + "learning_rates"] = self.learning_rates
+        present = [leaf is not None for leaf in self.leaves]
+        store[self.PREFIX + "present"] = np.array(present, "bool")
+        for i, leaf in enumerate(self.leaves):
+            if leaf is not None:
+                store[f"{self.PREFIX}leaf_{i}"] = leaf
+
+    @classmethod
+    def load(cls, store):
+        """Reads a buffer written by `save`, or returns None if there is none."""
+        if cls.PREFIX + "capacity" not in store.keys():
+            return None
+        present = np.asarray(store[cls.PREFIX + "present"])
+        leaves = [
+            np.asarray(store[f"{cls.PREFIX}leaf_{i}"]) if p else None
+            for i, p in enumerate(present)
+        ]
+        return cls(
+            np.asarray(store[cls.PREFIX + "capacity"]),
+            leaves,
+            np.asarray(store[cls.PREFIX + "learning_rates"]),
+        )
+
+    def check(self, capacity, spec):
+        """Raises `ValueError` unless the saved buffer fits `capacity` and `spec`."""
+        expected = [
+            None if s is None else ((self.capacity, *s.shape), s.dtype.name)
+            for s in keras.tree.flatten(spec)
+        ]
+        saved = [
+            None if leaf is None else (leaf.shape, tf.as_dtype(leaf.dtype).name)
+            for leaf in self.leaves
+        ]
+        if self.capacity != capacity or expected != saved:
+            raise ValueError(
+                "The saved replay buffer does not fit this run: it was saved "
+                f"with capacity {self.capacity} and batch leaves {saved}, and "
+                f"this run needs capacity {capacity} and {expected}. Resume "
+                "with the optimizer settings (window / max_steps) and batch "
+                "shapes of the saved run. Received: capacity="
+                f"{self.capacity}"
+            )
 
 
 def _spec(batch):

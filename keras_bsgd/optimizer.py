@@ -214,6 +214,21 @@ class BackwardSGD(keras.optimizers.SGD):
             "means the model's train_step is not keras_bsgd's."
         )
 
+    def load_own_variables(self, store):
+        # Keras only warns and skips on a layout mismatch; for backward-SGD a
+        # silently fresh anchor would restart the run from other weights.
+        if len(store.keys()) != len(self.variables):
+            raise ValueError(
+                f"Cannot load the state of optimizer '{self.name}': the file "
+                f"holds {len(store.keys())} optimizer variables and this "
+                f"BackwardSGD has {len(self.variables)} (iterations, learning "
+                "rate, momentum slots and the anchor of weights, momentum and "
+                "model state). Load into a model with the same architecture "
+                "compiled with the same momentum setting. Received: "
+                f"{len(store.keys())} variables"
+            )
+        super().load_own_variables(store)
+
     def get_config(self):
         config = super().get_config()
         config.update({"window": self.window, "max_steps": self.max_steps})

@@ -29,6 +29,7 @@ from keras.src.models.functional import Functional
 
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
+from keras_bsgd.buffer import SavedBuffer
 from keras_bsgd.optimizer import BackwardSGD
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
@@ -47,6 +48,7 @@ class ReplayTrainer:
 
     _replay_buffer = None
     _replay_buffer_owner = None  # id() of the optimizer the buffer serves
+    _saved_buffer = None  # a loaded SavedBuffer, until the first step
     _array_batch_size = None
     _planned_capacity = None
 
@@ -127,6 +129,8 @@ class ReplayTrainer:
         steps = None if steps_per_epoch is None else steps_per_epoch * epochs
         if self._buffer_of(optimizer) is not None:
             capacity = self._replay_buffer.capacity
+        elif self._saved_buffer is not None:
+            capacity = self._saved_buffer.capacity
         elif optimizer.max_steps is not None:
             capacity = optimizer.max_steps
         elif steps is None:
@@ -155,19 +159,73 @@ class ReplayTrainer:
             self._replay_buffer.check(batch)
             return self._replay_buffer
         spec = ReplayBuffer.spec_of(batch)
+        saved = self._saved_buffer
         if optimizer.window is not None:
             capacity = optimizer.window
         else:
             capacity = optimizer.max_steps or self._planned_capacity
+            if saved is not None and optimizer.max_steps is None:
+                capacity = saved.capacity
             if capacity is None:
                 raise ValueError(
                     "Exact backward-SGD (window=None) needs its buffer capacity: "
                     "pass `BackwardSGD(max_steps=...)`, or train with `fit()` on "
                     "data of known length. Received: max_steps=None"
                 )
-        self._replay_buffer = ReplayBuffer(capacity, spec)
+        self._replay_buffer = ReplayBuffer(capacity, spec, saved=saved)
         self._replay_buffer_owner = id(optimizer)
+        self._saved_buffer = None
         return self._replay_buffer
+
+    def save_own_variables(self, store):
+        """Saves the model's own variables and the replay buffer.
+
+        The buffer is part of the training state: without it a resumed run
+        would replay different batches. It is stored under
+        `replay_buffer:...` keys of the model's own entry.
+        """
+        super().save_own_variables(store)
+        # Keras does not save SeedGenerator states; the seeds of random layers
+        # key every replayed draw, so a resumed run needs them.
+        seeds = [np.array(v.numpy()) for v in self._seed_states()]
+        if seeds:
+            store[SavedBuffer.PREFIX + "seeds"] = np.stack(seeds)
+        optimizer = self._backward_sgd()
+        buffer = self._buffer_of(optimizer) if optimizer is not None else None
+        saved = SavedBuffer.of(buffer) if buffer is not None else self._saved_buffer
+        if saved is not None:
+            saved.save(store)
+
+    def load_own_variables(self, store):
+        """Loads what `save_own_variables` wrote; the buffer is rebuilt at the next step."""
+        keys = [k for k in store.keys() if not k.startswith(SavedBuffer.PREFIX)]
+        super().load_own_variables({k: store[k] for k in keys})
+        seed_key = SavedBuffer.PREFIX + "seeds"
+        if seed_key in store.keys():
+            seeds = np.asarray(store[seed_key])
+            states = self._seed_states()
+            if len(states) != len(seeds):
+                raise ValueError(
+                    f"The file holds the seeds of {len(seeds)} random layers "
+                    f"and this model has {len(states)}. Received: "
+                    f"{len(seeds)} seeds"
+                )
+            for state, seed in zip(states, seeds):
+                state.assign(seed)
+        saved = SavedBuffer.load(store)
+        optimizer = self._backward_sgd()
+        if saved is not None and optimizer is not None and optimizer.window is not None:
+            if saved.capacity != optimizer.window:
+                raise ValueError(
+                    f"The file holds a replay buffer of {saved.capacity} "
+                    f"batches, saved with window={saved.capacity}, but this "
+                    f"model's optimizer has window={optimizer.window}. Load "
+                    "it into a model compiled with the same window. Received: "
+                    f"window={optimizer.window}"
+                )
+        self._saved_buffer = saved
+        self._replay_buffer = None
+        self._replay_buffer_owner = None
 
     def _static_batch(self, batch):
         # NumPy inputs reach the step with an unknown batch dimension; fit()
@@ -254,6 +312,9 @@ class ReplayTrainer:
         """The non-trainable variables that belong to the training state S."""
         return [v for v in self.non_trainable_variables if not _is_seed_state(v)]
 
+    def _seed_states(self):
+        return [v for v in self.non_trainable_variables if _is_seed_state(v)]
+
     def _seed_random_layers(self, index):
         """Keys every random layer's draws to the batch's arrival `index`.
 
@@ -263,10 +324,9 @@ class ReplayTrainer:
         replay, while the layer's own seed (set by `keras.utils.set_random_seed`
         or `seed=`) keeps runs reproducible and layers independent.
         """
-        for state in self.non_trainable_variables:
-            if _is_seed_state(state):
-                counter = tf.cast(index, state.dtype) * (2**20)
-                state.assign(tf.stack([state[0], counter]))
+        for state in self._seed_states():
+            counter = tf.cast(index, state.dtype) * (2**20)
+            state.assign(tf.stack([state[0], counter]))
 
     def _apply_map(self, optimizer, buffer, slot, index):
         """Applies the map `T_index` of the batch buffered in `slot` to the live state."""
