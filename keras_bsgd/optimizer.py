@@ -3,6 +3,7 @@
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 WRAP_HINT = (
@@ -108,6 +109,7 @@ class BackwardSGD(keras.optimizers.SGD):
         # Set by the trainer at compile(): returns the model's non-trainable
         # state (BatchNorm statistics, ...) that belongs to S.
         self.model_state_source = None
+        self._pending_state = None
 
     def build(self, var_list):
         """Creates the momentum slots and the anchor state, in a fixed order.
@@ -131,6 +133,9 @@ class BackwardSGD(keras.optimizers.SGD):
         self.anchor_model_state = [
             self.add_variable_from_reference(v, "anchor_state") for v in model_state
         ]
+        if self._pending_state is not None:
+            values, self._pending_state = self._pending_state, None
+            self._assign_state(values)
 
     def _live_and_anchor(self, model_state):
         if len(model_state) != len(self.anchor_model_state):
@@ -217,17 +222,27 @@ class BackwardSGD(keras.optimizers.SGD):
     def load_own_variables(self, store):
         # Keras only warns and skips on a layout mismatch; for backward-SGD a
         # silently fresh anchor would restart the run from other weights.
-        if len(store.keys()) != len(self.variables):
+        values = [np.asarray(store[str(i)]) for i in range(len(store.keys()))]
+        if not self.built:
+            # Restored by build(), once the variables exist (load_weights right
+            # after compile(), unpickling).
+            self._pending_state = values
+            return
+        self._assign_state(values)
+
+    def _assign_state(self, values):
+        if len(values) != len(self.variables):
             raise ValueError(
                 f"Cannot load the state of optimizer '{self.name}': the file "
-                f"holds {len(store.keys())} optimizer variables and this "
+                f"holds {len(values)} optimizer variables and this "
                 f"BackwardSGD has {len(self.variables)} (iterations, learning "
                 "rate, momentum slots and the anchor of weights, momentum and "
                 "model state). Load into a model with the same architecture "
                 "compiled with the same momentum setting. Received: "
-                f"{len(store.keys())} variables"
+                f"{len(values)} variables"
             )
-        super().load_own_variables(store)
+        for variable, value in zip(self.variables, values):
+            variable.assign(value)
 
     def get_config(self):
         config = super().get_config()
