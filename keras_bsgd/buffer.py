@@ -63,9 +63,13 @@ class ReplayBuffer:
                 trainable=False,
                 name="replay_learning_rates",
             )
-            # The step that found the buffer full (exact mode), 0 if none.
-            self.rejected_step = tf.Variable(
-                tf.constant(0, "int64"), trainable=False, name="replay_rejected"
+            # [kind, step] of the last incident the host must raise (kind 0:
+            # none; see INCIDENTS), and the number of dropped batches.
+            self.incident = tf.Variable(
+                tf.zeros((2,), "int64"), trainable=False, name="replay_incident"
+            )
+            self.skipped_batches = tf.Variable(
+                tf.constant(0, "int64"), trainable=False, name="replay_skipped"
             )
 
     @property
@@ -130,17 +134,18 @@ class ReplayBuffer:
             tf.IndexedSlices(tf.reshape(learning_rate, [1]), slot)
         )
 
-    def reject(self, step):
-        """Records that `step` found the buffer full; nothing else changes."""
-        self.rejected_step.assign(tf.cast(step, "int64"))
+    def report(self, kind, step):
+        """Records an incident (`INCIDENTS` key) at `step` for the host to raise."""
+        self.incident.assign(tf.stack([INCIDENTS[kind], tf.cast(step, "int64")]))
         return tf.constant(0)
 
-    def pop_rejected_step(self):
-        """Returns (on the host) and clears the step recorded by `reject`."""
-        step = int(self.rejected_step.numpy())
-        if step:
-            self.rejected_step.assign(0)
-        return step
+    def pop_incident(self):
+        """Returns (on the host) and clears the last incident: `(kind, step)` or None."""
+        kind, step = (int(v) for v in self.incident.numpy())
+        if not kind:
+            return None
+        self.incident.assign(tf.zeros((2,), "int64"))
+        return next(k for k, v in INCIDENTS.items() if v == kind), step
 
     def read(self, slot):
         """Returns `(batch, learning_rate)` stored in `slot`."""
@@ -148,6 +153,8 @@ class ReplayBuffer:
         batch = keras.tree.pack_sequence_as(self.spec, leaves)
         return batch, tf.gather(self.learning_rates, slot)
 
+
+INCIDENTS = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
 
 _NONE_NOTE = " (None is a dimension that varies, e.g. a partial last batch)."
 

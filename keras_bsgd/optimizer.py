@@ -65,6 +65,13 @@ class BackwardSGD(keras.optimizers.SGD):
             take. When `None`, `fit()` uses the number of steps it will run,
             where that is known. Only valid with `window=None`.
             Defaults to `None`.
+        on_nonfinite: What to do with a batch whose values or loss are NaN or
+            Inf: `"skip"` drops it (the step leaves the training state
+            unchanged and does not count; the logs' `skipped_batches` counts
+            it), `"raise"` stops `fit()` with a `ValueError` naming the step,
+            the state unchanged. Either way it never enters the buffer.
+            Replays that turn the weights non-finite (divergence) always
+            raise `FloatingPointError`. Defaults to `"skip"`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor`, `name`, ...).
@@ -92,10 +99,17 @@ class BackwardSGD(keras.optimizers.SGD):
         nesterov=False,
         window=None,
         max_steps=None,
+        on_nonfinite="skip",
         name="backward_sgd",
         **kwargs,
     ):
         _validate(learning_rate, momentum, window, max_steps, kwargs)
+        if on_nonfinite not in ("skip", "raise"):
+            raise ValueError(
+                "`on_nonfinite` must be 'skip' (drop a batch whose loss or "
+                "values are NaN/Inf, leaving the state unchanged) or 'raise'. "
+                f"Received: on_nonfinite={on_nonfinite!r}"
+            )
         super().__init__(
             learning_rate=learning_rate,
             momentum=float(momentum),
@@ -105,6 +119,7 @@ class BackwardSGD(keras.optimizers.SGD):
         )
         self.window = None if window is None else int(window)
         self.max_steps = None if max_steps is None else int(max_steps)
+        self.on_nonfinite = on_nonfinite
         self._map_learning_rate = None
         # Set by the trainer at compile(): returns the model's non-trainable
         # state (BatchNorm statistics, ...) that belongs to S.
@@ -246,7 +261,13 @@ class BackwardSGD(keras.optimizers.SGD):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"window": self.window, "max_steps": self.max_steps})
+        config.update(
+            {
+                "window": self.window,
+                "max_steps": self.max_steps,
+                "on_nonfinite": self.on_nonfinite,
+            }
+        )
         return config
 
 

@@ -262,6 +262,7 @@ class ReplayTrainer:
         # Logs: the new batch at the current weights S~_{k-1}, with the
         # random draws of its map.
         x, y, sample_weight = batch
+        metrics_before = [tf.identity(v) for v in self.metrics_variables]
         self._seed_random_layers(step)
         y_pred = self(x, training=True)
         loss = self.compute_loss(
@@ -269,10 +270,20 @@ class ReplayTrainer:
         )
         batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
         self._loss_tracker.update_state(loss, sample_weight=batch_size)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         # Replayed losses must not reach the metrics (per-output loss trackers
         # are updated by compute_loss itself).
-        metric_values = [tf.identity(v) for v in self.metrics_variables]
+        metrics_after = [tf.identity(v) for v in self.metrics_variables]
+        # A batch with a non-finite value or loss must never enter the buffer:
+        # it would poison every later step.
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(loss))]
+            + [
+                tf.reduce_all(tf.math.is_finite(t))
+                for t in keras.tree.flatten(batch)
+                if t is not None and t.dtype.is_floating
+            ]
+        )
 
         def replay():
             optimizer.restore_anchor(model_state)
@@ -298,14 +309,33 @@ class ReplayTrainer:
                 maximum_iterations=capacity,
             )
             optimizer.finish_step()
+            diverged = tf.logical_not(
+                tf.reduce_all(
+                    [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
+                )
+            )
+            return tf.cond(diverged, lambda: buffer.report("diverged", step), _noop)
+
+        def step_if_room():
+            if optimizer.window is None:
+                return tf.cond(
+                    step <= capacity, replay, lambda: buffer.report("capacity", step)
+                )
+            return replay()
+
+        def drop_batch():
+            buffer.skipped_batches.assign_add(1)
+            if optimizer.on_nonfinite == "raise":
+                return buffer.report("nonfinite_batch", step)
             return _noop()
 
-        if optimizer.window is None:
-            tf.cond(step <= capacity, replay, lambda: buffer.reject(step))
-        else:
-            replay()
-        for variable, value in zip(self.metrics_variables, metric_values):
-            variable.assign(value)
+        tf.cond(finite, step_if_room, drop_batch)
+        for variable, before, after in zip(
+            self.metrics_variables, metrics_before, metrics_after
+        ):
+            variable.assign(tf.where(finite, after, before))
+        logs = self.get_metrics_result()
+        logs["skipped_batches"] = buffer.skipped_batches.value()
         return logs
 
     def _model_state(self):
@@ -354,12 +384,9 @@ class ReplayTrainer:
         def train_function(iterator):
             logs = compiled(iterator)
             buffer = self._replay_buffer
-            if buffer is not None:
-                rejected = buffer.pop_rejected_step()
-                if rejected:
-                    raise ValueError(
-                        _capacity_message(buffer.capacity, rejected, rejected - 1)
-                    )
+            incident = buffer.pop_incident() if buffer is not None else None
+            if incident is not None:
+                raise _incident_error(buffer, *incident)
             return logs
 
         self.train_function = train_function
@@ -374,6 +401,27 @@ def _save(optimizer, model_state):
 def _is_seed_state(variable):
     # The state variable of a keras.random.SeedGenerator (dropout, noise, ...).
     return variable.name == "seed_generator_state"
+
+
+def _incident_error(buffer, kind, step):
+    if kind == "capacity":
+        return ValueError(_capacity_message(buffer.capacity, step, step - 1))
+    if kind == "nonfinite_batch":
+        return ValueError(
+            f"The batch of step {step} has a non-finite value or loss (NaN or "
+            "Inf). It was not buffered and the training state is unchanged. "
+            "Clean the input pipeline, or compile with "
+            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
+            f"Received: a non-finite batch at step {step}"
+        )
+    return FloatingPointError(
+        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
+        "from the anchor produced non-finite weights (the composition left "
+        "its contractive region). Lower the learning rate or the window, or "
+        "add gradient clipping (`clipnorm=...`). The anchor and buffer are "
+        "finite; the model's weights are not. Received: non-finite weights "
+        f"at step {step}"
+    )
 
 
 def _capacity_message(capacity, step, done):
