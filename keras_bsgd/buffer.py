@@ -37,9 +37,15 @@ class ReplayBuffer:
     ([1, 2], 0.1)
     """
 
-    def __init__(self, capacity, spec, saved=None):
+    def __init__(self, capacity, spec, saved=None, per_replica=False):
         self.capacity = int(capacity)
         self.spec = spec
+        self.per_replica = per_replica
+        # Under a strategy each replica keeps its own shard of every batch.
+        sync = dict(
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        ) if per_replica else {}
         if saved is not None:
             saved.check(capacity, spec)
         with tf.init_scope():
@@ -53,6 +59,7 @@ class ReplayBuffer:
                     else tf.constant(saved.leaves[i], s.dtype),
                     trainable=False,
                     name=f"replay_{path or 'batch'}",
+                    **sync,
                 )
                 for i, (path, s) in enumerate(_flatten_with_names(spec))
             ]
@@ -62,6 +69,7 @@ class ReplayBuffer:
                 else tf.constant(saved.learning_rates, "float32"),
                 trainable=False,
                 name="replay_learning_rates",
+                **sync,
             )
             # [kind, step] of the last incident the host must raise (kind 0:
             # none; see INCIDENTS), and the number of dropped batches.
@@ -127,12 +135,17 @@ class ReplayBuffer:
     def write(self, slot, batch, learning_rate):
         """Stores `batch` and its frozen `learning_rate` in `slot`."""
         slot = tf.reshape(tf.cast(slot, "int64"), [1])
-        for var, leaf in zip(self._slots, keras.tree.flatten(batch)):
-            if var is not None:
+        leaves = keras.tree.flatten(batch) + [tf.reshape(learning_rate, [])]
+        for var, leaf in zip(self._slots + [self.learning_rates], leaves):
+            if var is None:
+                continue
+            if self.per_replica:
+                # Distributed variables implement no scatter: rewrite the
+                # replica's whole buffer instead.
+                var.assign(tf.tensor_scatter_nd_update(var, slot[:, None], leaf[None]))
+            else:
                 var.scatter_update(tf.IndexedSlices(leaf[None], slot))
-        self.learning_rates.scatter_update(
-            tf.IndexedSlices(tf.reshape(learning_rate, [1]), slot)
-        )
+        return tf.constant(0)
 
     def report(self, kind, step):
         """Records an incident (`INCIDENTS` key) at `step` for the host to raise."""

@@ -31,6 +31,8 @@ from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
 from keras_bsgd.optimizer import BackwardSGD
+from keras_bsgd.replicas import LocalReplicas
+from keras_bsgd.replicas import MirroredReplicas
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
@@ -125,7 +127,7 @@ class ReplayTrainer:
             steps_per_epoch = len(x)  # keras.utils.PyDataset and sequences
         if optimizer.window is not None:
             return
-        done = int(optimizer.iterations)
+        done = int(keras.ops.convert_to_numpy(optimizer.iterations))
         steps = None if steps_per_epoch is None else steps_per_epoch * epochs
         if self._buffer_of(optimizer) is not None:
             capacity = self._replay_buffer.capacity
@@ -153,7 +155,7 @@ class ReplayTrainer:
             return self._replay_buffer
         return None
 
-    def _buffer_for(self, optimizer, batch):
+    def _buffer_for(self, optimizer, batch, replicas):
         """The replay buffer, created from the first batch's static spec."""
         if self._buffer_of(optimizer) is not None:
             self._replay_buffer.check(batch)
@@ -172,7 +174,10 @@ class ReplayTrainer:
                     "pass `BackwardSGD(max_steps=...)`, or train with `fit()` on "
                     "data of known length. Received: max_steps=None"
                 )
-        self._replay_buffer = ReplayBuffer(capacity, spec, saved=saved)
+        with replicas.scope():
+            self._replay_buffer = ReplayBuffer(
+                capacity, spec, saved=saved, per_replica=replicas.distributed
+            )
         self._replay_buffer_owner = id(optimizer)
         self._saved_buffer = None
         return self._replay_buffer
@@ -244,8 +249,15 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().train_step(data)
-        batch = self._static_batch(keras.utils.unpack_x_y_sample_weight(data))
-        buffer = self._buffer_for(optimizer, batch)
+        return self._backward_step(optimizer, data, LocalReplicas())
+
+    def _backward_step(self, optimizer, data, replicas):
+        """One backward-SGD step on `data` (per replica under a strategy)."""
+        batch = replicas.run(
+            lambda d: self._static_batch(keras.utils.unpack_x_y_sample_weight(d)),
+            (data,),
+        )
+        buffer = self._buffer_for(optimizer, replicas.first(batch), replicas)
         if not optimizer.built:
             # Keras builds optimizers lazily in `apply()`, which replay skips.
             with keras.name_scope(optimizer.name, caller=optimizer):
@@ -258,32 +270,13 @@ class ReplayTrainer:
         # S_0 is the state at the first step, taken before the logging pass
         # below moves BatchNorm statistics.
         tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _noop)
-
-        # Logs: the new batch at the current weights S~_{k-1}, with the
-        # random draws of its map.
-        x, y, sample_weight = batch
-        metrics_before = [tf.identity(v) for v in self.metrics_variables]
         self._seed_random_layers(step)
-        y_pred = self(x, training=True)
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
-        batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(loss, sample_weight=batch_size)
-        self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        # Replayed losses must not reach the metrics (per-output loss trackers
-        # are updated by compute_loss itself).
-        metrics_after = [tf.identity(v) for v in self.metrics_variables]
-        # A batch with a non-finite value or loss must never enter the buffer:
-        # it would poison every later step.
-        finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(loss))]
-            + [
-                tf.reduce_all(tf.math.is_finite(t))
-                for t in keras.tree.flatten(batch)
-                if t is not None and t.dtype.is_floating
-            ]
-        )
+        finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
+        finite = replicas.all_true(finite)
+
+        def apply_map(slot, index):
+            self._seed_random_layers(index)
+            replicas.run(self._apply_map, (optimizer, buffer, slot))
 
         def replay():
             optimizer.restore_anchor(model_state)
@@ -291,15 +284,15 @@ class ReplayTrainer:
             if optimizer.window is not None:
 
                 def advance_anchor():
-                    self._apply_map(optimizer, buffer, slot, step - capacity)
+                    apply_map(slot, step - capacity)
                     return _save(optimizer, model_state)
 
                 tf.cond(step > capacity, advance_anchor, _noop)
-            buffer.write(slot, batch, learning_rate)
+            replicas.run(buffer.write, (slot, batch, learning_rate))
 
             def body(i):
                 index = step - i
-                self._apply_map(optimizer, buffer, (index - 1) % capacity, index)
+                apply_map((index - 1) % capacity, index)
                 return (i + 1,)
 
             tf.while_loop(
@@ -330,13 +323,49 @@ class ReplayTrainer:
             return _noop()
 
         tf.cond(finite, step_if_room, drop_batch)
-        for variable, before, after in zip(
-            self.metrics_variables, metrics_before, metrics_after
-        ):
-            variable.assign(tf.where(finite, after, before))
+        replicas.run(self._keep_metrics, (finite, metrics_before, metrics_after))
         logs = self.get_metrics_result()
         logs["skipped_batches"] = buffer.skipped_batches.value()
         return logs
+
+    def _log_batch(self, batch):
+        """Updates loss and metrics with the new batch at the current weights.
+
+        Returns:
+            `(finite, metrics_before, metrics_after)`: whether the batch and its
+            loss are finite, and the metric variables' values around the update.
+        """
+        x, y, sample_weight = batch
+        before = [tf.identity(v) for v in self.metrics_variables]
+        y_pred = self(x, training=True)
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(
+            loss * tf.distribute.get_strategy().num_replicas_in_sync,
+            sample_weight=batch_size,
+        )
+        self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        after = [tf.identity(v) for v in self.metrics_variables]
+        # A batch with a non-finite value or loss must never enter the buffer:
+        # it would poison every later step.
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(loss))]
+            + [
+                tf.reduce_all(tf.math.is_finite(t))
+                for t in keras.tree.flatten(batch)
+                if t is not None and t.dtype.is_floating
+            ]
+        )
+        return finite, before, after
+
+    def _keep_metrics(self, finite, before, after):
+        # Replayed losses must not reach the metrics (per-output loss trackers
+        # are updated by compute_loss itself), nor may a dropped batch.
+        for variable, old, new in zip(self.metrics_variables, before, after):
+            variable.assign(tf.where(finite, new, old))
+        return tf.constant(0)
 
     def _model_state(self):
         """The non-trainable variables that belong to the training state S."""
@@ -358,11 +387,10 @@ class ReplayTrainer:
             counter = tf.cast(index, state.dtype) * (2**20)
             state.assign(tf.stack([state[0], counter]))
 
-    def _apply_map(self, optimizer, buffer, slot, index):
-        """Applies the map `T_index` of the batch buffered in `slot` to the live state."""
+    def _apply_map(self, optimizer, buffer, slot):
+        """Applies the map of the batch buffered in `slot` to the live state."""
         (x, y, sample_weight), learning_rate = buffer.read(slot)
         variables = self.trainable_variables
-        self._seed_random_layers(index)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(
@@ -374,12 +402,18 @@ class ReplayTrainer:
         optimizer.apply_map(
             [g for g, _ in pairs], [v for _, v in pairs], learning_rate
         )
+        return tf.constant(0)
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
-        super().make_train_function(force=force)
-        compiled = self.train_function
+        optimizer = self._backward_sgd()
+        strategy = self.distribute_strategy
+        if optimizer is not None and strategy.num_replicas_in_sync > 1:
+            compiled = self._make_distributed_train_function(optimizer, strategy)
+        else:
+            super().make_train_function(force=force)
+            compiled = self.train_function
 
         def train_function(iterator):
             logs = compiled(iterator)
@@ -391,6 +425,41 @@ class ReplayTrainer:
 
         self.train_function = train_function
         return train_function
+
+    def _make_distributed_train_function(self, optimizer, strategy):
+        """The train function under a multi-replica strategy.
+
+        The step runs in cross-replica context, each replayed map as one
+        `strategy.run` (one all-reduce). XLA would have to compile
+        `strategy.run` across devices, which TF cannot do on CPUs: this
+        function runs as a graph, and `jit_compile=True` is refused.
+        """
+        if self.jit_compile:
+            raise ValueError(
+                "keras_bsgd cannot XLA-compile a step under a multi-replica "
+                f"{type(strategy).__name__}: XLA compiles one device at a "
+                "time and the replay all-reduces between devices. Compile "
+                "with `jit_compile=False`. Received: jit_compile=True"
+            )
+        if self.steps_per_execution != 1:
+            raise ValueError(
+                "keras_bsgd runs one batch per call under a multi-replica "
+                "strategy. Received: steps_per_execution="
+                f"{self.steps_per_execution}"
+            )
+        replicas = MirroredReplicas(strategy)
+        step = tf.function(
+            lambda data: self._backward_step(optimizer, data, replicas),
+            reduce_retracing=True,
+            autograph=False,
+        )
+        if self.run_eagerly:
+            step = lambda data: self._backward_step(optimizer, data, replicas)  # noqa: E731
+
+        def function(iterator):
+            return step(next(iterator))
+
+        return function
 
 
 def _save(optimizer, model_state):

@@ -1,0 +1,78 @@
+"""Where the per-replica parts of a backward-SGD step run: one device or a mirrored strategy.
+
+The replay loop of a step (anchor, buffer write, newest-first maps) is
+written once, in `keras_bsgd.trainer`, against this small interface. On one
+device it runs inside Keras' compiled train function, already in replica
+context, and every call below is the identity. Under a
+`tf.distribute.MirroredStrategy` the loop runs in cross-replica context and
+each map is a `strategy.run` whose `optimizer.apply` all-reduces the
+replicas' gradients: a `tf.while_loop` around `optimizer.apply` inside
+`strategy.run` would fail with TF's merge_call error.
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+
+class LocalReplicas:
+    """One replica: per-replica functions run in place."""
+
+    distributed = False
+
+    def run(self, fn, args=()):
+        return fn(*args)
+
+    def first(self, value):
+        return value
+
+    def all_true(self, flag):
+        return flag
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+class MirroredReplicas:
+    """Replicas of a `tf.distribute.MirroredStrategy` (or multi-worker mirrored).
+
+    Args:
+        strategy: The model's `tf.distribute.Strategy`.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> replicas = MirroredReplicas(tf.distribute.get_strategy())
+    >>> bool(replicas.all_true(tf.constant(True)))
+    True
+    """
+
+    distributed = True
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+    def run(self, fn, args=()):
+        return self.strategy.run(fn, args=args)
+
+    def first(self, value):
+        """The first replica's component of every leaf of `value`."""
+        return keras.tree.map_structure(
+            lambda v: None
+            if v is None
+            else self.strategy.experimental_local_results(v)[0],
+            value,
+        )
+
+    def all_true(self, flag):
+        """True where `flag` (per replica) is true on every replica."""
+        failures = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
+            self.run(lambda f: tf.cast(tf.logical_not(f), "int32"), (flag,)),
+            axis=None,
+        )
+        return tf.equal(failures, 0)
+
+    def scope(self):
+        return self.strategy.scope()

@@ -1,0 +1,107 @@
+"""Subprocess body of distributed_test: one device vs MirroredStrategy on 2 logical CPUs.
+
+TensorFlow must split the CPU before it initializes, so this runs in its own
+process. Prints one JSON line with the measured errors.
+Usage: python -m tests.distributed_probe WINDOW  (an int, or "exact")
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_bsgd  # noqa: E402
+
+STEPS, BATCH = 20, 8
+
+
+def stream():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(STEPS * BATCH, 4)).astype("float32")
+    y = rng.normal(size=(STEPS * BATCH, 2)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
+
+
+def build(window):
+    keras.utils.set_random_seed(0)
+    model = keras_bsgd.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.BatchNormalization(synchronized=True),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(
+        optimizer=keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=window), loss="mse"
+    )
+    return model
+
+
+class Trajectory(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.states = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.states.append([keras.ops.convert_to_numpy(v) for v in self.model.variables])
+
+
+def main(window):
+    single, single_traj = build(window), Trajectory()
+    single.fit(stream(), verbose=0, callbacks=[single_traj])
+
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    with strategy.scope():
+        mirrored = build(window)
+    mirrored_traj = Trajectory()
+    mirrored.fit(stream(), verbose=0, callbacks=[mirrored_traj])
+
+    errors = [
+        max(
+            float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+            for a, b in zip(s, m)
+        )
+        for s, m in zip(single_traj.states, mirrored_traj.states, strict=True)
+    ]
+    # Every replica holds the same weights, anchor and optimizer state...
+    replica_spread = max(
+        float(np.max(np.abs(components[0].numpy() - c.numpy())))
+        for v in mirrored.variables + mirrored.optimizer.variables
+        for components in [strategy.experimental_local_results(v.value)]
+        for c in components
+    )
+    # ... and its own shard of every buffered batch: replica r holds rows
+    # [r * B/2, (r + 1) * B/2) of the global batch.
+    last = list(stream())[-1][0].numpy()
+    buffer_x = strategy.experimental_local_results(mirrored.replay_buffer._slots[0])
+    slot = (STEPS - 1) % mirrored.replay_buffer.capacity
+    shards_ok = all(
+        np.array_equal(component.numpy()[slot], last[r * BATCH // 2 : (r + 1) * BATCH // 2])
+        for r, component in enumerate(buffer_x)
+    )
+    print(
+        "RESULT "
+        + json.dumps(
+            dict(
+                steps=len(errors),
+                max_error=max(errors),
+                replica_spread=replica_spread,
+                shards_ok=shards_ok,
+                iterations=int(keras.ops.convert_to_numpy(mirrored.optimizer.iterations)),
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(None if sys.argv[1] == "exact" else int(sys.argv[1]))
