@@ -149,6 +149,19 @@ class ReplayTrainer:
         if steps is not None and done + steps > capacity:
             raise ValueError(_capacity_message(capacity, capacity + 1, done))
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras averages a distributed batch with `strategy.reduce` in eager
+        # mode to learn its shapes, which MultiWorkerMirroredStrategy cannot
+        # do (its collectives need tensors). The first local replica's batch
+        # has the same shapes.
+        strategy = self._distribute_strategy
+        if strategy is not None and iterator is not None and data_batch is None:
+            for _, _, it in iterator:
+                data_batch = MirroredReplicas(strategy).first(next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _buffer_of(self, optimizer):
         # A newly compiled optimizer starts a new run, with a new buffer.
         if self._replay_buffer_owner == id(optimizer):
