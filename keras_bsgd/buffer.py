@@ -41,36 +41,38 @@ class ReplayBuffer:
         self.capacity = int(capacity)
         self.spec = spec
         self.per_replica = per_replica
-        # Under a strategy each replica keeps its own shard of every batch.
+        # Under a strategy (whose scope is active) each replica keeps its own
+        # shard of every batch: `spec` is one replica's batch.
+        self._strategy = tf.distribute.get_strategy()
         sync = dict(
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         ) if per_replica else {}
         if saved is not None:
-            saved.check(capacity, spec)
+            saved.check(capacity, spec, self._strategy.num_replicas_in_sync)
         with tf.init_scope():
             # Leaves that are None (no targets, no sample weights) hold nothing.
             self._slots = [
                 None
                 if s is None
                 else tf.Variable(
-                    tf.zeros((self.capacity, *s.shape), s.dtype)
-                    if saved is None
-                    else tf.constant(saved.leaves[i], s.dtype),
+                    tf.zeros((self.capacity, *s.shape), s.dtype),
                     trainable=False,
                     name=f"replay_{path or 'batch'}",
                     **sync,
                 )
-                for i, (path, s) in enumerate(_flatten_with_names(spec))
+                for path, s in _flatten_with_names(spec)
             ]
             self.learning_rates = tf.Variable(
-                tf.zeros((self.capacity,), "float32")
-                if saved is None
-                else tf.constant(saved.learning_rates, "float32"),
+                tf.zeros((self.capacity,), "float32"),
                 trainable=False,
                 name="replay_learning_rates",
                 **sync,
             )
+            if saved is not None and per_replica:
+                self._strategy.run(self._restore_shard, (saved,))
+            elif saved is not None:
+                self._restore_shard(saved)
             # [kind, step] of the last incident the host must raise (kind 0:
             # none; see INCIDENTS), and the number of dropped batches.
             self.incident = tf.Variable(
@@ -79,6 +81,28 @@ class ReplayBuffer:
             self.skipped_batches = tf.Variable(
                 tf.constant(0, "int64"), trainable=False, name="replay_skipped"
             )
+
+    def _restore_shard(self, saved):
+        # Saved leaves hold global batches [capacity, B, ...]; replica r of R
+        # takes rows [r * B / R, (r + 1) * B / R).
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group
+        for var, leaf in zip(self._slots, saved.leaves):
+            if var is not None:
+                size = var.shape[1]
+                var.assign(tf.constant(leaf, var.dtype)[:, replica * size : (replica + 1) * size])
+        self.learning_rates.assign(saved.learning_rates)
+
+    def global_slots(self):
+        """Each leaf as a global-batch array `[capacity, B, ...]` (replica shards joined)."""
+        return [
+            None
+            if v is None
+            else np.concatenate(
+                [c.numpy() for c in self._strategy.experimental_local_results(v)], axis=1
+            )
+            for v in self._slots
+        ]
 
     @property
     def nbytes(self):
@@ -194,11 +218,8 @@ class SavedBuffer:
 
     @classmethod
     def of(cls, buffer):
-        return cls(
-            buffer.capacity,
-            [None if v is None else v.numpy() for v in buffer._slots],
-            buffer.learning_rates.numpy(),
-        )
+        learning_rates = buffer._strategy.experimental_local_results(buffer.learning_rates)
+        return cls(buffer.capacity, buffer.global_slots(), learning_rates[0].numpy())
 
     def save(self, store):
         """Writes the buffer under `PREFIX` keys of a Keras saving `store`."""
@@ -226,10 +247,21 @@ class SavedBuffer:
             np.asarray(store[cls.PREFIX + "learning_rates"]),
         )
 
-    def check(self, capacity, spec):
-        """Raises `ValueError` unless the saved buffer fits `capacity` and `spec`."""
+    def check(self, capacity, spec, num_replicas=1):
+        """Raises `ValueError` unless the saved buffer fits this run.
+
+        Args:
+            capacity: The run's buffer capacity.
+            spec: One replica's batch spec.
+            num_replicas: Replicas in sync; the saved batches are global.
+        """
         expected = [
-            None if s is None else ((self.capacity, *s.shape), s.dtype.name)
+            None
+            if s is None
+            else (
+                (self.capacity, s.shape[0] * num_replicas, *s.shape[1:]),
+                s.dtype.name,
+            )
             for s in keras.tree.flatten(spec)
         ]
         saved = [

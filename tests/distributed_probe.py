@@ -103,5 +103,37 @@ def main(window):
     )
 
 
+def resume(window, path):
+    """Saves a 2-replica run at step 10; resumes it on 2 replicas and on 1 device."""
+    half = stream().take(STEPS // 2)
+    rest = stream().skip(STEPS // 2)
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    with strategy.scope():
+        uninterrupted = build(window)
+    uninterrupted.fit(stream(), verbose=0)
+    with strategy.scope():
+        model = build(window)
+    model.fit(half, verbose=0)
+    model.save(path)
+    with strategy.scope():
+        on_two = keras.models.load_model(path)
+    on_two.fit(rest, verbose=0)
+    on_one = keras.models.load_model(path)
+    on_one.fit(rest, verbose=0)
+    expected = uninterrupted.get_weights()
+
+    def error(model):
+        return max(
+            float(np.linalg.norm(a - b) / np.linalg.norm(b))
+            for a, b in zip(model.get_weights(), expected)
+        )
+
+    print("RESULT " + json.dumps(dict(two_replicas=error(on_two), one_device=error(on_one))))
+
+
 if __name__ == "__main__":
-    main(None if sys.argv[1] == "exact" else int(sys.argv[1]))
+    window = None if sys.argv[1] == "exact" else int(sys.argv[1])
+    if len(sys.argv) > 2:
+        resume(window, sys.argv[2])
+    else:
+        main(window)
