@@ -10,9 +10,10 @@ class GradientCounter(keras.layers.Layer):
     Put it on a model's output: every gradient of the loss flows through it
     once, so `count` is the number of gradient evaluations, measured inside
     the compiled train function (replay loops included) rather than assumed.
-    Forward passes (evaluation, logging) do not count. The counter is a
-    non-trainable int64 weight, so optimizers and backward-SGD's anchor leave
-    it alone.
+    Forward passes (evaluation, logging) do not count. The counter is a raw
+    `tf.Variable`, kept out of the layer's weights on purpose: backward-SGD
+    saves and restores the model's non-trainable state with its anchor, and
+    would rewind a counter stored there.
 
     Example:
 
@@ -26,10 +27,16 @@ class GradientCounter(keras.layers.Layer):
     2
     """
 
-    def build(self, input_shape):
-        self.count = self.add_weight(
-            shape=(), dtype="int64", initializer="zeros", trainable=False, name="count"
-        )
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with tf.init_scope():
+            # A list hides the variable from Keras' tracking (no weight).
+            self._count = [tf.Variable(0, dtype="int64", trainable=False, name="count")]
+
+    @property
+    def count(self):
+        """The number of backward passes so far, a scalar int64 `tf.Variable`."""
+        return self._count[0]
 
     def call(self, inputs):
         count = self.count

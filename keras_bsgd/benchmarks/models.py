@@ -113,6 +113,7 @@ def resnet50(input_shape=(32, 32, 3), num_classes=100, width=64):
 
 
 MODELS = {
+    "linear": lambda input_shape, num_classes: mlp(input_shape, num_classes, (), name="linear"),
     "mlp": lambda input_shape, num_classes: mlp(input_shape, num_classes, (64,)),
     "mlp_fashion": lambda input_shape, num_classes: mlp(
         input_shape, num_classes, (256, 256), name="mlp_fashion"
@@ -127,7 +128,8 @@ def build(name, input_shape, num_classes):
     """Builds the benchmark model `name`.
 
     Args:
-        name: One of `MODELS`: `"mlp"` (one hidden layer of 64, for the
+        name: One of `MODELS`: `"linear"` (softmax regression, a convex
+            loss), `"mlp"` (one hidden layer of 64, for the
             embedded datasets), `"mlp_fashion"` (two of 256, the paper's
             Fashion-MNIST MLP), `"resnet18"`, `"resnet50"`.
         input_shape: Shape of one example.

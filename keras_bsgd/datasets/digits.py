@@ -21,10 +21,14 @@ class BsgdDigits(tfds.core.GeneratorBasedBuilder):
 
     Example:
 
+    >>> import tempfile
     >>> import tensorflow_datasets as tfds
-    >>> from keras_bsgd.datasets import digits
-    >>> ds = tfds.load("bsgd_digits", split="test", data_dir="/tmp/tfds",
-    ...                as_supervised=True)  # builds on first use, offline
+    >>> from keras_bsgd import datasets  # registers the builder
+    >>> data_dir = tempfile.mkdtemp()
+    >>> _ = datasets.load("bsgd_digits", "test", data_dir=data_dir)  # builds, offline
+    >>> ds = tfds.load("bsgd_digits", split="train", data_dir=data_dir, as_supervised=True)
+    >>> int(ds.cardinality())
+    1437
     """
 
     VERSION = tfds.core.Version("1.0.0")

@@ -1,7 +1,9 @@
 """`load`: one (x float32, y int64) `tf.data.Dataset` per dataset name, never downloading."""
 
+import contextlib
 import dataclasses
 import os
+import sys
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -87,20 +89,27 @@ def load(name, split, data_dir=None):
 
     Example:
 
+    >>> import tempfile
     >>> from keras_bsgd import datasets
-    >>> ds = datasets.load("bsgd_digits", "test", data_dir="/tmp/tfds")
+    >>> ds = datasets.load("bsgd_digits", "test", data_dir=tempfile.mkdtemp())
     >>> x, y = next(iter(ds))
     >>> x.shape, x.dtype.name, y.dtype.name
     (TensorShape([8, 8, 1]), 'float32', 'int64')
     """
     spec = info(name)
+    if spec.embedded:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            # TFDS reports the build on stdout; keep stdout for results.
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare()
     try:
         ds = tfds.load(
             name,
             split=split,
             data_dir=data_dir,
             as_supervised=True,
-            download=spec.embedded,
+            download=False,
             try_gcs=False,
         )
     except (AssertionError, tfds.core.DatasetNotFoundError, FileNotFoundError) as error:

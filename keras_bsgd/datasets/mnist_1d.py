@@ -22,10 +22,14 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
 
     Example:
 
+    >>> import tempfile
     >>> import tensorflow_datasets as tfds
-    >>> from keras_bsgd.datasets import mnist_1d
-    >>> ds = tfds.load("mnist1d", split="train", data_dir="/tmp/tfds",
-    ...                as_supervised=True)  # builds on first use, offline
+    >>> from keras_bsgd import datasets  # registers the builder
+    >>> data_dir = tempfile.mkdtemp()
+    >>> _ = datasets.load("mnist1d", "train", data_dir=data_dir)  # builds, offline
+    >>> ds = tfds.load("mnist1d", split="test", data_dir=data_dir, as_supervised=True)
+    >>> int(ds.cardinality())
+    1000
     """
 
     name = "mnist1d"

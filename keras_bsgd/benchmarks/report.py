@@ -1,0 +1,115 @@
+"""Writing a comparison to disk: per-step CSV and JSON, summary JSON and Markdown."""
+
+import csv
+import json
+import math
+import os
+
+from keras_bsgd.benchmarks.metrics import RUN_METRICS
+
+STEP_COLUMNS = (
+    "method", "seed", "step", "train_loss", "iterate_distance",
+    "grad_evals", "wall_time_s", "rss_mb",
+)
+EVAL_COLUMNS = ("method", "seed", "step", "grad_evals", "wall_time_s", "test_loss", "test_accuracy")
+
+_HEADERS = {
+    "final_test_accuracy": "final test acc",
+    "final_test_loss": "final test loss",
+    "test_loss_std_last25": "test-loss std (last 25%)",
+    "iterate_distance_mean_last25": "mean ‖θk−θk−1‖ (last 25%)",
+    "accuracy_at_forward_budget": "test acc at forward's grad budget",
+    "grad_evals": "grad evals",
+    "wall_time_s": "train time (s)",
+    "peak_rss_mb": "peak RSS (MB)",
+    "peak_gpu_mb": "peak GPU memory (MB)",
+}
+
+
+def _write_csv(path, columns, runs, key):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for run in runs:
+            for row in run[key]:
+                writer.writerow({"method": run["method"], "seed": run["seed"], **row})
+
+
+def _cell(stats, key):
+    mean, std = stats["mean"], stats["std"]
+    if math.isnan(mean):
+        return "–"
+    if key == "grad_evals":
+        return f"{mean:,.0f}"
+    if key in ("wall_time_s", "peak_rss_mb", "peak_gpu_mb"):
+        return f"{mean:.1f} ± {std:.1f}"
+    if key == "iterate_distance_mean_last25":
+        return f"{mean:.2e} ± {std:.1e}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown_table(summary):
+    """Formats `summary["methods"]` as a Markdown table, one row per method.
+
+    Args:
+        summary: The comparison summary (see `write`).
+
+    Returns:
+        A Markdown string: cells are `mean ± std` over seeds. Peak RSS is
+        the whole process' (runs share one process, so it only grows); peak
+        GPU memory, per run, appears when a GPU was used.
+    """
+    keys = list(RUN_METRICS)
+    if "peak_gpu_mb" in next(iter(summary["methods"].values())):
+        keys.append("peak_gpu_mb")
+    header = "| method | " + " | ".join(_HEADERS[k] for k in keys) + " |"
+    lines = [header, "|" + "---|" * (len(keys) + 1)]
+    for method, stats in summary["methods"].items():
+        cells = " | ".join(_cell(stats[k], k) for k in keys)
+        lines.append(f"| {method} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(output, config, runs, summary):
+    """Writes the comparison files into `output` (created if needed).
+
+    Files: `steps.csv` (one row per method, seed and step), `evaluations.csv`
+    (one row per evaluation), `runs.json` (config and every row),
+    `summary.json` and `summary.md`.
+
+    Args:
+        output: The output folder.
+        config: The comparison's settings (JSON-serializable dict).
+        runs: List of run dicts with `method`, `seed`, `steps` (rows),
+            `evals` (rows) and `summary`.
+        summary: Dict with `config`, `methods` (the aggregated metrics by
+            method) and `runs` (per-run summaries).
+
+    Returns:
+        A dict of the written paths by kind.
+    """
+    os.makedirs(output, exist_ok=True)
+    paths = {
+        "steps_csv": os.path.join(output, "steps.csv"),
+        "evaluations_csv": os.path.join(output, "evaluations.csv"),
+        "runs_json": os.path.join(output, "runs.json"),
+        "summary_json": os.path.join(output, "summary.json"),
+        "summary_md": os.path.join(output, "summary.md"),
+    }
+    _write_csv(paths["steps_csv"], STEP_COLUMNS, runs, "steps")
+    _write_csv(paths["evaluations_csv"], EVAL_COLUMNS, runs, "evals")
+    with open(paths["runs_json"], "w") as f:
+        json.dump({"config": config, "runs": runs}, f)
+    with open(paths["summary_json"], "w") as f:
+        json.dump(summary, f, indent=2)
+    seeds = ", ".join(str(s) for s in config["seeds"])
+    with open(paths["summary_md"], "w") as f:
+        f.write(
+            f"# Forward vs backward SGD: {config['dataset']}, {config['model']}\n\n"
+            f"{config['steps']} steps, batch {config['batch_size']}, constant "
+            f"learning rate {config['learning_rate']}, momentum {config['momentum']}, "
+            f"seeds {seeds}; test evaluated every {config['eval_every']} steps. "
+            "Cells: mean ± std over seeds.\n\n"
+        )
+        f.write(markdown_table(summary))
+    return paths

@@ -1,0 +1,40 @@
+"""Smoke tests: every example runs in a tiny configuration."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+ENV = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _run(script, *args):
+    done = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, script), *args],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("window", ["4", "0"])
+def test_quickstart(window, tmp_path):
+    out = _run("quickstart.py", "--steps", "8", "--window", window,
+               "--data-dir", str(tmp_path))
+    assert "steps=8 " in out and "test_accuracy=" in out
+
+
+def test_tfds_compare(tmp_path):
+    out = _run("tfds_compare.py", "--dataset", "mnist1d", "--steps", "6",
+               "--windows", "2", "--eval-every", "3", "--batch-size", "8",
+               "--output", str(tmp_path / "out"), "--data-dir", str(tmp_path / "tfds"))
+    assert "backward_exact: test acc" in out
+    assert (tmp_path / "out" / "comparison.png").exists()
+
+
+def test_stability_study(tmp_path):
+    out = _run("stability_study.py", "--steps", "12", "--output", str(tmp_path))
+    assert "Largest deviation from the closed forms" in out
+    assert (tmp_path / "stability_study.png").exists()
