@@ -422,6 +422,8 @@ class ReplayTrainer:
             return self.train_function
         optimizer = self._backward_sgd()
         strategy = self.distribute_strategy
+        if optimizer is not None:
+            _check_strategy(strategy)
         if optimizer is not None and strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
         else:
@@ -473,6 +475,27 @@ class ReplayTrainer:
             return step(next(iterator))
 
         return function
+
+
+_SUPPORTED_STRATEGIES = (
+    tf.distribute.MirroredStrategy,
+    tf.distribute.MultiWorkerMirroredStrategy,
+    tf.distribute.OneDeviceStrategy,
+)
+
+
+def _check_strategy(strategy):
+    # The default (no) strategy has no public class.
+    default = type(strategy).__name__ == "_DefaultDistributionStrategy"
+    if not (default or isinstance(strategy, _SUPPORTED_STRATEGIES)):
+        raise ValueError(
+            "keras_bsgd replays batches under MirroredStrategy, "
+            "MultiWorkerMirroredStrategy, OneDeviceStrategy or no strategy. "
+            f"{type(strategy).__name__} is not supported (parameter servers "
+            "apply updates asynchronously, which breaks the order of the "
+            "maps; TPUs are untested). Received: "
+            f"strategy={type(strategy).__name__}"
+        )
 
 
 def _save(optimizer, model_state):

@@ -38,3 +38,11 @@ def test_stability_study(tmp_path):
     out = _run("stability_study.py", "--steps", "12", "--output", str(tmp_path))
     assert "Largest deviation from the closed forms" in out
     assert (tmp_path / "stability_study.png").exists()
+
+
+@pytest.mark.parametrize("window", ["4", "0"])
+def test_distributed(window):
+    out = _run("distributed.py", "--window", window, "--steps", "10")
+    assert "replicas=2 steps=10" in out
+    error = float(out.split("max_relative_error_vs_one_device=")[1].split()[0])
+    assert error <= 1e-5

@@ -123,3 +123,12 @@ def test_mixed_float16_is_refused_clearly():
             model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_unsupported_strategy_is_refused_at_the_first_step():
+    strategy = tf.distribute.experimental.CentralStorageStrategy()
+    with strategy.scope():
+        model = keras_bsgd.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    with pytest.raises(ValueError, match="Received: strategy=CentralStorageStrategy"):
+        model.fit(np.ones((8, 3), "float32"), np.ones((8, 1), "float32"), batch_size=4, verbose=0)
