@@ -31,7 +31,7 @@ class ReplayBuffer:
     >>> import tensorflow as tf
     >>> spec = (tf.TensorSpec((2, 3), "float32"), tf.TensorSpec((2,), "int32"))
     >>> buf = ReplayBuffer(4, spec)
-    >>> buf.write(1, (tf.ones((2, 3)), tf.constant([1, 2])), 0.1)
+    >>> _ = buf.write(1, (tf.ones((2, 3)), tf.constant([1, 2])), 0.1)
     >>> batch, lr = buf.read(1)
     >>> batch[1].numpy().tolist(), round(float(lr), 3)
     ([1, 2], 0.1)

@@ -32,6 +32,11 @@ def _parser():
         description="Backward-SGD (arXiv 2502.01557) for Keras: tools.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="Speed and memory of the replay against Keras SGD (see --help).",
+    )
     compare = commands.add_parser(
         "compare",
         help="Forward SGD vs exact and windowed backward-SGD on one batch stream.",
@@ -122,6 +127,12 @@ def main(argv=None):
     Returns:
         The exit status: 0 on success, 2 on a usage or data error.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # The benchmark owns its options; imported here to keep `compare` light.
+        from keras_bsgd.benchmarks import speed
+
+        return speed.main(argv[1:], prog="keras-bsgd bench")
     args = _parser().parse_args(argv)
     if args.command == "compare":
         return _compare(args)

@@ -41,8 +41,11 @@ def build(window):
             keras.layers.Dense(2),
         ]
     )
+    # Exact mode sizes its buffer for the whole run, so a resumed run fits.
+    max_steps = STEPS if window is None else None
     model.compile(
-        optimizer=keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=window), loss="mse"
+        optimizer=keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=window, max_steps=max_steps),
+        loss="mse",
     )
     return model
 
