@@ -1,0 +1,107 @@
+"""Smoke test of keras_bsgd.benchmarks.speed in its tiny configuration.
+
+Checks keys and that every ratio is finite and positive; it never asserts a
+timing (the CI machine is shared).
+"""
+
+import math
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+from keras_bsgd.benchmarks import speed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speed")
+    report = out / "performance.md"
+    # A hand-written part outside the markers must survive a rewrite.
+    report.write_text(f"# Title\n\nHand-written intro.\n\n{speed.BEGIN}\nold\n{speed.END}\n\nNotes.\n")
+    json_path = out / "speed.json"
+    return speed.main(
+        ["--tiny", "--quiet", "--output", str(report), "--json", str(json_path)]
+    ), report, json_path
+
+
+def _positive(value):
+    return math.isfinite(value) and value > 0
+
+
+def test_main_prints_ratios(tiny):
+    import json
+
+    status, _, json_path = tiny
+    assert status == 0
+    result = json.loads(json_path.read_text())
+    lines = speed.summary_lines(result)
+    text = "\n".join(lines)
+    for key in ("t_sgd", "R(w=1)", "R(w=4)", "R_exact(k=2)", "R_exact(k=4)",
+                "compile_s(w=1)", "compile_s(w=4)", "compile_ratio", "peak_rss_mb",
+                "buffer_bytes(uint8", "buffer_bytes(float32", "int32 indices", "targets met"):
+        assert key in text, key
+
+
+def test_result_keys_and_ratios(tiny):
+    import json
+
+    _, _, json_path = tiny
+    result = json.loads(json_path.read_text())
+    assert {"command", "date", "machine", "config", "runs", "buffer_memory",
+            "targets", "wall_time_s"} <= set(result)
+    machine = result["machine"]
+    assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["tensorflow"]
+    (run,) = result["runs"]
+    assert run["model"] == "mlp_tiny" and run["batch_size"] == 8
+    assert _positive(run["t_sgd_s"])
+    assert [r["window"] for r in run["windowed"]] == [1, 4]
+    assert [r["depth"] for r in run["exact"]] == [2, 4]
+    for r in run["windowed"] + run["exact"]:
+        for key in ("t_s", "t_min_s", "R", "R_of_minima"):
+            assert _positive(r[key]), (r, key)
+        assert r["repeats"] >= 1
+    assert set(run["R"]) == {"w=1", "w=4"}
+    assert set(run["R_exact"]) == {"k=2", "k=4"}
+    assert all(_positive(v) for v in [*run["R"].values(), *run["R_exact"].values()])
+    assert set(run["compile_s"]) == {"w=1", "w=4", "sgd", "exact"}
+    assert all(math.isfinite(v) for v in run["compile_s"].values())
+    assert math.isfinite(run["compile_ratio"])
+    memory = run["memory"]
+    assert memory["peak_rss_bytes"] > 0
+    # Buffers hold window (exact: capacity) batches of 8 x 784 float32 + 8 int32.
+    slot = 8 * 784 * 4 + 8 * 4
+    assert memory["buffer_bytes"]["w=4"] == 4 * slot
+    assert memory["buffer_bytes"]["exact (capacity 4)"] == 4 * slot
+
+
+def test_buffer_memory_uint8_vs_float32(tiny):
+    import json
+
+    _, _, json_path = tiny
+    bm = json.loads(json_path.read_text())["buffer_memory"]
+    by_dtype = {r["dtype"]: r for r in bm["measured"]}
+    labels = 128 * 4
+    assert by_dtype["uint8"]["bytes_per_slot"] == 128 * 3072 + labels
+    assert by_dtype["float32"]["bytes_per_slot"] == 128 * 3072 * 4 + labels
+    p = bm["projection"]
+    assert p["steps"] == 100
+    assert p["bytes"]["int32 indices"] < p["bytes"]["uint8"] < p["bytes"]["float32"]
+    assert p["bytes_per_step"]["int32 indices"] == 128 * 4 + 4
+
+
+def test_report_keeps_hand_written_text(tiny):
+    _, report, _ = tiny
+    text = report.read_text()
+    assert text.startswith("# Title\n\nHand-written intro.")
+    assert text.rstrip().endswith("Notes.")
+    assert "old" not in text.split(speed.BEGIN)[1].split(speed.END)[0]
+    for key in ("R = ", "R_exact = ", "Compile time", "Replay-buffer memory",
+                "NOT implemented", "### Targets"):
+        assert key in text, key
+
+
+def test_small_cnn_builds():
+    model = speed.small_cnn()
+    assert model.output_shape == (None, 10)
