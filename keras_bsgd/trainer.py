@@ -1,16 +1,20 @@
 """The replaying trainer: `Model`, `Sequential` and `wrap`.
 
 A training step `k` of backward-SGD (DESIGN.md §1), all inside the one
-compiled train function:
+compiled train function (under a multi-replica strategy, one graph whose
+per-replica parts run through `keras_bsgd.replicas`):
 
 1. log the loss and metrics of the new batch `B_k` at the current weights
-   (the previous output iterate `S~_{k-1}`), as Keras' own `train_step` does;
-2. restore the live state (weights, momentum) from the anchor;
+   (the previous output iterate `S~_{k-1}`), as Keras' own `train_step` does,
+   and check that the batch and its loss are finite (else the step is a no-op);
+2. restore the live state (weights, momentum, non-trainable model state)
+   from the anchor;
 3. windowed mode, `k > w`: advance the anchor by the map of the batch that
    leaves the window, `A_k = T_{k-w}(A_{k-1})`;
 4. write `B_k` and its frozen learning rate into the ring buffer;
 5. replay `T_k, T_{k-1}, ..., T_{max(1, k-w+1)}` in a `tf.while_loop`
-   (so the model is traced once, whatever the window);
+   (so the model is traced once, whatever the window), each map with its
+   random layers keyed to its batch's arrival index;
 6. count one outer step.
 """
 
