@@ -103,7 +103,18 @@ class ReplayTrainer:
         steps_per_epoch = arg.get("steps_per_epoch")
         num_samples = _num_array_samples(x)
         if num_samples is not None:
-            batch_size = arg.get("batch_size") or 32
+            batch_size = arg.get("batch_size")
+            batch_size = 32 if batch_size is None else batch_size
+            if not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(
+                    "`batch_size` must be a positive integer. Received: "
+                    f"batch_size={batch_size!r}"
+                )
+            if num_samples == 0:
+                raise ValueError(
+                    "The training data is empty: backward-SGD has no batch to "
+                    "buffer. Received: 0 samples"
+                )
             split = arg.get("validation_split") or 0.0
             if split and arg.get("validation_data") is None:
                 num_samples = int(math.floor(num_samples * (1.0 - split)))
@@ -126,6 +137,11 @@ class ReplayTrainer:
             self._array_batch_size = None
         if steps_per_epoch is None and isinstance(x, tf.data.Dataset):
             cardinality = int(x.cardinality())
+            if cardinality == 0:
+                raise ValueError(
+                    "The training data is empty: backward-SGD has no batch to "
+                    "buffer. Received: a dataset of 0 batches"
+                )
             steps_per_epoch = cardinality if cardinality > 0 else None
         elif steps_per_epoch is None and hasattr(x, "__len__"):
             steps_per_epoch = len(x)  # keras.utils.PyDataset and sequences
@@ -275,6 +291,12 @@ class ReplayTrainer:
             (data,),
         )
         buffer = self._buffer_for(optimizer, replicas.first(batch), replicas)
+        if not self.trainable_variables:
+            raise ValueError(
+                "Backward-SGD needs trainable weights to replay updates on, "
+                f"and model '{self.name}' has none (all layers frozen?). "
+                "Received: 0 trainable variables"
+            )
         if not optimizer.built:
             # Keras builds optimizers lazily in `apply()`, which replay skips.
             with keras.name_scope(optimizer.name, caller=optimizer):

@@ -132,3 +132,53 @@ def test_unsupported_strategy_is_refused_at_the_first_step():
         model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
     with pytest.raises(ValueError, match="Received: strategy=CentralStorageStrategy"):
         model.fit(np.ones((8, 3), "float32"), np.ones((8, 1), "float32"), batch_size=4, verbose=0)
+
+
+def test_empty_data_and_zero_batch_size_are_rejected():
+    batches, params = make_stream(seed=0, num_batches=2)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1), loss="mse")
+    with pytest.raises(ValueError, match="Received: a dataset of 0 batches"):
+        model.fit(as_dataset(batches).take(0), verbose=0)
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        model.fit(np.ones((8, 3), "float32"), np.ones((8, 2), "float32"), batch_size=0, verbose=0)
+    assert model.replay_buffer is None
+
+
+def test_model_without_trainable_weights_is_rejected():
+    batches, params = make_stream(seed=0, num_batches=2)
+    model = make_mlp(params)
+    model.trainable = False
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="Received: 0 trainable variables"):
+        model.fit(as_dataset(batches), verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_integer_inputs_are_buffered_as_integers_and_train_like_floats():
+    batches, params = make_stream(seed=0, num_batches=6)
+    ints = [(np.round(x * 3).astype("int32"), y) for x, y in batches]
+    floats = [(x.astype("float32"), y) for x, y in ints]
+    finals, dtypes = [], []
+    for stream in (ints, floats):
+        model = make_mlp(params)
+        model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=3), loss="mse")
+        xs = np.concatenate([b[0] for b in stream])
+        ys = np.concatenate([b[1] for b in stream]).astype("float32")
+        model.fit(tf.data.Dataset.from_tensor_slices((xs, ys)).batch(4, drop_remainder=True),
+                  verbose=0)
+        finals.append(model.get_weights())
+        dtypes.append(keras.tree.flatten(model.replay_buffer.spec)[0].dtype)
+    assert dtypes == [tf.int32, tf.float32]
+    for a, b in zip(*finals, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_empty_arrays_are_rejected():
+    _, params = make_stream(seed=0, num_batches=1)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    with pytest.raises(ValueError, match="Received: 0 samples"):
+        model.fit(np.ones((0, 3), "float32"), np.ones((0, 2), "float32"), batch_size=4, verbose=0)
