@@ -112,17 +112,29 @@ def test_backup_and_restore_after_an_interruption(kind, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def compiled_model(optimizer, seed=0, build=True):
+    """A fresh model compiled with `optimizer`, built so that it can load weights."""
+    model = make_model(seed)
+    model.compile(optimizer=optimizer, loss="mse")
+    if build:
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def trained_model(optimizer, stop=40):
+    """A model trained on the first `stop` examples of the stream."""
+    model = compiled_model(optimizer, build=False)
+    model.fit(stream(0, stop), verbose=0)
+    return model
+
+
 def test_weights_only_checkpoint_restores_optimizer_and_buffer(tmp_path):
-    model = make_model()
-    model.compile(optimizer=OPTIMIZERS["window"](), loss="mse")
-    model.fit(stream(0, 56), verbose=0)
+    model = trained_model(OPTIMIZERS["window"](), stop=56)
     model.save_weights(tmp_path / "w.weights.h5")
     model.fit(stream(56, 160), verbose=0)
     expected = model.get_weights()
 
-    other = make_model(seed=5)
-    other.compile(optimizer=OPTIMIZERS["window"](), loss="mse")
-    other.optimizer.build(other.trainable_variables)
+    other = compiled_model(OPTIMIZERS["window"](), seed=5)
     other.load_weights(tmp_path / "w.weights.h5")
     other.fit(stream(56, 160), verbose=0)
     for a, b in zip(other.get_weights(), expected, strict=True):
@@ -130,33 +142,23 @@ def test_weights_only_checkpoint_restores_optimizer_and_buffer(tmp_path):
 
 
 def test_loading_with_another_window_is_a_clear_error(tmp_path):
-    model = make_model()
-    model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, window=3), loss="mse")
-    model.fit(stream(0, 40), verbose=0)
-    model.save_weights(tmp_path / "w.weights.h5")
-    other = make_model()
-    other.compile(optimizer=keras_bsgd.BackwardSGD(0.05, window=8), loss="mse")
-    other.optimizer.build(other.trainable_variables)
+    trained_model(keras_bsgd.BackwardSGD(0.05, window=3)).save_weights(tmp_path / "w.weights.h5")
+    other = compiled_model(keras_bsgd.BackwardSGD(0.05, window=8))
     with pytest.raises(ValueError, match="window=3.*window=8"):
         other.load_weights(tmp_path / "w.weights.h5")
 
 
 def test_loading_another_optimizer_layout_is_a_clear_error(tmp_path):
-    model = make_model()
-    model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3), loss="mse")
-    model.fit(stream(0, 40), verbose=0)
-    model.save_weights(tmp_path / "w.weights.h5")
-    other = make_model()
-    other.compile(optimizer=keras_bsgd.BackwardSGD(0.05, window=3), loss="mse")
-    other.optimizer.build(other.trainable_variables)
+    trained_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3)).save_weights(
+        tmp_path / "w.weights.h5"
+    )
+    other = compiled_model(keras_bsgd.BackwardSGD(0.05, window=3))
     with pytest.raises(ValueError, match="holds 22 optimizer variables and this BackwardSGD has 10"):
         other.load_weights(tmp_path / "w.weights.h5")
 
 
 def test_tf_checkpoint_and_pickle(tmp_path):
-    model = make_model()
-    model.compile(optimizer=OPTIMIZERS["window"](), loss="mse")
-    model.fit(stream(0, 40), verbose=0)
+    model = trained_model(OPTIMIZERS["window"]())
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     path = checkpoint.save(tmp_path / "ckpt")
     saved = [np.array(v) for v in model.optimizer.variables]
@@ -167,9 +169,7 @@ def test_tf_checkpoint_and_pickle(tmp_path):
 
     optimizer = pickle.loads(pickle.dumps(model.optimizer))
     assert isinstance(optimizer, keras_bsgd.BackwardSGD) and optimizer.window == 3
-    fresh = make_model()
-    fresh.compile(optimizer=optimizer, loss="mse")  # its state is restored at build
-    optimizer.build(fresh.trainable_variables)
+    compiled_model(optimizer)  # its state is restored when it builds
     for a, b in zip(optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     clone = pickle.loads(pickle.dumps(model))
@@ -179,12 +179,9 @@ def test_tf_checkpoint_and_pickle(tmp_path):
 
 
 def test_state_loaded_into_an_unbuilt_optimizer_is_applied_when_it_builds(tmp_path):
-    model = make_model()
-    model.compile(optimizer=OPTIMIZERS["window"](), loss="mse")
-    model.fit(stream(0, 40), verbose=0)
+    model = trained_model(OPTIMIZERS["window"]())
     model.save_weights(tmp_path / "w.weights.h5")
-    other = make_model()
-    other.compile(optimizer=OPTIMIZERS["window"](), loss="mse")
+    other = compiled_model(OPTIMIZERS["window"](), build=False)
     other.load_weights(tmp_path / "w.weights.h5")
     assert not other.optimizer.built
     other.optimizer.build(other.trainable_variables)
