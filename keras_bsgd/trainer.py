@@ -34,6 +34,7 @@ from keras.src.models.functional import Functional
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
+from keras_bsgd.loss_scale import ReplayLossScale
 from keras_bsgd.optimizer import BackwardSGD
 from keras_bsgd.replicas import LocalReplicas
 from keras_bsgd.replicas import MirroredReplicas
@@ -77,16 +78,14 @@ class ReplayTrainer:
             self.optimizer.build(self.trainable_variables)
 
     def _backward_sgd(self):
-        optimizer = self.optimizer
-        if isinstance(optimizer, BackwardSGD):
-            return optimizer
-        if isinstance(getattr(optimizer, "inner_optimizer", None), BackwardSGD):
-            raise ValueError(
-                "BackwardSGD cannot run inside a LossScaleOptimizer yet (the "
-                "`mixed_float16` policy wraps the optimizer in one). Use the "
-                "`mixed_bfloat16` or `float32` policy. Received: "
-                f"optimizer={optimizer!r}"
-            )
+        """The `BackwardSGD` this model trains with (inside a loss-scale wrapper too), or None."""
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        return optimizer if isinstance(optimizer, BackwardSGD) else None
+
+    def _loss_scale(self):
+        # `mixed_float16` wraps the optimizer in a LossScaleOptimizer at compile().
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return ReplayLossScale(self.optimizer)
         return None
 
     def fit(self, *args, **kwargs):
@@ -297,10 +296,12 @@ class ReplayTrainer:
                 f"and model '{self.name}' has none (all layers frozen?). "
                 "Received: 0 trainable variables"
             )
-        if not optimizer.built:
+        if not self.optimizer.built:
             # Keras builds optimizers lazily in `apply()`, which replay skips.
-            with keras.name_scope(optimizer.name, caller=optimizer):
-                optimizer.build(self.trainable_variables)
+            # A LossScaleOptimizer builds the BackwardSGD it wraps.
+            with keras.name_scope(self.optimizer.name, caller=self.optimizer):
+                self.optimizer.build(self.trainable_variables)
+        loss_scale = self._loss_scale()
         model_state = self._model_state()
         step = tf.cast(optimizer.iterations, "int64") + 1
         learning_rate = optimizer.current_learning_rate()
@@ -315,9 +316,10 @@ class ReplayTrainer:
 
         def apply_map(slot, index):
             self._seed_random_layers(index)
-            replicas.run(self._apply_map, (optimizer, buffer, slot))
+            replicas.run(self._apply_map, (optimizer, buffer, slot, index, loss_scale))
 
         def replay():
+            start_scale = loss_scale.start_step() if loss_scale else None
             optimizer.restore_anchor(model_state)
             slot = (step - 1) % capacity
             if optimizer.window is not None:
@@ -341,6 +343,8 @@ class ReplayTrainer:
                 maximum_iterations=capacity,
             )
             optimizer.finish_step()
+            if loss_scale:
+                loss_scale.finish_step(start_scale)
             diverged = tf.logical_not(
                 tf.reduce_all(
                     [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
@@ -426,17 +430,35 @@ class ReplayTrainer:
             counter = tf.cast(index, state.dtype) * (2**20)
             state.assign(tf.stack([state[0], counter]))
 
-    def _apply_map(self, optimizer, buffer, slot):
-        """Applies the map of the batch buffered in `slot` to the live state."""
+    def _apply_map(self, optimizer, buffer, slot, index, loss_scale=None):
+        """Applies the map of the batch buffered in `slot` (arrived at step `index`)."""
         (x, y, sample_weight), learning_rate = buffer.read(slot)
         variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            loss = optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, variables)
+
+        def gradients(scale=None):
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
+                loss = optimizer.scale_loss(loss)
+                if scale is not None:
+                    loss = loss * scale
+            return tape.gradient(loss, variables)
+
+        if loss_scale is None:
+            grads = gradients()
+        else:
+            model_state = self._model_state()
+            before = [tf.identity(v) for v in model_state]
+
+            def restart():
+                # A retry must see the state and random draws of the first try.
+                for variable, value in zip(model_state, before):
+                    variable.assign(value)
+                self._seed_random_layers(index)
+
+            grads = loss_scale.gradients(gradients, restart)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         optimizer.apply_map(
             [g for g, _ in pairs], [v for _, v in pairs], learning_rate
@@ -481,6 +503,16 @@ class ReplayTrainer:
                 f"{type(strategy).__name__}: XLA compiles one device at a "
                 "time and the replay all-reduces between devices. Compile "
                 "with `jit_compile=False`. Received: jit_compile=True"
+            )
+        if self._loss_scale():
+            raise ValueError(
+                "keras_bsgd does not support the `mixed_float16` policy (a "
+                "LossScaleOptimizer) under a multi-replica "
+                f"{type(strategy).__name__} yet: an overflowing map is "
+                "recomputed at a smaller scale, which keras_bsgd only does on "
+                "one device so far. Use the `mixed_bfloat16` policy, which needs no loss "
+                "scaling. Received: optimizer="
+                f"{type(self.optimizer).__name__}"
             )
         if self.steps_per_execution != 1:
             raise ValueError(

@@ -3,6 +3,8 @@
 TensorFlow must split the CPU before it initializes, so this runs in its own
 process. Prints one JSON line with the measured errors.
 Usage: python -m tests.distributed_probe WINDOW  (an int, or "exact")
+       python -m tests.distributed_probe WINDOW PATH  (resume checks)
+       python -m tests.distributed_probe refusals
 """
 
 import json
@@ -134,7 +136,40 @@ def resume(window, path):
     print("RESULT " + json.dumps(dict(two_replicas=error(on_two), one_device=error(on_one))))
 
 
+def refusals():
+    """What a multi-replica step refuses, each with a ValueError before any step."""
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    cases = {
+        "steps_per_execution": dict(steps_per_execution=2),
+        "mixed_float16": dict(),
+    }
+    messages = {}
+    for name, compile_kwargs in cases.items():
+        if name == "mixed_float16":
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            with strategy.scope():
+                model = build(3)
+                model.compile(optimizer=model.optimizer, loss="mse", **compile_kwargs)
+            before = [v.numpy() for v in model.weights]
+            try:
+                model.fit(stream(), verbose=0)
+                messages[name] = None
+            except ValueError as error:
+                messages[name] = str(error)
+            unchanged = all(
+                np.array_equal(a, v.numpy()) for a, v in zip(before, model.weights)
+            )
+            messages[name + "_unchanged"] = unchanged
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    print("RESULT " + json.dumps(messages))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "refusals":
+        refusals()
+        sys.exit()
     window = None if sys.argv[1] == "exact" else int(sys.argv[1])
     if len(sys.argv) > 2:
         resume(window, sys.argv[2])

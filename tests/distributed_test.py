@@ -39,3 +39,10 @@ def test_checkpoint_from_two_replicas_resumes_on_two_and_on_one(window, tmp_path
     result = probe("tests.distributed_probe", window, str(tmp_path / "run.keras"))
     assert result["two_replicas"] <= 1e-5, result
     assert result["one_device"] <= 1e-5, result
+
+
+def test_unsupported_combinations_are_refused_before_any_step():
+    result = probe("tests.distributed_probe", "refusals")
+    assert "steps_per_execution=2" in result["steps_per_execution"]
+    assert "mixed_bfloat16" in result["mixed_float16"]
+    assert result["steps_per_execution_unchanged"] and result["mixed_float16_unchanged"]

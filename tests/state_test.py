@@ -191,6 +191,75 @@ def test_mixed_bfloat16_tracks_float32_and_is_backward():
     assert rel_forward > 5 * rel
 
 
+def batchnorm_mlp(model_class=keras_bsgd.Sequential):
+    keras.utils.set_random_seed(0)
+    return model_class(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_mixed_float16_tracks_float32_and_is_backward(window):
+    # Dropout and noise draw other numbers in float16, so this model has none.
+    batches = make_batches(10)
+    runs = {}
+    for policy in ("float32", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = batchnorm_mlp()
+            runs[policy] = fit_batches(model, keras_bsgd.BackwardSGD(0.1, window=window),
+                                       batches, "xla")
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    # Keras wrapped the optimizer; the replay happened inside the wrapper.
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert int(model.optimizer.iterations) == 10
+    forward = keras_reference.backward_states(
+        batchnorm_mlp(keras.Sequential), keras.optimizers.SGD(0.1), batches, window=1
+    )
+    for step, (f16, f32, fwd) in enumerate(zip(runs["mixed_float16"], runs["float32"], forward)):
+        rel = np.linalg.norm(f16[0] - f32[0]) / np.linalg.norm(f32[0])
+        assert rel < 1e-3, (step, rel)
+    rel_forward = np.linalg.norm(f16[0] - fwd[0]) / np.linalg.norm(f32[0])
+    assert rel_forward > 5 * rel
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_mixed_float16_overflow_recomputes_the_map_instead_of_skipping_it(mode):
+    # At a scale of 2**40 every float16 gradient overflows; each map is
+    # recomputed at half the scale, with the same BatchNorm state and dropout
+    # masks, until it is finite. Powers of two scale exactly, so the run
+    # equals one that never overflowed, step for step and bit for bit.
+    batches = make_batches(10)
+    runs, scales = [], []
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        for initial_scale, growth in ((2.0**8, 4), (2.0**40, 2000)):
+            model = random_layers_model(keras_bsgd.Sequential)
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                keras_bsgd.BackwardSGD(0.1, window=4),
+                initial_scale=initial_scale,
+                dynamic_growth_steps=growth,
+            )
+            runs.append(fit_batches(model, optimizer, batches, mode))
+            scales.append(float(optimizer.dynamic_scale))
+            assert int(optimizer.iterations) == 10
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for step, (a, b) in enumerate(zip(*runs, strict=True)):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=f"step {step + 1}")
+    # No overflow at 2**8: doubled after steps 4 and 8, as Keras does.
+    assert scales[0] == 2.0**10
+    # Lowered to the largest scale at which the maps were finite.
+    assert 1.0 <= scales[1] <= 2.0**16
+
+
 def test_steps_per_execution_gives_the_same_trajectory():
     batches = make_batches(12)
     finals = []

@@ -114,17 +114,6 @@ def test_exact_mode_overflow_inside_the_run_stops_with_state_of_last_step():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_mixed_float16_is_refused_clearly():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = keras_bsgd.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
-        with pytest.raises(ValueError, match="LossScaleOptimizer"):
-            model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, verbose=0)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def test_unsupported_strategy_is_refused_at_the_first_step():
     strategy = tf.distribute.experimental.CentralStorageStrategy()
     with strategy.scope():
