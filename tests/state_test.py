@@ -260,6 +260,37 @@ def test_mixed_float16_overflow_recomputes_the_map_instead_of_skipping_it(mode):
     assert 1.0 <= scales[1] <= 2.0**16
 
 
+def test_mixed_float16_resume_from_keras_file_is_bitwise_exact(tmp_path):
+    # The loss scale and its growth count are training state too.
+    from tests.saving_test import make_model, stream
+
+    def run(model, start, stop):
+        if not model.compiled:
+            model.compile(
+                optimizer=keras.optimizers.LossScaleOptimizer(
+                    keras_bsgd.BackwardSGD(0.05, momentum=0.5, window=3),
+                    initial_scale=2.0**30, dynamic_growth_steps=4,
+                ),
+                loss="mse", jit_compile=True,
+            )
+        model.fit(stream(start, stop), verbose=0)
+        return model
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        expected = run(make_model(), 0, 160)
+        run(make_model(), 0, 56).save(tmp_path / "run.keras")
+        resumed = keras.models.load_model(tmp_path / "run.keras")
+        assert isinstance(resumed.optimizer, keras.optimizers.LossScaleOptimizer)
+        run(resumed, 56, 160)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for name in ("dynamic_scale", "step_counter", "iterations"):
+        assert float(getattr(resumed.optimizer, name)) == float(getattr(expected.optimizer, name))
+    for a, b in zip(resumed.get_weights(), expected.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_steps_per_execution_gives_the_same_trajectory():
     batches = make_batches(12)
     finals = []
