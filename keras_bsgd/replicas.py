@@ -20,6 +20,8 @@ class LocalReplicas:
     """One replica: per-replica functions run in place."""
 
     distributed = False
+    # The whole step is already compiled as Keras compiles it.
+    jit_gradients = False
 
     def run(self, fn, args=()):
         return fn(*args)
@@ -39,6 +41,10 @@ class MirroredReplicas:
 
     Args:
         strategy: The model's `tf.distribute.Strategy`.
+        jit_gradients: Whether each replica's forward and backward pass of a
+            map is compiled with XLA. The step around it (the replay loop and
+            the all-reduces) runs as a graph: XLA compiles one device at a
+            time.
 
     Example:
 
@@ -50,8 +56,9 @@ class MirroredReplicas:
 
     distributed = True
 
-    def __init__(self, strategy):
+    def __init__(self, strategy, jit_gradients=False):
         self.strategy = strategy
+        self.jit_gradients = jit_gradients
 
     def run(self, fn, args=()):
         return self.strategy.run(fn, args=args)

@@ -316,7 +316,10 @@ class ReplayTrainer:
 
         def apply_map(slot, index):
             self._seed_random_layers(index)
-            replicas.run(self._apply_map, (optimizer, buffer, slot, index, loss_scale))
+            replicas.run(
+                self._apply_map,
+                (optimizer, buffer, slot, index, loss_scale, replicas.jit_gradients),
+            )
 
         def replay():
             start_scale = loss_scale.start_step() if loss_scale else None
@@ -430,8 +433,12 @@ class ReplayTrainer:
             counter = tf.cast(index, state.dtype) * (2**20)
             state.assign(tf.stack([state[0], counter]))
 
-    def _apply_map(self, optimizer, buffer, slot, index, loss_scale=None):
-        """Applies the map of the batch buffered in `slot` (arrived at step `index`)."""
+    def _apply_map(self, optimizer, buffer, slot, index, loss_scale=None, jit=False):
+        """Applies the map of the batch buffered in `slot` (arrived at step `index`).
+
+        With `jit`, the forward and backward pass are compiled with XLA on
+        their own (one replica of a multi-replica step).
+        """
         (x, y, sample_weight), learning_rate = buffer.read(slot)
         variables = self.trainable_variables
 
@@ -446,7 +453,9 @@ class ReplayTrainer:
                     loss = loss * scale
             return tape.gradient(loss, variables)
 
-        if loss_scale is None:
+        if jit:
+            grads = _replica_gradients(gradients)
+        elif loss_scale is None:
             grads = gradients()
         else:
             model_state = self._model_state()
@@ -493,17 +502,10 @@ class ReplayTrainer:
         """The train function under a multi-replica strategy.
 
         The step runs in cross-replica context, each replayed map as one
-        `strategy.run` (one all-reduce). XLA would have to compile
-        `strategy.run` across devices, which TF cannot do on CPUs: this
-        function runs as a graph, and `jit_compile=True` is refused.
+        `strategy.run` (one all-reduce). XLA compiles one device at a time,
+        so the step is a graph; with `jit_compile=True` each replica's
+        forward and backward pass is compiled with XLA inside it.
         """
-        if self.jit_compile:
-            raise ValueError(
-                "keras_bsgd cannot XLA-compile a step under a multi-replica "
-                f"{type(strategy).__name__}: XLA compiles one device at a "
-                "time and the replay all-reduces between devices. Compile "
-                "with `jit_compile=False`. Received: jit_compile=True"
-            )
         if self._loss_scale():
             raise ValueError(
                 "keras_bsgd does not support the `mixed_float16` policy (a "
@@ -520,7 +522,7 @@ class ReplayTrainer:
                 "strategy. Received: steps_per_execution="
                 f"{self.steps_per_execution}"
             )
-        replicas = MirroredReplicas(strategy)
+        replicas = MirroredReplicas(strategy, jit_gradients=bool(self.jit_compile))
         step = tf.function(
             lambda data: self._backward_step(optimizer, data, replicas),
             reduce_retracing=True,
@@ -554,6 +556,23 @@ def _check_strategy(strategy):
             "maps; TPUs are untested). Received: "
             f"strategy={type(strategy).__name__}"
         )
+
+
+def _replica_gradients(gradients):
+    try:
+        return tf.function(gradients, jit_compile=True)()
+    except RuntimeError as error:
+        if "merge_call" not in str(error):
+            raise
+        raise ValueError(
+            "With `jit_compile=True` under a multi-replica strategy, keras_bsgd "
+            "compiles each replica's forward and backward pass with XLA, one "
+            "device at a time, so the model's forward pass cannot synchronize "
+            "replicas (e.g. `BatchNormalization(synchronized=True)`). Compile "
+            "with `jit_compile=False`, or use layers that do not synchronize "
+            "in the forward pass. Received: a forward pass that calls "
+            "merge_call"
+        ) from error
 
 
 def _save(optimizer, model_state):

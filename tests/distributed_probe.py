@@ -2,7 +2,7 @@
 
 TensorFlow must split the CPU before it initializes, so this runs in its own
 process. Prints one JSON line with the measured errors.
-Usage: python -m tests.distributed_probe WINDOW  (an int, or "exact")
+Usage: python -m tests.distributed_probe WINDOW [xla]  (an int, or "exact")
        python -m tests.distributed_probe WINDOW PATH  (resume checks)
        python -m tests.distributed_probe refusals
 """
@@ -33,21 +33,19 @@ def stream():
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
 
 
-def build(window):
+def build(window, jit_compile=False, batchnorm=True):
     keras.utils.set_random_seed(0)
+    # XLA compiles each replica's pass alone: no synchronized BatchNorm then.
+    norm = [keras.layers.BatchNormalization(synchronized=True)] if batchnorm else []
     model = keras_bsgd.Sequential(
-        [
-            keras.Input((4,)),
-            keras.layers.Dense(8, activation="tanh"),
-            keras.layers.BatchNormalization(synchronized=True),
-            keras.layers.Dense(2),
-        ]
+        [keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), *norm, keras.layers.Dense(2)]
     )
     # Exact mode sizes its buffer for the whole run, so a resumed run fits.
     max_steps = STEPS if window is None else None
     model.compile(
         optimizer=keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=window, max_steps=max_steps),
         loss="mse",
+        jit_compile=jit_compile,
     )
     return model
 
@@ -61,13 +59,13 @@ class Trajectory(keras.callbacks.Callback):
         self.states.append([keras.ops.convert_to_numpy(v) for v in self.model.variables])
 
 
-def main(window):
-    single, single_traj = build(window), Trajectory()
+def main(window, jit_compile=False):
+    single, single_traj = build(window, jit_compile, not jit_compile), Trajectory()
     single.fit(stream(), verbose=0, callbacks=[single_traj])
 
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
     with strategy.scope():
-        mirrored = build(window)
+        mirrored = build(window, jit_compile, not jit_compile)
     mirrored_traj = Trajectory()
     mirrored.fit(stream(), verbose=0, callbacks=[mirrored_traj])
 
@@ -142,6 +140,7 @@ def refusals():
     cases = {
         "steps_per_execution": dict(steps_per_execution=2),
         "mixed_float16": dict(),
+        "synchronized_batchnorm_under_xla": dict(jit_compile=True),
     }
     messages = {}
     for name, compile_kwargs in cases.items():
@@ -171,7 +170,9 @@ if __name__ == "__main__":
         refusals()
         sys.exit()
     window = None if sys.argv[1] == "exact" else int(sys.argv[1])
-    if len(sys.argv) > 2:
+    if len(sys.argv) > 2 and sys.argv[2] == "xla":
+        main(window, jit_compile=True)
+    elif len(sys.argv) > 2:
         resume(window, sys.argv[2])
     else:
         main(window)

@@ -24,9 +24,11 @@ def probe(module, *args):
     return json.loads(out.stdout.split("RESULT ")[1].splitlines()[0])
 
 
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("window", ["3", "exact"])
-def test_mirrored_matches_one_device(window):
-    result = probe("tests.distributed_probe", window)
+def test_mirrored_matches_one_device(window, xla):
+    # Under XLA each replica's forward and backward pass is compiled alone.
+    result = probe("tests.distributed_probe", window, *(["xla"] if xla else []))
     assert result["steps"] == 20 and result["iterations"] == 20
     assert result["max_error"] <= 1e-5, result
     # Replicas hold identical weights/optimizer state and their own shards.
@@ -45,4 +47,5 @@ def test_unsupported_combinations_are_refused_before_any_step():
     result = probe("tests.distributed_probe", "refusals")
     assert "steps_per_execution=2" in result["steps_per_execution"]
     assert "mixed_bfloat16" in result["mixed_float16"]
-    assert result["steps_per_execution_unchanged"] and result["mixed_float16_unchanged"]
+    assert "synchronized=True" in result["synchronized_batchnorm_under_xla"]
+    assert all(result[k] for k in result if k.endswith("_unchanged"))
