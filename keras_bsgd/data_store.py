@@ -36,7 +36,7 @@ class DataStore:
     3
     >>> batch_x, batch_y, _ = store.gather(np.array([4, 0], "int32"))
     >>> batch_x.numpy().tolist(), batch_x.dtype.name, batch_y.numpy().tolist()
-    ([[3, 4], [1, 2]], 'uint8', [1, 0])
+    ([[3, 4], [0, 1]], 'uint8', [1, 0])
     """
 
     PREFIX = "replay_data:"
