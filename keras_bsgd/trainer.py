@@ -67,11 +67,11 @@ class ReplayTrainer:
     _array_batch_size = None
     _planned_capacity = None
     # The DataStore of an index-buffered run (its buffer holds example
-    # indices), the id() of the optimizer whose run it serves, and the store
-    # version the train function was traced with.
+    # indices), the id() of the optimizer whose run it serves, and the
+    # (store, version) the train function was traced with.
     _data_store = None
     _data_store_owner = None
-    _data_store_version = None
+    _data_store_traced = None
 
     @property
     def replay_buffer(self):
@@ -123,15 +123,7 @@ class ReplayTrainer:
         return super().fit(**self._index_arguments(optimizer, arguments))
 
     def _index_arguments(self, optimizer, arguments):
-        """fit()'s arguments, rewritten to feed example indices if this run buffers them.
-
-        The arrays go into the run's `DataStore` and `x` becomes their global
-        indices, which Keras batches and shuffles as it would the arrays (its
-        permutation depends only on the number of examples), so the batches
-        are the same. What Keras would do to the arrays themselves happens
-        here first: the validation split (the last fraction, before
-        shuffling), class weights as sample weights, floats cast to floatx.
-        """
+        """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
         x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
         in_memory = _in_memory((x, y, sample_weight)) and self._distribute_strategy is None
         if self._buffer_of(optimizer) is not None:
@@ -144,9 +136,7 @@ class ReplayTrainer:
         else:
             store = None
         self._data_store, self._data_store_owner = store, id(optimizer)
-        if store is None:
-            return arguments
-        if not in_memory:
+        if store is not None and not in_memory:
             raise ValueError(
                 "This run's replay buffer holds example indices into in-memory "
                 "arrays (index buffering), so every fit() of the run must get "
@@ -159,6 +149,27 @@ class ReplayTrainer:
                     else ""
                 )
             )
+        if store is not None:
+            arguments = self._feed_indices(store, arguments)
+        # The step is traced for one store (or none): its data variables, and
+        # whether the buffer holds indices, are baked into the graph.
+        traced = None if store is None else (store, store.version)
+        if traced != self._data_store_traced:
+            self.train_function = None
+            self._data_store_traced = traced
+        return arguments
+
+    def _feed_indices(self, store, arguments):
+        """Puts fit()'s arrays into `store`; returns the arguments that feed their indices.
+
+        The arrays go into the run's `DataStore` and `x` becomes their global
+        indices, which Keras batches and shuffles as it would the arrays (its
+        permutation depends only on the number of examples), so the batches
+        are the same. What Keras would do to the arrays themselves happens
+        here first: the validation split (the last fraction, before
+        shuffling), class weights as sample weights, floats cast to floatx.
+        """
+        x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
         class_weight = arguments.get("class_weight")
         if class_weight is not None and (
             sample_weight is not None or keras.tree.is_nested(y)
@@ -177,10 +188,6 @@ class ReplayTrainer:
             sample_weight = keras.tree.map_structure(lambda _: sample_weight, y)
         data = (x, y, sample_weight)
         offset = store.add(keras.tree.map_structure(_as_floatx, data))
-        if store.version != self._data_store_version:
-            # The train function captured the previous data variables.
-            self.train_function = None
-            self._data_store_version = store.version
         num_samples = _num_array_samples(data)
         arguments.update(
             x=np.arange(offset, offset + num_samples, dtype="int32"),
