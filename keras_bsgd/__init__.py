@@ -1,6 +1,7 @@
 """keras_bsgd: backward-SGD (arXiv 2502.01557) for Keras 3 on TensorFlow."""
 
 from keras_bsgd.buffer import ReplayBuffer
+from keras_bsgd.data_store import DataStore
 from keras_bsgd.optimizer import BackwardSGD
 from keras_bsgd.trainer import FunctionalModel
 from keras_bsgd.trainer import Model
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackwardSGD",
+    "DataStore",
     "FunctionalModel",
     "Model",
     "ReplayBuffer",

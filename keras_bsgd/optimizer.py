@@ -72,6 +72,14 @@ class BackwardSGD(keras.optimizers.SGD):
             the state unchanged. Either way it never enters the buffer.
             Replays that turn the weights non-finite (divergence) always
             raise `FloatingPointError`. Defaults to `"skip"`.
+        index_buffering: Whether exact mode buffers example indices instead
+            of whole batches when `fit()` gets in-memory NumPy arrays: the
+            buffer then holds `batch_size` int32 per step and every replay
+            gathers its batch from one device copy of the arrays (a
+            `keras_bsgd.DataStore`). The trajectory is the same bit for bit.
+            Windowed mode and `tf.data` / generator input always buffer
+            whole batches, and so does training under a `tf.distribute`
+            strategy. Defaults to `True`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor`, `name`, ...).
@@ -100,6 +108,7 @@ class BackwardSGD(keras.optimizers.SGD):
         window=None,
         max_steps=None,
         on_nonfinite="skip",
+        index_buffering=True,
         name="backward_sgd",
         **kwargs,
     ):
@@ -109,6 +118,11 @@ class BackwardSGD(keras.optimizers.SGD):
                 "`on_nonfinite` must be 'skip' (drop a batch whose loss or "
                 "values are NaN/Inf, leaving the state unchanged) or 'raise'. "
                 f"Received: on_nonfinite={on_nonfinite!r}"
+            )
+        if not isinstance(index_buffering, bool):
+            raise TypeError(
+                "`index_buffering` must be True or False. Received: "
+                f"index_buffering={index_buffering!r}"
             )
         super().__init__(
             learning_rate=learning_rate,
@@ -120,6 +134,7 @@ class BackwardSGD(keras.optimizers.SGD):
         self.window = None if window is None else int(window)
         self.max_steps = None if max_steps is None else int(max_steps)
         self.on_nonfinite = on_nonfinite
+        self.index_buffering = index_buffering
         self._map_learning_rate = None
         # Set by the trainer at compile(): returns the model's non-trainable
         # state (BatchNorm statistics, ...) that belongs to S.
@@ -266,6 +281,7 @@ class BackwardSGD(keras.optimizers.SGD):
                 "window": self.window,
                 "max_steps": self.max_steps,
                 "on_nonfinite": self.on_nonfinite,
+                "index_buffering": self.index_buffering,
             }
         )
         return config

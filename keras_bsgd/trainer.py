@@ -11,7 +11,8 @@ per-replica parts run through `keras_bsgd.replicas`):
    from the anchor;
 3. windowed mode, `k > w`: advance the anchor by the map of the batch that
    leaves the window, `A_k = T_{k-w}(A_{k-1})`;
-4. write `B_k` and its frozen learning rate into the ring buffer;
+4. write `B_k` (or, with index buffering, its example indices) and its
+   frozen learning rate into the ring buffer;
 5. replay `T_k, T_{k-1}, ..., T_{max(1, k-w+1)}` in a `tf.while_loop`
    (so the model is traced once, whatever the window), each map with its
    random layers keyed to its batch's arrival index;
@@ -31,9 +32,17 @@ import tensorflow as tf
 # which would turn `keras_bsgd.Model` itself functional for every later user.
 from keras.src.models.functional import Functional
 
+# fit() turns class weights into sample weights inside its data adapter; with
+# index buffering they must become data before that, exactly as Keras does it,
+# and Keras has no public name for the conversion.
+from keras.src.trainers.data_adapters.data_adapter_utils import (
+    class_weight_to_sample_weights,
+)
+
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
+from keras_bsgd.data_store import DataStore
 from keras_bsgd.loss_scale import ReplayLossScale
 from keras_bsgd.optimizer import BackwardSGD
 from keras_bsgd.replicas import LocalReplicas
@@ -58,11 +67,26 @@ class ReplayTrainer:
     _saved_buffer = None  # a loaded SavedBuffer, until the first step
     _array_batch_size = None
     _planned_capacity = None
+    # The DataStore of an index-buffered run (its buffer holds example
+    # indices), the id() of the optimizer whose run it serves, and the
+    # (store, version) the train function was traced with.
+    _data_store = None
+    _data_store_owner = None
+    _data_store_traced = None
 
     @property
     def replay_buffer(self):
         """The `ReplayBuffer` of past batches, or `None` before the first step."""
         return self._replay_buffer
+
+    @property
+    def data_store(self):
+        """The `DataStore` the buffered example indices point into.
+
+        `None` unless this run buffers indices (exact mode on NumPy arrays,
+        see `BackwardSGD(index_buffering=...)`).
+        """
+        return self._data_store
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
@@ -90,9 +114,86 @@ class ReplayTrainer:
 
     def fit(self, *args, **kwargs):
         optimizer = self._backward_sgd()
-        if optimizer is not None:
-            self._plan_fit(optimizer, _FIT_SIGNATURE.bind(self, *args, **kwargs))
-        return super().fit(*args, **kwargs)
+        if optimizer is None:
+            return super().fit(*args, **kwargs)
+        bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
+        self._plan_fit(optimizer, bound)
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        return super().fit(**self._index_arguments(optimizer, arguments))
+
+    def _index_arguments(self, optimizer, arguments):
+        """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
+        x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
+        in_memory = _in_memory((x, y, sample_weight)) and self._distribute_strategy is None
+        if self._buffer_of(optimizer) is not None:
+            mine = self._data_store_owner == id(optimizer)
+            store = self._data_store if mine else None
+        elif self._saved_buffer is not None:
+            store = self._data_store  # loaded with the buffer, or None
+        elif optimizer.index_buffering and optimizer.window is None and in_memory:
+            store = DataStore()
+        else:
+            store = None
+        self._data_store, self._data_store_owner = store, id(optimizer)
+        if store is not None and not in_memory:
+            raise ValueError(
+                "This run's replay buffer holds example indices into in-memory "
+                "arrays (index buffering), so every fit() of the run must get "
+                "NumPy arrays, on one device. To mix arrays with other input, "
+                "compile with `BackwardSGD(index_buffering=False)`. Received: "
+                f"x of type {type(x).__name__}"
+                + (
+                    f" under {type(self._distribute_strategy).__name__}"
+                    if self._distribute_strategy is not None
+                    else ""
+                )
+            )
+        if store is not None:
+            arguments = self._feed_indices(store, arguments)
+        # The step is traced for one store (or none): its data variables, and
+        # whether the buffer holds indices, are baked into the graph.
+        traced = None if store is None else (store, store.version)
+        if traced != self._data_store_traced:
+            self.train_function = None
+            self._data_store_traced = traced
+        return arguments
+
+    def _feed_indices(self, store, arguments):
+        """Puts fit()'s arrays into `store`; returns the arguments that feed their indices.
+
+        The arrays go into the run's `DataStore` and `x` becomes their global
+        indices, which Keras batches and shuffles as it would the arrays (its
+        permutation depends only on the number of examples), so the batches
+        are the same. What Keras would do to the arrays themselves happens
+        here first: the validation split (the last fraction, before
+        shuffling), class weights as sample weights, floats cast to floatx.
+        """
+        x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
+        class_weight = arguments.get("class_weight")
+        if class_weight is not None and (
+            sample_weight is not None or keras.tree.is_nested(y)
+        ):
+            return arguments  # Keras' data adapter rejects these before any step.
+        split = arguments.pop("validation_split", 0.0)
+        data = (x, y, sample_weight)
+        if split and arguments.get("validation_data") is None:
+            data, arguments["validation_data"] = _validation_split(data, split)
+        x, y, sample_weight = data
+        if arguments.pop("class_weight", None) is not None:
+            # Training examples only: validation is not class-weighted.
+            sample_weight = class_weight_to_sample_weights(y, class_weight)
+        if keras.tree.is_nested(y) and isinstance(sample_weight, np.ndarray):
+            # One array for every output, as Keras' data adapter replicates it.
+            sample_weight = keras.tree.map_structure(lambda _: sample_weight, y)
+        data = (x, y, sample_weight)
+        offset = store.add(keras.tree.map_structure(_as_floatx, data))
+        num_samples = _num_array_samples(data)
+        arguments.update(
+            x=np.arange(offset, offset + num_samples, dtype="int32"),
+            y=None,
+            sample_weight=None,
+        )
+        return arguments
 
     def _plan_fit(self, optimizer, bound):
         """Checks batch sizes and sizes exact mode's buffer before any step."""
@@ -232,10 +333,15 @@ class ReplayTrainer:
         saved = SavedBuffer.of(buffer) if buffer is not None else self._saved_buffer
         if saved is not None:
             saved.save(store)
+            # Indices are saved, the data they point into is not: the file
+            # records which arrays a resumed fit() must get.
+            if self._data_store is not None:
+                self._data_store.save(store)
 
     def load_own_variables(self, store):
         """Loads what `save_own_variables` wrote; the buffer is rebuilt at the next step."""
-        keys = [k for k in store.keys() if not k.startswith(SavedBuffer.PREFIX)]
+        ours = (SavedBuffer.PREFIX, DataStore.PREFIX)
+        keys = [k for k in store.keys() if not k.startswith(ours)]
         super().load_own_variables({k: store[k] for k in keys})
         seed_key = SavedBuffer.PREFIX + "seeds"
         if seed_key in store.keys():
@@ -263,6 +369,8 @@ class ReplayTrainer:
         self._saved_buffer = saved
         self._replay_buffer = None
         self._replay_buffer_owner = None
+        self._data_store = DataStore.load(store) if saved is not None else None
+        self._data_store_owner = None
 
     def _static_batch(self, batch):
         # NumPy inputs reach the step with an unknown batch dimension; fit()
@@ -289,7 +397,13 @@ class ReplayTrainer:
             lambda d: self._static_batch(keras.utils.unpack_x_y_sample_weight(d)),
             (data,),
         )
-        buffer = self._buffer_for(optimizer, replicas.first(batch), replicas)
+        # What the buffer keeps: the batch, or (index buffering) the
+        # batch's example indices, from which the batch is gathered.
+        item = batch
+        if self._data_store is not None:
+            item = batch[0]
+            batch = self._data_store.gather(item)
+        buffer = self._buffer_for(optimizer, replicas.first(item), replicas)
         if not self.trainable_variables:
             raise ValueError(
                 "Backward-SGD needs trainable weights to replay updates on, "
@@ -332,7 +446,7 @@ class ReplayTrainer:
                     return _save(optimizer, model_state)
 
                 tf.cond(step > capacity, advance_anchor, _noop)
-            replicas.run(buffer.write, (slot, batch, learning_rate))
+            replicas.run(buffer.write, (slot, item, learning_rate))
 
             def body(i):
                 index = step - i
@@ -439,7 +553,10 @@ class ReplayTrainer:
         With `jit`, the forward and backward pass are compiled with XLA on
         their own (one replica of a multi-replica step).
         """
-        (x, y, sample_weight), learning_rate = buffer.read(slot)
+        item, learning_rate = buffer.read(slot)
+        x, y, sample_weight = (
+            item if self._data_store is None else self._data_store.gather(item)
+        )
         variables = self.trainable_variables
 
         def gradients(scale=None):
@@ -616,9 +733,48 @@ def _capacity_message(capacity, step, done):
     )
 
 
+def _in_memory(data):
+    """Whether `data` is a nest of numeric NumPy arrays (None leaves allowed)."""
+    leaves = [a for a in keras.tree.flatten(data) if a is not None]
+    return bool(leaves) and all(
+        isinstance(a, np.ndarray)
+        and a.ndim >= 1
+        and (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_)
+        for a in leaves
+    )
+
+
+def _as_floatx(array):
+    # Keras feeds float arrays to the model as floatx (float64 becomes
+    # float32); other dtypes (uint8 images, int labels) are kept.
+    if array is None or not np.issubdtype(array.dtype, np.floating):
+        return array
+    return array.astype(keras.backend.floatx(), copy=False)
+
+
+def _validation_split(data, split):
+    """`(train, validation)`: the last `split` of the examples, as fit() takes it."""
+    num_samples = _num_array_samples(data)
+    split_at = int(math.floor(num_samples * (1.0 - split)))
+    if split_at in (0, num_samples):
+        raise ValueError(
+            f"Training data contains {num_samples} samples, which is not "
+            "sufficient to split it into a validation and training set as "
+            f"specified by `validation_split={split}`. Received: "
+            f"validation_split={split}"
+        )
+
+    def part(start, stop):
+        return keras.tree.map_structure(
+            lambda a: None if a is None else a[start:stop], data
+        )
+
+    return part(0, split_at), part(split_at, num_samples)
+
+
 def _num_array_samples(x):
     """The sample count of array-like `x` (NumPy, tensors, their nests), else None."""
-    leaves = keras.tree.flatten(x) if x is not None else []
+    leaves = [t for t in keras.tree.flatten(x) if t is not None] if x is not None else []
     if leaves and all(isinstance(t, (np.ndarray, tf.Tensor)) for t in leaves):
         return int(leaves[0].shape[0])
     return None

@@ -40,7 +40,8 @@ def test_main_prints_ratios(tiny):
     text = "\n".join(lines)
     for key in ("t_sgd", "R(w=1)", "R(w=4)", "R_exact(k=2)", "R_exact(k=4)",
                 "compile_s(w=1)", "compile_s(w=4)", "compile_ratio", "peak_rss_mb",
-                "buffer_bytes(uint8", "buffer_bytes(float32", "int32 indices", "targets met"):
+                "buffer_bytes(uint8", "buffer_bytes(float32", "int32 indices", "data_store_bytes",
+                "targets met"):
         assert key in text, key
 
 
@@ -85,10 +86,28 @@ def test_buffer_memory_uint8_vs_float32(tiny):
     labels = 128 * 4
     assert by_dtype["uint8"]["bytes_per_slot"] == 128 * 3072 + labels
     assert by_dtype["float32"]["bytes_per_slot"] == 128 * 3072 * 4 + labels
+    assert by_dtype["int32 indices"]["bytes_per_slot"] == 128 * 4
+    # The index-buffering data store keeps uint8 images as uint8.
+    assert bm["data_store"] == {"num_examples": 1000, "nbytes": 1000 * (3072 + 4)}
     p = bm["projection"]
     assert p["steps"] == 100
     assert p["bytes"]["int32 indices"] < p["bytes"]["uint8"] < p["bytes"]["float32"]
     assert p["bytes_per_step"]["int32 indices"] == 128 * 4 + 4
+    assert p["total_bytes"]["int32 indices"] == 100 * (128 * 4 + 4) + 1000 * (3072 + 4)
+
+
+def test_memory_only_rewrites_only_the_memory_section(tiny, tmp_path, capsys):
+    _, report, _ = tiny
+    text = report.read_text()
+    path = tmp_path / "performance.md"
+    path.write_text(text.replace("| uint8 images |", "| stale |"))
+    assert speed.main(["--tiny", "--memory-only", "--memory-examples", "10",
+                       "--output", str(path)]) == 0
+    new = path.read_text()
+    assert "| stale |" not in new and "for 10 uint8 images" in new
+    assert new.split(speed.MEMORY_BEGIN)[0] == text.split(speed.MEMORY_BEGIN)[0]
+    assert new.split(speed.MEMORY_END)[1] == text.split(speed.MEMORY_END)[1]
+    assert "data_store_bytes(10 uint8" in capsys.readouterr().out
 
 
 def test_report_keeps_hand_written_text(tiny):
@@ -98,7 +117,7 @@ def test_report_keeps_hand_written_text(tiny):
     assert text.rstrip().endswith("Notes.")
     assert "old" not in text.split(speed.BEGIN)[1].split(speed.END)[0]
     for key in ("R = ", "R_exact = ", "Compile time", "Replay-buffer memory",
-                "NOT implemented", "### Targets"):
+                "index buffering", "### Targets", speed.MEMORY_BEGIN, speed.MEMORY_END):
         assert key in text, key
 
 

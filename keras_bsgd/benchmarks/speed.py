@@ -70,6 +70,7 @@ DEFAULTS = {
     "fast_forward": True,
     "memory_steps": 10_000,
     "memory_batch_size": 128,
+    "memory_examples": 50_000,
     "time_limit_s": None,
     "seed": 0,
 }
@@ -85,6 +86,7 @@ TINY = {
     "repeats": 2,
     "budget_s": 2.0,
     "memory_steps": 100,
+    "memory_examples": 1_000,
 }
 """A smoke-test configuration: one small MLP, a few seconds of timing."""
 
@@ -237,25 +239,31 @@ def _rss_bytes():
     return psutil.Process().memory_info().rss
 
 
-def buffer_memory(batch_size=128, image_shape=(32, 32, 3), capacity=64, steps=10_000):
+def buffer_memory(batch_size=128, image_shape=(32, 32, 3), capacity=64, steps=10_000,
+                  num_examples=50_000):
     """Replay-buffer bytes for CIFAR-shaped batches: measured, and projected to `steps`.
 
     Measured: the `nbytes` of real `keras_bsgd.ReplayBuffer`s of `capacity`
-    slots, with uint8 and with float32 images (int32 labels). Projected
-    (arithmetic, not allocated): exact mode over `steps` steps storing full
-    batches (uint8 / float32), against storing only `batch_size` int32 example
-    indices per step, which the library does NOT implement.
+    slots holding uint8 or float32 image batches (int32 labels), or (index
+    buffering) `batch_size` int32 example indices per slot, and of the
+    `keras_bsgd.DataStore` of `num_examples` uint8 images with int32 labels
+    that index buffering gathers from. Projected (arithmetic, not
+    allocated): exact mode over `steps` steps.
 
     Returns:
-        A dict with `measured` (a list of dicts) and `projection`.
+        A dict with `measured` (a list of dicts), `data_store` and `projection`.
     """
     pixels = int(np.prod(image_shape))
     measured = []
-    for dtype in ("uint8", "float32"):
+    for dtype in ("uint8", "float32", "int32 indices"):
         spec = (
-            tf.TensorSpec((batch_size, *image_shape), dtype),
-            tf.TensorSpec((batch_size,), "int32"),
-            None,
+            tf.TensorSpec((batch_size,), "int32")
+            if dtype == "int32 indices"
+            else (
+                tf.TensorSpec((batch_size, *image_shape), dtype),
+                tf.TensorSpec((batch_size,), "int32"),
+                None,
+            )
         )
         buffer = keras_bsgd.ReplayBuffer(capacity, spec)
         measured.append({
@@ -267,6 +275,15 @@ def buffer_memory(batch_size=128, image_shape=(32, 32, 3), capacity=64, steps=10
         })
         del buffer
         gc.collect()
+    store = keras_bsgd.DataStore()
+    store.add((
+        np.zeros((num_examples, *image_shape), "uint8"),
+        np.zeros((num_examples,), "int32"),
+        None,
+    ))
+    data_store = {"num_examples": num_examples, "nbytes": store.nbytes}
+    del store
+    gc.collect()
     label_bytes = batch_size * 4
     lr_bytes = 4  # the frozen learning rate, one float32 per slot
     per_step = {
@@ -274,15 +291,18 @@ def buffer_memory(batch_size=128, image_shape=(32, 32, 3), capacity=64, steps=10
         "float32": batch_size * pixels * 4 + label_bytes + lr_bytes,
         "int32 indices": batch_size * 4 + lr_bytes,
     }
+    totals = {k: v * steps for k, v in per_step.items()}
+    totals["int32 indices"] += data_store["nbytes"]
     return {
         "measured": measured,
+        "data_store": data_store,
         "projection": {
             "steps": steps,
             "batch_size": batch_size,
             "image_shape": list(image_shape),
             "bytes_per_step": per_step,
             "bytes": {k: v * steps for k, v in per_step.items()},
-            "dataset_bytes_uint8_cifar10_train": 50_000 * pixels,
+            "total_bytes": totals,
         },
     }
 
@@ -629,6 +649,7 @@ def benchmark(
     fast_forward=DEFAULTS["fast_forward"],
     memory_steps=DEFAULTS["memory_steps"],
     memory_batch_size=DEFAULTS["memory_batch_size"],
+    memory_examples=DEFAULTS["memory_examples"],
     time_limit_s=DEFAULTS["time_limit_s"],
     seed=DEFAULTS["seed"],
     command=None,
@@ -654,6 +675,7 @@ def benchmark(
             step before it (see the module docstring).
         memory_steps: Steps of the exact-mode memory projection.
         memory_batch_size: Batch size of the memory measurement and projection.
+        memory_examples: Examples in the measured index-buffering data store.
         time_limit_s: Skip what remains once this many seconds have passed.
         seed: Seed of weights and data.
         command: The command line, recorded in the result.
@@ -681,6 +703,7 @@ def benchmark(
         "bsgd_steps_per_execution": bsgd_steps_per_execution,
         "repeats": repeats, "budget_s": budget_s, "fast_forward": fast_forward,
         "memory_steps": memory_steps, "memory_batch_size": memory_batch_size,
+        "memory_examples": memory_examples,
         "time_limit_s": time_limit_s, "seed": seed, "jit_compile": True,
         "learning_rate": LEARNING_RATE, "distinct_batches": NUM_BATCHES,
         "data": "synthetic float32 inputs in [0, 1), int32 labels in [0, 10)",
@@ -707,14 +730,18 @@ def benchmark(
             keras.backend.clear_session()
             if checkpoint:
                 checkpoint(result)
-    capacity = max(windows) if windows else 64
     result["buffer_memory"] = buffer_memory(
-        memory_batch_size, (32, 32, 3), capacity, memory_steps
+        memory_batch_size, (32, 32, 3), _memory_capacity(windows), memory_steps,
+        memory_examples,
     )
     result["targets"] = check_targets(result)
     result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_time_s"] = time.perf_counter() - start
     return result
+
+
+def _memory_capacity(windows):
+    return max(windows) if windows else 64
 
 
 def check_targets(result):
@@ -747,6 +774,8 @@ def _check(name, value, target):
 
 BEGIN = "<!-- speed:begin (generated by keras_bsgd.benchmarks.speed; edits here are overwritten) -->"
 END = "<!-- speed:end -->"
+MEMORY_BEGIN = "<!-- speed:memory:begin -->"
+MEMORY_END = "<!-- speed:memory:end -->"
 
 
 def _pct(fraction):
@@ -759,6 +788,8 @@ def _mb(n):
 
 
 def _size(n):
+    if n < 2**20:
+        return f"{n / 2**10:,.1f} KiB"
     return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else _mb(n)
 
 
@@ -857,39 +888,7 @@ def to_markdown(result):
         ]
         if run["skipped"]:
             lines += [f"Skipped (time limit): {', '.join(run['skipped'])}.", ""]
-    bm = result["buffer_memory"]
-    lines += [
-        "### Replay-buffer memory, CIFAR-shaped batches",
-        "",
-        "Measured: `keras_bsgd.ReplayBuffer` objects built for batches of "
-        f"{bm['measured'][0]['batch_size']} images of 32x32x3 with int32 labels:",
-        "",
-        "| image dtype | slots | `nbytes` | bytes / slot |",
-        "|---|---|---|---|",
-    ]
-    for r in bm["measured"]:
-        lines.append(f"| {r['dtype']} | {r['capacity']} | {_mb(r['nbytes'])} | "
-                     f"{r['bytes_per_slot']:,} |")
-    p = bm["projection"]
-    lines += [
-        "",
-        f"Projected by arithmetic (not allocated): exact mode over {p['steps']:,} steps at "
-        f"batch {p['batch_size']}; every step stores its batch, labels (int32) and "
-        "learning rate (float32):",
-        "",
-        "| what is stored per step | bytes / step | total |",
-        "|---|---|---|",
-    ]
-    for k, v in p["bytes_per_step"].items():
-        what = (f"only {p['batch_size']} int32 example indices (NOT implemented in keras_bsgd)"
-                if k == "int32 indices" else f"the full batch, {k} images")
-        lines.append(f"| {what} | {v:,} | {_size(p['bytes'][k])} |")
-    lines += [
-        "",
-        "Index buffering would also need the dataset itself in memory, for random access "
-        f"(CIFAR-10 train, uint8: {_size(p['dataset_bytes_uint8_cifar10_train'])}).",
-        "",
-        "### Targets",
+    lines += [memory_markdown(result["buffer_memory"]), "", "### Targets",
         "",
         "| check | measured | target | met | miss |",
         "|---|---|---|---|---|",
@@ -904,6 +903,52 @@ def to_markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def memory_markdown(bm):
+    """The replay-buffer memory section (what `--memory-only` rewrites), with its markers."""
+    store, p = bm["data_store"], bm["projection"]
+    lines = [
+        MEMORY_BEGIN,
+        "### Replay-buffer memory, CIFAR-shaped batches",
+        "",
+        "Measured: `keras_bsgd.ReplayBuffer` objects built for batches of "
+        f"{bm['measured'][0]['batch_size']} images of 32x32x3 with int32 labels, or for "
+        "their int32 example indices (index buffering):",
+        "",
+        "| slot contents | slots | `nbytes` | bytes / slot |",
+        "|---|---|---|---|",
+    ]
+    for r in bm["measured"]:
+        what = r["dtype"] if r["dtype"] == "int32 indices" else f"{r['dtype']} images"
+        lines.append(f"| {what} | {r['capacity']} | {_size(r['nbytes'])} | "
+                     f"{r['bytes_per_slot']:,} |")
+    lines += [
+        "",
+        f"Measured: the `keras_bsgd.DataStore` that index buffering gathers from, for "
+        f"{store['num_examples']:,} uint8 images of 32x32x3 with int32 labels"
+        f"{' (CIFAR-10 train)' if store['num_examples'] == 50_000 else ''}: "
+        f"{_size(store['nbytes'])} (`nbytes`), once per run whatever its length.",
+        "",
+        f"Projected by arithmetic (not allocated): exact mode over {p['steps']:,} steps at "
+        f"batch {p['batch_size']}; every step stores its batch, labels (int32) and "
+        "learning rate (float32), or only its example indices and learning rate:",
+        "",
+        "| what is stored per step | bytes / step | buffer total | with the data store |",
+        "|---|---|---|---|",
+    ]
+    for k, v in p["bytes_per_step"].items():
+        what = (f"{p['batch_size']} int32 example indices (index buffering: NumPy input, "
+                "the default)" if k == "int32 indices" else f"the full batch, {k} images")
+        lines.append(f"| {what} | {v:,} | {_size(p['bytes'][k])} | "
+                     f"{_size(p['total_bytes'][k])} |")
+    lines.append(MEMORY_END)
+    return "\n".join(lines)
+
+
+def _replace_block(text, begin, end, generated):
+    head, rest = text.split(begin, 1)
+    return head + generated.rstrip("\n") + rest.split(end, 1)[1]
+
+
 def write_report(result, path):
     """Writes the generated tables into `path` between the speed markers.
 
@@ -916,9 +961,7 @@ def write_report(result, path):
         with open(path) as f:
             text = f.read()
     if text and BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + generated.rstrip("\n") + tail
+        text = _replace_block(text, BEGIN, END, generated)
     else:
         text = "# Performance\n\n" + generated
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -940,14 +983,22 @@ def summary_lines(result):
         lines.append(f"{where}: peak_rss_mb = {run['memory']['peak_rss_bytes'] / 2**20:.1f}")
         lines += [f"{where}: buffer_bytes({k}) = {v}"
                   for k, v in run["memory"]["buffer_bytes"].items()]
-    for r in result["buffer_memory"]["measured"]:
-        lines.append(f"buffer_bytes({r['dtype']}, capacity {r['capacity']}, "
-                     f"batch {r['batch_size']}) = {r['nbytes']}")
-    p = result["buffer_memory"]["projection"]
-    for k, v in p["bytes"].items():
-        lines.append(f"exact_{p['steps']}_steps_bytes({k}) = {v}")
+    lines += memory_summary_lines(result["buffer_memory"])
     missed = [t for t in result["targets"] if not t["met"]]
     lines.append(f"targets met: {len(result['targets']) - len(missed)}/{len(result['targets'])}")
+    return lines
+
+
+def memory_summary_lines(bm):
+    """The buffer-memory measurements and projection as `key = value` lines."""
+    lines = [f"buffer_bytes({r['dtype']}, capacity {r['capacity']}, "
+             f"batch {r['batch_size']}) = {r['nbytes']}" for r in bm["measured"]]
+    lines.append(f"data_store_bytes({bm['data_store']['num_examples']} uint8 32x32x3 "
+                 f"examples) = {bm['data_store']['nbytes']}")
+    p = bm["projection"]
+    lines += [f"exact_{p['steps']}_steps_bytes({k}) = {v}" for k, v in p["bytes"].items()]
+    lines.append(f"exact_{p['steps']}_steps_bytes(int32 indices + data store) = "
+                 f"{p['total_bytes']['int32 indices']}")
     return lines
 
 
@@ -986,6 +1037,12 @@ def build_parser(prog=PROG):
                         default=None, help="run every step up to steady state / depth k")
     parser.add_argument("--memory-steps", type=int, default=None,
                         help=f"steps of the memory projection; default: {d['memory_steps']}")
+    parser.add_argument("--memory-examples", type=int, default=None,
+                        help="examples in the measured index-buffering data store; default: "
+                        f"{d['memory_examples']}")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="measure only the buffer memory and rewrite only its section of "
+                        "--output (seconds, no timing)")
     parser.add_argument("--time-limit-s", type=float, default=None,
                         help="skip what remains after this many seconds")
     parser.add_argument("--seed", type=int, default=None)
@@ -1020,6 +1077,8 @@ def main(argv=None, prog=PROG):
             with open(args.json, "w") as f:
                 json.dump(partial, f, indent=1)
 
+    if args.memory_only:
+        return _memory_only(config, args.output)
     result = benchmark(**config, command=" ".join([prog, *map(shlex.quote, argv)]), log=log,
                        checkpoint=checkpoint)
     print()
@@ -1032,6 +1091,26 @@ def main(argv=None, prog=PROG):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         print(f"Wrote {args.json}")
+    return 0
+
+
+def _memory_only(config, output):
+    bm = buffer_memory(config["memory_batch_size"], (32, 32, 3),
+                       _memory_capacity(config["windows"]), config["memory_steps"],
+                       config["memory_examples"])
+    for line in memory_summary_lines(bm):
+        print(line)
+    if output:
+        with open(output) as f:
+            text = f.read()
+        if MEMORY_BEGIN not in text or MEMORY_END not in text:
+            raise ValueError(
+                f"--memory-only rewrites the memory section of an existing report, and "
+                f"{output} has none: run the full benchmark first. Received: --output {output}"
+            )
+        with open(output, "w") as f:
+            f.write(_replace_block(text, MEMORY_BEGIN, MEMORY_END, memory_markdown(bm)))
+        print(f"Wrote {output}")
     return 0
 
 

@@ -1,0 +1,245 @@
+"""`DataStore`: one device copy of the in-memory training data that index buffering gathers from."""
+
+import hashlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class DataStore:
+    """The in-memory datasets of a run, kept once each, gathered by global example index.
+
+    With index buffering the replay buffer stores only each batch's example
+    indices; every replay gathers the batch from here. Each distinct dataset
+    (a nest `(x, y, sample_weight)` of NumPy arrays with a common first
+    dimension) occupies a range of global indices `[offset, offset + size)`,
+    so indices buffered by an earlier `fit()` on other arrays still resolve
+    to their own examples. The data lives in one non-trainable `tf.Variable`
+    per leaf, in the data's own dtype (uint8 images stay uint8), created
+    once per distinct dataset: a variable is read by handle, where a constant
+    would be copied into every traced graph. The store is not part of the
+    model's weights and is never written to a `.keras` file; a saved run
+    records only each dataset's `fingerprint`, and a resumed `fit()` must
+    supply the same arrays.
+
+    Example:
+
+    >>> import numpy as np
+    >>> store = DataStore()
+    >>> x, y = np.arange(6, dtype="uint8").reshape(3, 2), np.array([0, 1, 2])
+    >>> store.add((x, y, None))
+    0
+    >>> store.add((x, y, None))  # the same arrays again: no second copy
+    0
+    >>> store.add((x + 1, y, None))  # other arrays: the next global indices
+    3
+    >>> batch_x, batch_y, _ = store.gather(np.array([4, 0], "int32"))
+    >>> batch_x.numpy().tolist(), batch_x.dtype.name, batch_y.numpy().tolist()
+    ([[3, 4], [0, 1]], 'uint8', [1, 0])
+    """
+
+    PREFIX = "replay_data:"
+
+    def __init__(self):
+        # [fingerprint, offset, size, leaves]: leaves are the flat arrays
+        # until they are copied to the device, then _ON_DEVICE; None while a
+        # dataset restored from a file waits for its arrays.
+        self._datasets = []
+        self._structure = None  # the nest, with a per-example TensorSpec per leaf
+        self._variables = None
+        self.version = 0  # bumped whenever the variables are recreated
+
+    @property
+    def size(self):
+        """The number of global example indices in use."""
+        return sum(size for _, _, size, _ in self._datasets)
+
+    @property
+    def nbytes(self):
+        """Bytes held on the device (all leaves of all datasets)."""
+        if self._variables is None:
+            return 0
+        return sum(
+            v.shape.num_elements() * v.dtype.size for v in self._variables if v is not None
+        )
+
+    @property
+    def fingerprints(self):
+        """The fingerprints of the datasets, in the order of their offsets."""
+        return [fingerprint for fingerprint, _, _, _ in self._datasets]
+
+    @staticmethod
+    def fingerprint(data):
+        """A digest of a dataset's structure, dtypes, shapes and every byte.
+
+        Hashing all bytes costs about as much as the one copy to the device
+        that a new dataset costs anyway, and catches arrays that were
+        changed in place between two `fit()` calls, which a sample would not.
+
+        Args:
+            data: A nest of NumPy arrays (or None leaves).
+
+        Returns:
+            A 32-character hex string.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        for path, leaf in keras.tree.flatten_with_path(data):
+            digest.update(repr(path).encode())
+            if leaf is None:
+                digest.update(b"None")
+                continue
+            leaf = np.ascontiguousarray(leaf)
+            digest.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+            digest.update(memoryview(leaf).cast("B"))
+        return digest.hexdigest()
+
+    def add(self, data):
+        """Adds a dataset unless a dataset with its fingerprint is already here.
+
+        Args:
+            data: A nest `(x, y, sample_weight)` of NumPy arrays (None leaves
+                allowed) sharing their first dimension.
+
+        Returns:
+            The global index of the dataset's first example.
+
+        Raises:
+            ValueError: if the dataset's structure, per-example shapes or
+                dtypes differ from those already stored, if the store was
+                restored from a file and `data` is not a dataset it refers
+                to, or if the global indices would overflow int32.
+        """
+        fingerprint = self.fingerprint(data)
+        for entry in self._datasets:
+            if entry[0] == fingerprint:
+                if entry[3] is None:
+                    self._check_structure(data)
+                    entry[3] = keras.tree.flatten(data)
+                    if all(e[3] is not None for e in self._datasets):
+                        self._build()
+                return entry[1]
+        pending = [e for e in self._datasets if e[3] is None]
+        if pending:
+            raise ValueError(
+                "The replay buffer loaded from the file holds example indices "
+                "into in-memory training data that this fit() did not "
+                f"receive: {_describe(pending)}. Resume with the arrays the "
+                "saved run trained on (train on other data in a later fit() "
+                f"call). Received: data with fingerprint {fingerprint} "
+                f"({_num_examples(data)} examples)"
+            )
+        size = _num_examples(data)
+        if self.size + size > np.iinfo(np.int32).max:
+            raise ValueError(
+                "Index buffering numbers examples with int32, and this run's "
+                f"datasets would hold {self.size + size}. Compile with "
+                "`BackwardSGD(index_buffering=False)`. Received: "
+                f"{size} more examples"
+            )
+        self._check_structure(data)
+        self._datasets.append([fingerprint, self.size, size, keras.tree.flatten(data)])
+        self._build()
+        return self._datasets[-1][1]
+
+    def gather(self, indices):
+        """The examples at global `indices`, as the stored nest of tensors.
+
+        Args:
+            indices: int32 tensor `[batch]` of global example indices.
+
+        Returns:
+            The nest `(x, y, sample_weight)` of `[batch, ...]` tensors.
+        """
+        leaves = [None if v is None else tf.gather(v, indices) for v in self._variables]
+        return keras.tree.pack_sequence_as(self._structure, leaves)
+
+    def _check_structure(self, data):
+        structure = keras.tree.map_structure(
+            lambda a: None
+            if a is None
+            else tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)),
+            data,
+        )
+        if self._structure is None:
+            self._structure = structure
+            return
+        try:
+            keras.tree.assert_same_structure(structure, self._structure)
+            same = keras.tree.flatten(structure) == keras.tree.flatten(self._structure)
+        except (ValueError, TypeError):
+            same = False
+        if not same:
+            raise ValueError(
+                "Every fit() of a run must get examples of the same structure, "
+                "shapes and dtypes: the replay buffer keeps example indices "
+                "into all of them. The stored examples are "
+                f"{_describe_structure(self._structure)}. Received: examples "
+                f"of {_describe_structure(structure)}"
+            )
+
+    def _build(self):
+        # One variable per leaf holding every dataset, so that a replay
+        # gathers with a single op whatever the number of datasets. The
+        # host arrays are dropped once copied: the store never pins them.
+        new = [e for e in self._datasets if e[3] is not _ON_DEVICE]
+        columns = [list(c) for c in zip(*(e[3] for e in new))]
+        old = self._variables or [None] * len(columns)
+        with tf.init_scope():
+            self._variables = [
+                None
+                if column[0] is None
+                else tf.Variable(
+                    tf.concat(([] if var is None else [var]) + column, axis=0),
+                    trainable=False,
+                    name=f"replay_data_{i}",
+                )
+                for i, (var, column) in enumerate(zip(old, columns))
+            ]
+        for entry in new:
+            entry[3] = _ON_DEVICE
+        self.version += 1
+
+    def save(self, store):
+        """Writes each dataset's fingerprint, offset and size into a Keras saving `store`."""
+        store[self.PREFIX + "fingerprints"] = np.array(
+            [list(bytes.fromhex(f)) for f in self.fingerprints], "uint8"
+        ).reshape(-1, 16)
+        store[self.PREFIX + "ranges"] = np.array(
+            [[offset, size] for _, offset, size, _ in self._datasets], "int64"
+        ).reshape(-1, 2)
+
+    @classmethod
+    def load(cls, store):
+        """A store awaiting the datasets recorded by `save`, or None if there are none."""
+        if cls.PREFIX + "fingerprints" not in store.keys():
+            return None
+        out = cls()
+        fingerprints = np.asarray(store[cls.PREFIX + "fingerprints"])
+        ranges = np.asarray(store[cls.PREFIX + "ranges"])
+        out._datasets = [
+            [bytes(f.tolist()).hex(), int(offset), int(size), None]
+            for f, (offset, size) in zip(fingerprints, ranges)
+        ]
+        return out
+
+
+_ON_DEVICE = "on device"
+
+
+def _num_examples(data):
+    return next(int(a.shape[0]) for a in keras.tree.flatten(data) if a is not None)
+
+
+def _describe(entries):
+    return ", ".join(
+        f"fingerprint {fingerprint} ({size} examples)" for fingerprint, _, size, _ in entries
+    )
+
+
+def _describe_structure(structure):
+    return ", ".join(
+        f"{'/'.join(str(p) for p in path)}: "
+        + ("None" if s is None else f"{tuple(s.shape)} {s.dtype.name}")
+        for path, s in keras.tree.flatten_with_path(structure)
+    )
