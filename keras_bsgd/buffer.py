@@ -210,7 +210,10 @@ _NONE_NOTE = " (None is a dimension that varies, e.g. a partial last batch)."
 
 
 class SavedBuffer:
-    """The contents of a `ReplayBuffer` as stored in a `.keras` / `.weights.h5` file.
+    """The contents of a `ReplayBuffer` as stored in a file or a checkpoint.
+
+    `.keras` / `.weights.h5` files hold it under `PREFIX` keys of the model's
+    entry; `tf.train.Checkpoint` holds the same keys inside a `ReplayState`.
 
     A saved buffer becomes a live `ReplayBuffer` at the first training step
     after loading, once the batch structure is known again.
