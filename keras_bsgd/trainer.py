@@ -252,6 +252,7 @@ class ReplayTrainer:
         The replay buffer is part of the training state: without it a resumed
         run would replay different batches. Keras does not save SeedGenerator
         states either, and the seeds of random layers key every replayed draw.
+        The optimizer's variable count lets a restore refuse another layout.
         `.keras` files and `tf.train.Checkpoint` (through `ReplayState`) both
         store this.
         """
@@ -259,6 +260,10 @@ class ReplayTrainer:
         if seeds:
             store[SavedBuffer.PREFIX + "seeds"] = np.stack(seeds)
         optimizer = self._backward_sgd()
+        if optimizer is not None and optimizer.built:
+            store[SavedBuffer.PREFIX + "optimizer_variables"] = np.array(
+                len(optimizer.variables), "int64"
+            )
         buffer = self._buffer_of(optimizer) if optimizer is not None else None
         saved = SavedBuffer.of(buffer) if buffer is not None else self._saved_buffer
         if saved is not None:
@@ -272,8 +277,9 @@ class ReplayTrainer:
         becomes the buffer at the next training step.
 
         Raises:
-            ValueError: if the seeds or the buffer do not fit this model and
-                its optimizer.
+            ValueError: if the seeds, the buffer or the optimizer layout do
+                not fit this model and its optimizer (an unbuilt optimizer
+                checks its layout when it builds).
         """
         seed_key = SavedBuffer.PREFIX + "seeds"
         if seed_key in store.keys():
@@ -289,6 +295,9 @@ class ReplayTrainer:
                 state.assign(seed)
         saved = SavedBuffer.load(store)
         optimizer = self._backward_sgd()
+        count_key = SavedBuffer.PREFIX + "optimizer_variables"
+        if optimizer is not None and count_key in store.keys():
+            optimizer.expect_variables(int(np.asarray(store[count_key])))
         if saved is None or optimizer is None:
             # Nothing buffered yet: a live buffer's slots are rewritten before
             # the run reads them.
