@@ -298,13 +298,18 @@ class ReplayTrainer:
         count_key = SavedBuffer.PREFIX + "optimizer_variables"
         if optimizer is not None and count_key in store.keys():
             optimizer.expect_variables(int(np.asarray(store[count_key])))
-        if saved is None or optimizer is None:
-            # Nothing buffered yet: a live buffer's slots are rewritten before
-            # the run reads them.
+        if optimizer is None:
             self._saved_buffer = saved
             return
-        _check_capacity(saved, optimizer)
         buffer = self._buffer_of(optimizer)
+        if saved is None:
+            # Saved before the first step: a live buffer's slots are
+            # rewritten before the run reads them, its counter restarts.
+            if buffer is not None:
+                buffer.skipped_batches.assign(0)
+            self._saved_buffer = None
+            return
+        _check_capacity(saved, optimizer)
         if buffer is not None:
             buffer.restore(saved)
             self._saved_buffer = None
