@@ -48,8 +48,6 @@ class ReplayBuffer:
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         ) if per_replica else {}
-        if saved is not None:
-            saved.check(capacity, spec, self._strategy.num_replicas_in_sync)
         with tf.init_scope():
             # Leaves that are None (no targets, no sample weights) hold nothing.
             self._slots = [
@@ -69,10 +67,6 @@ class ReplayBuffer:
                 name="replay_learning_rates",
                 **sync,
             )
-            if saved is not None and per_replica:
-                self._strategy.run(self._restore_shard, (saved,))
-            elif saved is not None:
-                self._restore_shard(saved)
             # [kind, step] of the last incident the host must raise (kind 0:
             # none; see INCIDENTS), and the number of dropped batches.
             self.incident = tf.Variable(
@@ -81,6 +75,25 @@ class ReplayBuffer:
             self.skipped_batches = tf.Variable(
                 tf.constant(0, "int64"), trainable=False, name="replay_skipped"
             )
+            if saved is not None:
+                self.restore(saved)
+
+    def restore(self, saved):
+        """Overwrites the buffer with the contents of a `SavedBuffer`.
+
+        Args:
+            saved: A `SavedBuffer` of global batches.
+
+        Raises:
+            ValueError: if `saved` has another capacity or batch structure.
+        """
+        saved.check(self.capacity, self.spec, self._strategy.num_replicas_in_sync)
+        with tf.init_scope():
+            if self.per_replica:
+                self._strategy.run(self._restore_shard, (saved,))
+            else:
+                self._restore_shard(saved)
+            self.skipped_batches.assign(saved.skipped_batches)
 
     def _restore_shard(self, saved):
         # Saved leaves hold global batches [capacity, B, ...]; replica r of R
@@ -197,7 +210,10 @@ _NONE_NOTE = " (None is a dimension that varies, e.g. a partial last batch)."
 
 
 class SavedBuffer:
-    """The contents of a `ReplayBuffer` as stored in a `.keras` / `.weights.h5` file.
+    """The contents of a `ReplayBuffer` as stored in a file or a checkpoint.
+
+    `.keras` / `.weights.h5` files hold it under `PREFIX` keys of the model's
+    entry; `tf.train.Checkpoint` holds the same keys inside a `ReplayState`.
 
     A saved buffer becomes a live `ReplayBuffer` at the first training step
     after loading, once the batch structure is known again.
@@ -207,24 +223,32 @@ class SavedBuffer:
         leaves: One array `[capacity, *shape]` per batch leaf (None for
             empty leaves), in `keras.tree.flatten` order.
         learning_rates: Array `[capacity]` of frozen learning rates.
+        skipped_batches: How many non-finite batches the run has dropped.
     """
 
     PREFIX = "replay_buffer:"
 
-    def __init__(self, capacity, leaves, learning_rates):
+    def __init__(self, capacity, leaves, learning_rates, skipped_batches=0):
         self.capacity = int(capacity)
         self.leaves = leaves
         self.learning_rates = np.asarray(learning_rates, "float32")
+        self.skipped_batches = int(skipped_batches)
 
     @classmethod
     def of(cls, buffer):
         learning_rates = buffer._strategy.experimental_local_results(buffer.learning_rates)
-        return cls(buffer.capacity, buffer.global_slots(), learning_rates[0].numpy())
+        return cls(
+            buffer.capacity,
+            buffer.global_slots(),
+            learning_rates[0].numpy(),
+            int(buffer.skipped_batches.numpy()),
+        )
 
     def save(self, store):
         """Writes the buffer under `PREFIX` keys of a Keras saving `store`."""
         store[self.PREFIX + "capacity"] = np.array(self.capacity, "int64")
         store[self.PREFIX + "learning_rates"] = self.learning_rates
+        store[self.PREFIX + "skipped_batches"] = np.array(self.skipped_batches, "int64")
         present = [leaf is not None for leaf in self.leaves]
         store[self.PREFIX + "present"] = np.array(present, "bool")
         for i, leaf in enumerate(self.leaves):
@@ -241,10 +265,13 @@ class SavedBuffer:
             np.asarray(store[f"{cls.PREFIX}leaf_{i}"]) if p else None
             for i, p in enumerate(present)
         ]
+        # Files written before the counter was saved resume it from 0.
+        skipped = cls.PREFIX + "skipped_batches"
         return cls(
             np.asarray(store[cls.PREFIX + "capacity"]),
             leaves,
             np.asarray(store[cls.PREFIX + "learning_rates"]),
+            np.asarray(store[skipped]) if skipped in store.keys() else 0,
         )
 
     def check(self, capacity, spec, num_replicas=1):

@@ -209,6 +209,23 @@ class DataStore:
             [[offset, size] for _, offset, size, _ in self._datasets], "int64"
         ).reshape(-1, 2)
 
+    @staticmethod
+    def same_layout(live, loaded):
+        """Whether indices saved with `loaded` resolve to the same examples in `live`.
+
+        Args:
+            live: The run's `DataStore`, or None (it buffers whole batches).
+            loaded: What `load` returned for a saved run, or None.
+
+        Returns:
+            True if both are None, or if every dataset of `loaded` sits in
+            `live` at the same global indices.
+        """
+        if live is None or loaded is None:
+            return live is None and loaded is None
+        ranges = [entry[:3] for entry in live._datasets]
+        return ranges[: len(loaded._datasets)] == [e[:3] for e in loaded._datasets]
+
     @classmethod
     def load(cls, store):
         """A store awaiting the datasets recorded by `save`, or None if there are none."""

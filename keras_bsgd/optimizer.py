@@ -140,6 +140,7 @@ class BackwardSGD(keras.optimizers.SGD):
         # state (BatchNorm statistics, ...) that belongs to S.
         self.model_state_source = None
         self._pending_state = None
+        self._expected_variables = None
 
     def build(self, var_list):
         """Creates the momentum slots and the anchor state, in a fixed order.
@@ -166,6 +167,9 @@ class BackwardSGD(keras.optimizers.SGD):
         if self._pending_state is not None:
             values, self._pending_state = self._pending_state, None
             self._assign_state(values)
+        if self._expected_variables is not None:
+            count, self._expected_variables = self._expected_variables, None
+            self._check_layout(count)
 
     def _live_and_anchor(self, model_state):
         if len(model_state) != len(self.anchor_model_state):
@@ -261,18 +265,40 @@ class BackwardSGD(keras.optimizers.SGD):
         self._assign_state(values)
 
     def _assign_state(self, values):
-        if len(values) != len(self.variables):
+        self._check_layout(len(values))
+        for variable, value in zip(self.variables, values):
+            variable.assign(value)
+
+    def expect_variables(self, count):
+        """Checks that state saved from an optimizer with `count` variables fits this one.
+
+        `tf.train.Checkpoint` restores optimizer variables by position and
+        leaves unmatched ones as they are; another count means another
+        layout (momentum or not, another model), which would resume from a
+        mix of two states.
+
+        Args:
+            count: The number of variables of the saved optimizer.
+
+        Raises:
+            ValueError: now if the optimizer is built, else at `build()`.
+        """
+        if self.built:
+            self._check_layout(count)
+        else:
+            self._expected_variables = int(count)
+
+    def _check_layout(self, count):
+        if count != len(self.variables):
             raise ValueError(
                 f"Cannot load the state of optimizer '{self.name}': the file "
-                f"holds {len(values)} optimizer variables and this "
+                f"holds {count} optimizer variables and this "
                 f"BackwardSGD has {len(self.variables)} (iterations, learning "
                 "rate, momentum slots and the anchor of weights, momentum and "
                 "model state). Load into a model with the same architecture "
                 "compiled with the same momentum setting. Received: "
-                f"{len(values)} variables"
+                f"{count} variables"
             )
-        for variable, value in zip(self.variables, values):
-            variable.assign(value)
 
     def get_config(self):
         config = super().get_config()

@@ -42,6 +42,7 @@ from keras.src.trainers.data_adapters.data_adapter_utils import (
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
+from keras_bsgd.checkpoint import ReplayState
 from keras_bsgd.data_store import DataStore
 from keras_bsgd.loss_scale import ReplayLossScale
 from keras_bsgd.optimizer import BackwardSGD
@@ -73,6 +74,7 @@ class ReplayTrainer:
     _data_store = None
     _data_store_owner = None
     _data_store_traced = None
+    _replay_state = None  # a ReplayState, from the first compile()
 
     @property
     def replay_buffer(self):
@@ -93,6 +95,20 @@ class ReplayTrainer:
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if isinstance(optimizer, BackwardSGD):
             optimizer.model_state_source = self._model_state
+        if self._replay_state is None:
+            # Assigned after compile so that a restore the checkpoint deferred
+            # until this dependency existed sees the new optimizer.
+            self._replay_state = ReplayState(
+                self._save_replay_state, self._load_replay_state
+            )
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "savedmodel":
+            # Exported models serve inference; a Python-state string would
+            # be frozen at trace time there.
+            children.pop("_replay_state", None)
+        return children
 
     def compile_from_config(self, config):
         # Keras skips compiling custom `compile()` methods when loading; this
@@ -316,19 +332,39 @@ class ReplayTrainer:
         return self._replay_buffer
 
     def save_own_variables(self, store):
-        """Saves the model's own variables and the replay buffer.
+        """Saves the model's own variables and the replay state.
 
-        The buffer is part of the training state: without it a resumed run
-        would replay different batches. It is stored under
+        The replay state (see `_save_replay_state`) is stored under
         `replay_buffer:...` keys of the model's own entry.
         """
         super().save_own_variables(store)
-        # Keras does not save SeedGenerator states; the seeds of random layers
-        # key every replayed draw, so a resumed run needs them.
+        self._save_replay_state(store)
+
+    def load_own_variables(self, store):
+        """Loads what `save_own_variables` wrote."""
+        ours = (SavedBuffer.PREFIX, DataStore.PREFIX)
+        keys = [k for k in store.keys() if not k.startswith(ours)]
+        super().load_own_variables({k: store[k] for k in keys})
+        self._load_replay_state(store)
+
+    def _save_replay_state(self, store):
+        """Writes the training state that lives outside Keras variables to `store`.
+
+        The replay buffer is part of the training state: without it a resumed
+        run would replay different batches. Keras does not save SeedGenerator
+        states either, and the seeds of random layers key every replayed draw.
+        The optimizer's variable count lets a restore refuse another layout.
+        `.keras` files and `tf.train.Checkpoint` (through `ReplayState`) both
+        store this.
+        """
         seeds = [np.array(v.numpy()) for v in self._seed_states()]
         if seeds:
             store[SavedBuffer.PREFIX + "seeds"] = np.stack(seeds)
         optimizer = self._backward_sgd()
+        if optimizer is not None and optimizer.built:
+            store[SavedBuffer.PREFIX + "optimizer_variables"] = np.array(
+                len(optimizer.variables), "int64"
+            )
         buffer = self._buffer_of(optimizer) if optimizer is not None else None
         saved = SavedBuffer.of(buffer) if buffer is not None else self._saved_buffer
         if saved is not None:
@@ -338,11 +374,18 @@ class ReplayTrainer:
             if self._data_store is not None:
                 self._data_store.save(store)
 
-    def load_own_variables(self, store):
-        """Loads what `save_own_variables` wrote; the buffer is rebuilt at the next step."""
-        ours = (SavedBuffer.PREFIX, DataStore.PREFIX)
-        keys = [k for k in store.keys() if not k.startswith(ours)]
-        super().load_own_variables({k: store[k] for k in keys})
+    def _load_replay_state(self, store):
+        """Reads what `_save_replay_state` wrote.
+
+        A live buffer of the current run is overwritten in place (the compiled
+        train function holds its variables); otherwise the saved buffer
+        becomes the buffer at the next training step.
+
+        Raises:
+            ValueError: if the seeds, the buffer or the optimizer layout do
+                not fit this model and its optimizer (an unbuilt optimizer
+                checks its layout when it builds).
+        """
         seed_key = SavedBuffer.PREFIX + "seeds"
         if seed_key in store.keys():
             seeds = np.asarray(store[seed_key])
@@ -357,20 +400,34 @@ class ReplayTrainer:
                 state.assign(seed)
         saved = SavedBuffer.load(store)
         optimizer = self._backward_sgd()
-        if saved is not None and optimizer is not None and optimizer.window is not None:
-            if saved.capacity != optimizer.window:
-                raise ValueError(
-                    f"The file holds a replay buffer of {saved.capacity} "
-                    f"batches, saved with window={saved.capacity}, but this "
-                    f"model's optimizer has window={optimizer.window}. Load "
-                    "it into a model compiled with the same window. Received: "
-                    f"window={optimizer.window}"
-                )
-        self._saved_buffer = saved
-        self._replay_buffer = None
-        self._replay_buffer_owner = None
-        self._data_store = DataStore.load(store) if saved is not None else None
-        self._data_store_owner = None
+        count_key = SavedBuffer.PREFIX + "optimizer_variables"
+        if optimizer is not None and count_key in store.keys():
+            optimizer.expect_variables(int(np.asarray(store[count_key])))
+        if optimizer is None:
+            self._saved_buffer = saved
+            return
+        buffer = self._buffer_of(optimizer)
+        if saved is None:
+            # Saved before the first step: a live buffer's slots are
+            # rewritten before the run reads them, its counter restarts.
+            if buffer is not None:
+                buffer.skipped_batches.assign(0)
+            self._saved_buffer = None
+            return
+        _check_capacity(saved, optimizer)
+        data_store = DataStore.load(store)
+        if buffer is not None and DataStore.same_layout(self._data_store, data_store):
+            # The compiled step holds the live buffer's variables.
+            buffer.restore(saved)
+            self._saved_buffer = None
+        else:
+            # Buffered indices point into other data (or none): the next fit()
+            # rebuilds the buffer and retraces the step.
+            self._saved_buffer = saved
+            self._replay_buffer = None
+            self._replay_buffer_owner = None
+            self._data_store = data_store
+            self._data_store_owner = None
 
     def _static_batch(self, batch):
         # NumPy inputs reach the step with an unknown batch dimension; fit()
@@ -721,6 +778,29 @@ def _incident_error(buffer, kind, step):
         "finite; the model's weights are not. Received: non-finite weights "
         f"at step {step}"
     )
+
+
+def _check_capacity(saved, optimizer):
+    """Raises `ValueError` unless `optimizer` can resume from `saved`."""
+    if optimizer.window is not None and saved.capacity != optimizer.window:
+        raise ValueError(
+            f"The file holds a replay buffer of {saved.capacity} batches, "
+            f"saved with window={saved.capacity}, but this model's optimizer "
+            f"has window={optimizer.window}. Load it into a model compiled "
+            f"with the same window. Received: window={optimizer.window}"
+        )
+    if (
+        optimizer.window is None
+        and optimizer.max_steps is not None
+        and saved.capacity != optimizer.max_steps
+    ):
+        raise ValueError(
+            f"The file holds the replay buffer of an exact run of "
+            f"{saved.capacity} steps (max_steps={saved.capacity}), but this "
+            f"model's optimizer has max_steps={optimizer.max_steps}. Load it "
+            "into a model compiled with the same max_steps. Received: "
+            f"max_steps={optimizer.max_steps}"
+        )
 
 
 def _capacity_message(capacity, step, done):

@@ -107,7 +107,10 @@ def main(window, jit_compile=False):
 
 
 def resume(window, path):
-    """Saves a 2-replica run at step 10; resumes it on 2 replicas and on 1 device."""
+    """Saves a 2-replica run at step 10; resumes it on 2 replicas and on 1 device.
+
+    Both ways of saving: a `.keras` file and a `tf.train.Checkpoint`.
+    """
     half = stream().take(STEPS // 2)
     rest = stream().skip(STEPS // 2)
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
@@ -118,11 +121,20 @@ def resume(window, path):
         model = build(window)
     model.fit(half, verbose=0)
     model.save(path)
+    checkpoint = checkpoint_of(model).save(os.path.join(os.path.dirname(path), "ckpt"))
     with strategy.scope():
         on_two = keras.models.load_model(path)
     on_two.fit(rest, verbose=0)
     on_one = keras.models.load_model(path)
     on_one.fit(rest, verbose=0)
+    # The same state through tf.train.Checkpoint, restored before the first step.
+    with strategy.scope():
+        tf_on_two = build(window)
+    checkpoint_of(tf_on_two).restore(checkpoint)
+    tf_on_two.fit(rest, verbose=0)
+    tf_on_one = build(window)
+    checkpoint_of(tf_on_one).restore(checkpoint)
+    tf_on_one.fit(rest, verbose=0)
     expected = uninterrupted.get_weights()
 
     def error(model):
@@ -131,7 +143,21 @@ def resume(window, path):
             for a, b in zip(model.get_weights(), expected)
         )
 
-    print("RESULT " + json.dumps(dict(two_replicas=error(on_two), one_device=error(on_one))))
+    print(
+        "RESULT "
+        + json.dumps(
+            dict(
+                two_replicas=error(on_two),
+                one_device=error(on_one),
+                tf_two_replicas=error(tf_on_two),
+                tf_one_device=error(tf_on_one),
+            )
+        )
+    )
+
+
+def checkpoint_of(model):
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
 
 def refusals():

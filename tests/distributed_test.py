@@ -37,10 +37,12 @@ def test_mirrored_matches_one_device(window, xla):
 
 
 @pytest.mark.parametrize("window", ["3", "exact"])
-def test_checkpoint_from_two_replicas_resumes_on_two_and_on_one(window, tmp_path):
+def test_checkpoints_from_two_replicas_resume_on_two_and_on_one(window, tmp_path):
     result = probe("tests.distributed_probe", window, str(tmp_path / "run.keras"))
     assert result["two_replicas"] <= 1e-5, result
     assert result["one_device"] <= 1e-5, result
+    assert result["tf_two_replicas"] <= 1e-5, result
+    assert result["tf_one_device"] <= 1e-5, result
 
 
 def test_unsupported_combinations_are_refused_before_any_step():

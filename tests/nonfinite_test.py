@@ -35,7 +35,7 @@ def fit(params, batches, **optimizer_kwargs):
     return model, history
 
 
-def test_skip_drops_the_batch_as_if_it_never_arrived():
+def test_skip_drops_the_batch_as_if_it_never_arrived(tmp_path):
     batches, params = make_stream(seed=0, num_batches=8)
     bad = poisoned(batches, [2, 5], value=np.inf)
     model, history = fit(params, bad, window=3, momentum=0.5)
@@ -46,6 +46,12 @@ def test_skip_drops_the_batch_as_if_it_never_arrived():
     assert np.isfinite(history.history["loss"][-1])
     for a, b in zip(model.get_weights(), clean.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+    # A resumed run keeps counting from there.
+    checkpoint = tf.train.Checkpoint(model=model)
+    path = checkpoint.save(tmp_path / "ckpt")
+    model.replay_buffer.skipped_batches.assign(0)
+    checkpoint.restore(path)
+    assert int(model.replay_buffer.skipped_batches.numpy()) == 2
 
 
 def test_raise_names_the_step_and_leaves_the_state_unchanged():

@@ -3,6 +3,7 @@
 import os
 import pathlib
 import pickle
+import signal
 import subprocess
 import sys
 
@@ -51,6 +52,21 @@ def uninterrupted(kind):
     return model.get_weights()
 
 
+def run_script(script, *args, timeout=300):
+    """Runs `script` in a fresh Python process: `sys.argv[1]` is the repository root.
+
+    A script that outlives `timeout` seconds is killed (and the test fails
+    with `subprocess.TimeoutExpired`).
+    """
+    return subprocess.run(
+        [sys.executable, "-c", script, str(ROOT), *(str(a) for a in args)],
+        env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.mark.parametrize("kind", list(OPTIMIZERS))
 def test_resume_from_keras_file_in_a_fresh_process_is_bitwise_exact(kind, tmp_path):
     model = make_model()
@@ -66,11 +82,7 @@ def test_resume_from_keras_file_in_a_fresh_process_is_bitwise_exact(kind, tmp_pa
         "np.savez(sys.argv[3], *model.get_weights(), it=int(model.optimizer.iterations))\n"
     )
     out = tmp_path / "resumed.npz"
-    env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT), str(tmp_path / "run.keras"), str(out)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    done = run_script(script, tmp_path / "run.keras", out)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = np.load(out)
     assert int(resumed["it"]) == 20
@@ -90,11 +102,12 @@ class Interrupt(keras.callbacks.Callback):
             raise RuntimeError("interrupted")
 
 
+def epochs():
+    return stream(0, 160).take(4)  # 4 steps per epoch, the same 4 batches
+
+
 @pytest.mark.parametrize("kind", list(OPTIMIZERS))
 def test_backup_and_restore_after_an_interruption(kind, tmp_path):
-    def epochs():
-        return stream(0, 160).take(4)  # 4 steps per epoch, 5 epochs
-
     model = make_model()
     model.compile(optimizer=OPTIMIZERS[kind](), loss="mse", jit_compile=True)
     model.fit(epochs(), epochs=5, verbose=0)
@@ -110,6 +123,74 @@ def test_backup_and_restore_after_an_interruption(kind, tmp_path):
     model.fit(epochs(), epochs=5, verbose=0, callbacks=[backup])
     for a, b in zip(model.get_weights(), expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# Trains 5 epochs of `epochs()` with a backup every epoch ("epoch"), every
+# `int` steps (BackupAndRestore), or every epoch through a
+# tf.train.CheckpointManager ("manager"), and dies with SIGKILL after step
+# `kill_at` (0: never). Run again, it resumes from the backup.
+KILLED_RUN = """
+import os, signal, sys
+import keras, numpy as np, tensorflow as tf
+sys.path.insert(0, sys.argv[1])
+from tests.saving_test import OPTIMIZERS, epochs, make_model
+kind, save, backup, kill_at, out = sys.argv[2:7]
+
+class KillAt(keras.callbacks.Callback):
+    # Dies like a preempted machine: no exception, no on_train_end, no cleanup.
+    seen = 0
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+model = make_model()
+model.compile(optimizer=OPTIMIZERS[kind](), loss="mse", jit_compile=True)
+initial_epoch = 0
+if save == "manager":
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, backup, max_to_keep=2)
+    checkpoint.restore(manager.latest_checkpoint)
+    initial_epoch = int(model.optimizer.iterations) // 4
+    backup_callback = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: manager.save()
+    )
+else:
+    backup_callback = keras.callbacks.BackupAndRestore(
+        backup, save_freq=save if save == "epoch" else int(save)
+    )
+model.fit(epochs(), epochs=5, initial_epoch=initial_epoch, verbose=0,
+          callbacks=[backup_callback, KillAt()])
+np.savez(out, *model.get_weights(), it=int(model.optimizer.iterations))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("save", ["epoch", "2", "manager"])
+def test_resume_after_the_process_is_killed(save, tmp_path):
+    backup, out = tmp_path / "backup", tmp_path / "final.npz"
+    killed = run_script(KILLED_RUN, "window", save, backup, 11, out)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not out.exists()
+    resumed = run_script(KILLED_RUN, "window", save, backup, 0, out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = np.load(out)
+
+    model = make_model()
+    model.compile(optimizer=OPTIMIZERS["window"](), loss="mse", jit_compile=True)
+    if save == "2":
+        # The last backup is at step 10, inside the third epoch. Keras 3.15's
+        # BackupAndRestore records the epoch but not the batch, so the
+        # resumed run starts that epoch again from its first batch: from the
+        # state of step 10, for any optimizer.
+        model.fit(epochs(), epochs=2, verbose=0)
+        model.fit(epochs().take(2), verbose=0)
+        model.fit(epochs(), epochs=3, verbose=0)
+    else:
+        model.fit(epochs(), epochs=5, verbose=0)
+    assert int(resumed["it"]) == int(model.optimizer.iterations)
+    for i, expected in enumerate(model.get_weights()):
+        np.testing.assert_array_equal(resumed[f"arr_{i}"], expected)
 
 
 def compiled_model(optimizer, seed=0, build=True):
@@ -141,6 +222,20 @@ def test_weights_only_checkpoint_restores_optimizer_and_buffer(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_loading_weights_into_a_model_that_trained_on_restores_its_buffer(tmp_path):
+    # The compiled train function holds the live buffer's variables: loading
+    # must overwrite them, not start a new buffer the function never reads.
+    model = make_model()
+    model.compile(optimizer=OPTIMIZERS["window"](), loss="mse", jit_compile=True)
+    model.fit(stream(0, 56), verbose=0)
+    model.save_weights(tmp_path / "w.weights.h5")
+    model.fit(stream(56, 80), verbose=0)
+    model.load_weights(tmp_path / "w.weights.h5")
+    model.fit(stream(56, 160), verbose=0)
+    for a, b in zip(model.get_weights(), uninterrupted("window"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_loading_with_another_window_is_a_clear_error(tmp_path):
     trained_model(keras_bsgd.BackwardSGD(0.05, window=3)).save_weights(tmp_path / "w.weights.h5")
     other = compiled_model(keras_bsgd.BackwardSGD(0.05, window=8))
@@ -157,16 +252,9 @@ def test_loading_another_optimizer_layout_is_a_clear_error(tmp_path):
         other.load_weights(tmp_path / "w.weights.h5")
 
 
-def test_tf_checkpoint_and_pickle(tmp_path):
+def test_pickle():
+    # tf.train.Checkpoint: tests/checkpoint_test.py.
     model = trained_model(OPTIMIZERS["window"]())
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    path = checkpoint.save(tmp_path / "ckpt")
-    saved = [np.array(v) for v in model.optimizer.variables]
-    model.fit(stream(40, 80), verbose=0)
-    checkpoint.restore(path)
-    for a, b in zip(model.optimizer.variables, saved, strict=True):
-        np.testing.assert_array_equal(np.array(a), b)
-
     optimizer = pickle.loads(pickle.dumps(model.optimizer))
     assert isinstance(optimizer, keras_bsgd.BackwardSGD) and optimizer.window == 3
     compiled_model(optimizer)  # its state is restored when it builds
