@@ -127,9 +127,9 @@ class DataStore:
                 f"receive: {_describe(pending)}. Resume with the arrays the "
                 "saved run trained on (train on other data in a later fit() "
                 f"call). Received: data with fingerprint {fingerprint} "
-                f"({_num_examples(data)} examples)"
+                f"({num_examples(data)} examples)"
             )
-        size = _num_examples(data)
+        size = num_examples(data)
         if self.size + size > np.iinfo(np.int32).max:
             raise ValueError(
                 "Index buffering numbers examples with int32, and this run's "
@@ -244,7 +244,8 @@ class DataStore:
 _ON_DEVICE = "on device"
 
 
-def _num_examples(data):
+def num_examples(data):
+    """The number of examples in a nest of arrays (None leaves allowed)."""
     return next(int(a.shape[0]) for a in keras.tree.flatten(data) if a is not None)
 
 

@@ -32,17 +32,11 @@ import tensorflow as tf
 # which would turn `keras_bsgd.Model` itself functional for every later user.
 from keras.src.models.functional import Functional
 
-# fit() turns class weights into sample weights inside its data adapter; with
-# index buffering they must become data before that, exactly as Keras does it,
-# and Keras has no public name for the conversion.
-from keras.src.trainers.data_adapters.data_adapter_utils import (
-    class_weight_to_sample_weights,
-)
-
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
 from keras_bsgd.checkpoint import ReplayState
+from keras_bsgd import index_feed
 from keras_bsgd.data_store import DataStore
 from keras_bsgd.loss_scale import ReplayLossScale
 from keras_bsgd.optimizer import BackwardSGD
@@ -140,7 +134,8 @@ class ReplayTrainer:
     def _index_arguments(self, optimizer, arguments):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
         x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
-        in_memory = _in_memory((x, y, sample_weight)) and self._distribute_strategy is None
+        in_memory = index_feed.in_memory((x, y, sample_weight))
+        in_memory = in_memory and self._distribute_strategy is None
         if self._buffer_of(optimizer) is not None:
             mine = self._data_store_owner == id(optimizer)
             store = self._data_store if mine else None
@@ -165,50 +160,13 @@ class ReplayTrainer:
                 )
             )
         if store is not None:
-            arguments = self._feed_indices(store, arguments)
+            arguments = index_feed.feed_indices(store, arguments)
         # The step is traced for one store (or none): its data variables, and
         # whether the buffer holds indices, are baked into the graph.
         traced = None if store is None else (store, store.version)
         if traced != self._data_store_traced:
             self.train_function = None
             self._data_store_traced = traced
-        return arguments
-
-    def _feed_indices(self, store, arguments):
-        """Puts fit()'s arrays into `store`; returns the arguments that feed their indices.
-
-        The arrays go into the run's `DataStore` and `x` becomes their global
-        indices, which Keras batches and shuffles as it would the arrays (its
-        permutation depends only on the number of examples), so the batches
-        are the same. What Keras would do to the arrays themselves happens
-        here first: the validation split (the last fraction, before
-        shuffling), class weights as sample weights, floats cast to floatx.
-        """
-        x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
-        class_weight = arguments.get("class_weight")
-        if class_weight is not None and (
-            sample_weight is not None or keras.tree.is_nested(y)
-        ):
-            return arguments  # Keras' data adapter rejects these before any step.
-        split = arguments.pop("validation_split", 0.0)
-        data = (x, y, sample_weight)
-        if split and arguments.get("validation_data") is None:
-            data, arguments["validation_data"] = _validation_split(data, split)
-        x, y, sample_weight = data
-        if arguments.pop("class_weight", None) is not None:
-            # Training examples only: validation is not class-weighted.
-            sample_weight = class_weight_to_sample_weights(y, class_weight)
-        if keras.tree.is_nested(y) and isinstance(sample_weight, np.ndarray):
-            # One array for every output, as Keras' data adapter replicates it.
-            sample_weight = keras.tree.map_structure(lambda _: sample_weight, y)
-        data = (x, y, sample_weight)
-        offset = store.add(keras.tree.map_structure(_as_floatx, data))
-        num_samples = _num_array_samples(data)
-        arguments.update(
-            x=np.arange(offset, offset + num_samples, dtype="int32"),
-            y=None,
-            sample_weight=None,
-        )
         return arguments
 
     def _plan_fit(self, optimizer, bound):
@@ -811,45 +769,6 @@ def _capacity_message(capacity, step, done):
         "`BackwardSGD(max_steps=...)`, or use windowed backward-SGD with "
         f"`window=w`. Received: step {step} with capacity={capacity}"
     )
-
-
-def _in_memory(data):
-    """Whether `data` is a nest of numeric NumPy arrays (None leaves allowed)."""
-    leaves = [a for a in keras.tree.flatten(data) if a is not None]
-    return bool(leaves) and all(
-        isinstance(a, np.ndarray)
-        and a.ndim >= 1
-        and (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_)
-        for a in leaves
-    )
-
-
-def _as_floatx(array):
-    # Keras feeds float arrays to the model as floatx (float64 becomes
-    # float32); other dtypes (uint8 images, int labels) are kept.
-    if array is None or not np.issubdtype(array.dtype, np.floating):
-        return array
-    return array.astype(keras.backend.floatx(), copy=False)
-
-
-def _validation_split(data, split):
-    """`(train, validation)`: the last `split` of the examples, as fit() takes it."""
-    num_samples = _num_array_samples(data)
-    split_at = int(math.floor(num_samples * (1.0 - split)))
-    if split_at in (0, num_samples):
-        raise ValueError(
-            f"Training data contains {num_samples} samples, which is not "
-            "sufficient to split it into a validation and training set as "
-            f"specified by `validation_split={split}`. Received: "
-            f"validation_split={split}"
-        )
-
-    def part(start, stop):
-        return keras.tree.map_structure(
-            lambda a: None if a is None else a[start:stop], data
-        )
-
-    return part(0, split_at), part(split_at, num_samples)
 
 
 def _num_array_samples(x):
