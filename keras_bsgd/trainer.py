@@ -32,11 +32,11 @@ import tensorflow as tf
 # which would turn `keras_bsgd.Model` itself functional for every later user.
 from keras.src.models.functional import Functional
 
+from keras_bsgd import index_feed
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
 from keras_bsgd.checkpoint import ReplayState
-from keras_bsgd import index_feed
 from keras_bsgd.data_store import DataStore
 from keras_bsgd.loss_scale import ReplayLossScale
 from keras_bsgd.optimizer import BackwardSGD
@@ -451,7 +451,7 @@ class ReplayTrainer:
             )
 
         def replay():
-            start_scale = loss_scale.start_step() if loss_scale else None
+            start_scale = None if loss_scale is None else loss_scale.start_step()
             optimizer.restore_anchor(model_state)
             slot = (step - 1) % capacity
             if optimizer.window is not None:
@@ -475,7 +475,7 @@ class ReplayTrainer:
                 maximum_iterations=capacity,
             )
             optimizer.finish_step()
-            if loss_scale:
+            if loss_scale is not None:
                 loss_scale.finish_step(start_scale)
             diverged = tf.logical_not(
                 tf.reduce_all(
@@ -644,8 +644,8 @@ class ReplayTrainer:
                 "LossScaleOptimizer) under a multi-replica "
                 f"{type(strategy).__name__} yet: an overflowing map is "
                 "recomputed at a smaller scale, which keras_bsgd only does on "
-                "one device so far. Use the `mixed_bfloat16` policy, which needs no loss "
-                "scaling. Received: optimizer="
+                "one device so far. Use the `mixed_bfloat16` policy, which "
+                "needs no loss scaling. Received: optimizer="
                 f"{type(self.optimizer).__name__}"
             )
         if self.steps_per_execution != 1:
