@@ -14,6 +14,9 @@ WRAP_HINT = (
 )
 
 
+XLA_UNITS = ("auto", "step", "map")
+
+
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -80,6 +83,16 @@ class BackwardSGD(keras.optimizers.SGD):
             Windowed mode and `tf.data` / generator input always buffer
             whole batches, and so does training under a `tf.distribute`
             strategy. Defaults to `True`.
+        xla_unit: What one XLA program covers when the model is compiled
+            with `jit_compile=True`: `"step"`, the whole training step (the
+            replay loop included), or `"map"`, the forward and backward pass
+            of one map, called from a TensorFlow graph that runs the loop and
+            the updates. `"auto"` picks `"map"` when TensorFlow sees no GPU
+            or TPU, because XLA:CPU runs convolution gradients inside a loop
+            several times slower than at the top of a program, and `"step"`
+            otherwise. Under a multi-replica strategy it is always `"map"`.
+            Either way the program compiles once per run. Defaults to
+            `"auto"`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor`, `name`, ...).
@@ -109,6 +122,7 @@ class BackwardSGD(keras.optimizers.SGD):
         max_steps=None,
         on_nonfinite="skip",
         index_buffering=True,
+        xla_unit="auto",
         name="backward_sgd",
         **kwargs,
     ):
@@ -124,6 +138,12 @@ class BackwardSGD(keras.optimizers.SGD):
                 "`index_buffering` must be True or False. Received: "
                 f"index_buffering={index_buffering!r}"
             )
+        if xla_unit not in XLA_UNITS:
+            raise ValueError(
+                f"`xla_unit` must be one of {', '.join(map(repr, XLA_UNITS))}: "
+                "what one XLA program covers under `jit_compile=True`. "
+                f"Received: xla_unit={xla_unit!r}"
+            )
         super().__init__(
             learning_rate=learning_rate,
             momentum=float(momentum),
@@ -135,6 +155,7 @@ class BackwardSGD(keras.optimizers.SGD):
         self.max_steps = None if max_steps is None else int(max_steps)
         self.on_nonfinite = on_nonfinite
         self.index_buffering = index_buffering
+        self.xla_unit = xla_unit
         self._map_learning_rate = None
         # Set by the trainer at compile(): returns the model's non-trainable
         # state (BatchNorm statistics, ...) that belongs to S.
@@ -308,6 +329,7 @@ class BackwardSGD(keras.optimizers.SGD):
                 "max_steps": self.max_steps,
                 "on_nonfinite": self.on_nonfinite,
                 "index_buffering": self.index_buffering,
+                "xla_unit": self.xla_unit,
             }
         )
         return config

@@ -17,11 +17,28 @@ import tensorflow as tf
 
 
 class LocalReplicas:
-    """One replica: per-replica functions run in place."""
+    """One replica: per-replica functions run in place.
+
+    Args:
+        jit_gradients: Whether each map's forward and backward pass is
+            compiled with XLA on its own (the step around it is a graph).
+    """
 
     distributed = False
-    # The whole step is already compiled as Keras compiles it.
-    jit_gradients = False
+
+    def __init__(self, jit_gradients=False):
+        self.jit_gradients = jit_gradients
+        self._compiled = None
+
+    def xla(self, fn):
+        """`fn` compiled with XLA, one function object for every call site.
+
+        The anchor advance and the replay loop then call the same program,
+        which XLA compiles once.
+        """
+        if self._compiled is None:
+            self._compiled = tf.function(fn, jit_compile=True)
+        return self._compiled
 
     def run(self, fn, args=()):
         return fn(*args)
@@ -62,6 +79,14 @@ class MirroredReplicas:
 
     def run(self, fn, args=()):
         return self.strategy.run(fn, args=args)
+
+    def xla(self, fn):
+        """`fn` compiled with XLA, a new function object for every replica.
+
+        Each replica traces its own copy in its own replica context, so that
+        it reads and updates that replica's variables.
+        """
+        return tf.function(fn, jit_compile=True)
 
     def first(self, value):
         """The first replica's component of every leaf of `value`."""

@@ -69,6 +69,7 @@ class ReplayTrainer:
     _data_store_owner = None
     _data_store_traced = None
     _replay_state = None  # a ReplayState, from the first compile()
+    _replicas = None  # the LocalReplicas of the current train function
 
     @property
     def replay_buffer(self):
@@ -404,7 +405,7 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().train_step(data)
-        return self._backward_step(optimizer, data, LocalReplicas())
+        return self._backward_step(optimizer, data, self._replicas or LocalReplicas())
 
     def _backward_step(self, optimizer, data, replicas):
         """One backward-SGD step on `data` (per replica under a strategy)."""
@@ -446,8 +447,7 @@ class ReplayTrainer:
         def apply_map(slot, index):
             self._seed_random_layers(index)
             replicas.run(
-                self._apply_map,
-                (optimizer, buffer, slot, index, loss_scale, replicas.jit_gradients),
+                self._apply_map, (optimizer, buffer, slot, index, loss_scale, replicas)
             )
 
         def replay():
@@ -562,32 +562,21 @@ class ReplayTrainer:
             counter = tf.cast(index, state.dtype) * (2**20)
             state.assign(tf.stack([state[0], counter]))
 
-    def _apply_map(self, optimizer, buffer, slot, index, loss_scale=None, jit=False):
-        """Applies the map of the batch buffered in `slot` (arrived at step `index`).
-
-        With `jit`, the forward and backward pass are compiled with XLA on
-        their own (one replica of a multi-replica step).
-        """
+    def _apply_map(self, optimizer, buffer, slot, index, loss_scale, replicas):
+        """Applies the map of the batch buffered in `slot` (arrived at step `index`)."""
         item, learning_rate = buffer.read(slot)
         x, y, sample_weight = (
             item if self._data_store is None else self._data_store.gather(item)
         )
         variables = self.trainable_variables
+        compute = self._map_gradients
+        if replicas.jit_gradients:
+            compute = _xla_gradients(replicas.xla(compute))
 
         def gradients(scale=None):
-            with tf.GradientTape() as tape:
-                y_pred = self(x, training=True)
-                loss = self.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-                )
-                loss = optimizer.scale_loss(loss)
-                if scale is not None:
-                    loss = loss * scale
-            return tape.gradient(loss, variables)
+            return compute(optimizer, x, y, sample_weight, scale)
 
-        if jit:
-            grads = _replica_gradients(gradients)
-        elif loss_scale is None:
+        if loss_scale is None:
             grads = gradients()
         else:
             model_state = self._model_state()
@@ -606,6 +595,18 @@ class ReplayTrainer:
         )
         return tf.constant(0)
 
+    def _map_gradients(self, optimizer, x, y, sample_weight, scale=None):
+        """The gradients of a map's loss (times `scale`, if given) at the live state."""
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            loss = optimizer.scale_loss(loss)
+            if scale is not None:
+                loss = loss * scale
+        return tape.gradient(loss, self.trainable_variables)
+
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
@@ -615,7 +616,18 @@ class ReplayTrainer:
             _check_strategy(strategy)
         if optimizer is not None and strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
+        elif optimizer is not None and self.jit_compile and _xla_unit(optimizer) == "map":
+            # Keras would compile the whole step with XLA; here the step is
+            # a graph and each map's forward and backward pass an XLA call.
+            self._replicas = LocalReplicas(jit_gradients=True)
+            self.jit_compile = False
+            try:
+                super().make_train_function(force=force)
+            finally:
+                self.jit_compile = True
+            compiled = self.train_function
         else:
+            self._replicas = LocalReplicas()
             super().make_train_function(force=force)
             compiled = self.train_function
 
@@ -690,21 +702,34 @@ def _check_strategy(strategy):
         )
 
 
-def _replica_gradients(gradients):
-    try:
-        return tf.function(gradients, jit_compile=True)()
-    except RuntimeError as error:
-        if "merge_call" not in str(error):
-            raise
-        raise ValueError(
-            "With `jit_compile=True` under a multi-replica strategy, keras_bsgd "
-            "compiles each replica's forward and backward pass with XLA, one "
-            "device at a time, so the model's forward pass cannot synchronize "
-            "replicas (e.g. `BatchNormalization(synchronized=True)`). Compile "
-            "with `jit_compile=False`, or use layers that do not synchronize "
-            "in the forward pass. Received: a forward pass that calls "
-            "merge_call"
-        ) from error
+def _xla_unit(optimizer):
+    if optimizer.xla_unit != "auto":
+        return optimizer.xla_unit
+    devices = tf.config.list_logical_devices()
+    return "step" if any(d.device_type in ("GPU", "TPU") for d in devices) else "map"
+
+
+def _xla_gradients(compiled):
+    """`compiled`, with a clear error for a forward pass XLA cannot hold."""
+
+    def gradients(*args):
+        try:
+            return compiled(*args)
+        except RuntimeError as error:
+            if "merge_call" not in str(error):
+                raise
+            raise ValueError(
+                "With `jit_compile=True` under a multi-replica strategy, "
+                "keras_bsgd compiles each replica's forward and backward pass "
+                "with XLA, one device at a time, so the model's forward pass "
+                "cannot synchronize replicas (e.g. "
+                "`BatchNormalization(synchronized=True)`). Compile with "
+                "`jit_compile=False`, or use layers that do not synchronize in "
+                "the forward pass. Received: a forward pass that calls "
+                "merge_call"
+            ) from error
+
+    return gradients
 
 
 def _save(optimizer, model_state):

@@ -1,6 +1,7 @@
 """Subprocess body of compile_test: trains under XLA with --xla_dump_to set.
 
-Usage: python -m tests.compile_probe WINDOW STEPS  (WINDOW: int or "exact")
+Usage: python -m tests.compile_probe WINDOW STEPS UNIT  (WINDOW: int or "exact";
+UNIT: BackwardSGD's xla_unit)
 Prints the number of Python traces of train_step as "TRACES n".
 """
 
@@ -24,12 +25,12 @@ class CountingSequential(keras_bsgd.Sequential):
         return super().train_step(data)
 
 
-def main(window, steps):
+def main(window, steps, xla_unit):
     model = CountingSequential(
         [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
     )
     model.compile(
-        optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, window=window),
+        optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, window=window, xla_unit=xla_unit),
         loss="mse",
         jit_compile=True,
     )
@@ -56,4 +57,4 @@ def main(window, steps):
 
 if __name__ == "__main__":
     arg = sys.argv[1]
-    main(None if arg == "exact" else int(arg), int(sys.argv[2]))
+    main(None if arg == "exact" else int(arg), int(sys.argv[2]), sys.argv[3])

@@ -26,11 +26,17 @@ def xla_compilations(dump_dir, function_name):
     )
 
 
+# The XLA program: the whole step, or one map's pass (what "auto" picks on CPU),
+# called from the anchor advance and the replay loop alike.
+XLA_PROGRAMS = {"step": "one_step_on_data", "map": "_map_gradients"}
+
+
+@pytest.mark.parametrize("xla_unit", list(XLA_PROGRAMS))
 @pytest.mark.parametrize("window", ["exact", "4"])
-def test_xla_compiles_once_over_45_steps(window, tmp_path):
+def test_xla_compiles_once_over_45_steps(window, xla_unit, tmp_path):
     env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={tmp_path}", KERAS_BACKEND="tensorflow")
     out = subprocess.run(
-        [sys.executable, "-m", "tests.compile_probe", window, "45"],
+        [sys.executable, "-m", "tests.compile_probe", window, "45", xla_unit],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -38,7 +44,8 @@ def test_xla_compiles_once_over_45_steps(window, tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert xla_compilations(tmp_path, "one_step_on_data") == 1
+    for unit, program in XLA_PROGRAMS.items():
+        assert xla_compilations(tmp_path, program) == (unit == xla_unit), program
     assert xla_compilations(tmp_path, "must_be_constant_probe") == 3
     # Traced once (twice at most: tf.function's variable-creation retrace).
     traces = int(out.stdout.split("TRACES")[1])

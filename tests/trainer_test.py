@@ -23,7 +23,9 @@ SGD_SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("mode", list(EXECUTION_MODES))
+# "xla" compiles each map's pass (what xla_unit="auto" picks on CPU);
+# "xla_step" compiles the whole step (what it picks on GPUs).
+@pytest.mark.parametrize("mode", [*EXECUTION_MODES, "xla_step"])
 @pytest.mark.parametrize("window", [1, 2, 5, None])
 @pytest.mark.parametrize("sgd", list(SGD_SETTINGS))
 def test_trajectory_matches_float64_reference(mode, window, sgd):
@@ -36,8 +38,11 @@ def test_trajectory_matches_float64_reference(mode, window, sgd):
         window=window,
         **settings,
     )
-    optimizer = keras_bsgd.BackwardSGD(LEARNING_RATE, window=window, **settings)
-    states = run(make_mlp(params), optimizer, batches, mode)
+    xla_unit = "step" if mode == "xla_step" else "auto"
+    optimizer = keras_bsgd.BackwardSGD(
+        LEARNING_RATE, window=window, xla_unit=xla_unit, **settings
+    )
+    states = run(make_mlp(params), optimizer, batches, mode.removesuffix("_step"))
 
     assert len(states) == NUM_STEPS
     errors = [max_relative_error(s, e) for s, e in zip(states, expected)]
