@@ -92,17 +92,12 @@ def main(window, jit_compile=False):
         np.array_equal(component.numpy()[slot], last[r * BATCH // 2 : (r + 1) * BATCH // 2])
         for r, component in enumerate(buffer_x)
     )
-    print(
-        "RESULT "
-        + json.dumps(
-            dict(
-                steps=len(errors),
-                max_error=max(errors),
-                replica_spread=replica_spread,
-                shards_ok=shards_ok,
-                iterations=int(keras.ops.convert_to_numpy(mirrored.optimizer.iterations)),
-            )
-        )
+    report(
+        steps=len(errors),
+        max_error=max(errors),
+        replica_spread=replica_spread,
+        shards_ok=shards_ok,
+        iterations=int(keras.ops.convert_to_numpy(mirrored.optimizer.iterations)),
     )
 
 
@@ -143,17 +138,17 @@ def resume(window, path):
             for a, b in zip(model.get_weights(), expected)
         )
 
-    print(
-        "RESULT "
-        + json.dumps(
-            dict(
-                two_replicas=error(on_two),
-                one_device=error(on_one),
-                tf_two_replicas=error(tf_on_two),
-                tf_one_device=error(tf_on_one),
-            )
-        )
+    report(
+        two_replicas=error(on_two),
+        one_device=error(on_one),
+        tf_two_replicas=error(tf_on_two),
+        tf_one_device=error(tf_on_one),
     )
+
+
+def report(**results):
+    """Prints the one line that distributed_test reads."""
+    print("RESULT " + json.dumps(results))
 
 
 def checkpoint_of(model):
@@ -188,7 +183,7 @@ def refusals():
             messages[name + "_unchanged"] = unchanged
         finally:
             keras.mixed_precision.set_global_policy("float32")
-    print("RESULT " + json.dumps(messages))
+    report(**messages)
 
 
 if __name__ == "__main__":
