@@ -10,6 +10,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# Each case starts a TensorFlow process with 2 logical CPUs (10-40 s).
+pytestmark = pytest.mark.slow
+
 
 def probe(module, *args):
     out = subprocess.run(

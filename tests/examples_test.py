@@ -9,6 +9,9 @@ import pytest
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 ENV = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
+# Each example runs in its own TensorFlow process (10-20 s).
+pytestmark = pytest.mark.slow
+
 
 def _run(script, *args):
     done = subprocess.run(
