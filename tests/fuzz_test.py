@@ -15,7 +15,11 @@ from tests.trajectories import max_relative_error
 from tests.trajectories import run
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: CI sees the same examples every run (no flaky landings);
+# change the seed range or max_examples locally to explore further.
+@settings(
+    max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(
     window=st.one_of(st.none(), st.integers(1, 6)),
     batch_size=st.integers(1, 6),

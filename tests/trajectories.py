@@ -72,9 +72,14 @@ def run(model, optimizer, batches, mode="graph", **compile_kwargs):
 
 
 def max_relative_error(state, expected):
-    """The largest ||a - b|| / ||b|| over all parameter and momentum arrays."""
+    """The largest ||a - b|| / max(||b||, 1e-3) over all parameter and momentum arrays.
+
+    The floor keeps float32 rounding (~1e-8 absolute) in an array that
+    happens to pass near zero (a bias of norm 6e-4, say) from reading as a
+    large relative error: such arrays are compared to 1e-8 absolute.
+    """
     errors = [
-        np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
+        np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-3)
         for key in ("params", "momentum")
         for a, b in zip(state[key], expected[key], strict=True)
     ]
