@@ -169,13 +169,18 @@ class ReplayBuffer:
                 f"{_describe(spec)}{_NONE_NOTE}"
             )
 
-    def write(self, slot, batch, learning_rate):
-        """Stores `batch` and its frozen `learning_rate` in `slot`."""
+    def write(self, slot, batch, learning_rate, when=True):
+        """Stores `batch` and its frozen `learning_rate` in `slot`, if `when`.
+
+        `when` is a boolean tensor, so that a step can decide without a
+        branch (XLA runs straight-line code faster than a conditional).
+        """
         slot = tf.reshape(tf.cast(slot, "int64"), [1])
         leaves = keras.tree.flatten(batch) + [tf.reshape(learning_rate, [])]
         for var, leaf in zip(self._slots + [self.learning_rates], leaves):
             if var is None:
                 continue
+            leaf = tf.where(when, leaf, tf.gather(var, slot[0]))
             if self.per_replica:
                 # Distributed variables implement no scatter: rewrite the
                 # replica's whole buffer instead.
@@ -184,9 +189,10 @@ class ReplayBuffer:
                 var.scatter_update(tf.IndexedSlices(leaf[None], slot))
         return tf.constant(0)
 
-    def report(self, kind, step):
-        """Records an incident (`INCIDENTS` key) at `step` for the host to raise."""
-        self.incident.assign(tf.stack([INCIDENTS[kind], tf.cast(step, "int64")]))
+    def report(self, kind, step, when=True):
+        """Records an incident (`INCIDENTS` key) at `step`, if `when`, for the host to raise."""
+        incident = tf.stack([INCIDENTS[kind], tf.cast(step, "int64")])
+        self.incident.assign(tf.where(when, incident, self.incident))
         return tf.constant(0)
 
     def pop_incident(self):

@@ -88,23 +88,27 @@ class ReplayLossScale:
         """Returns the scale at the start of the step, for `finish_step`."""
         return tf.identity(self.optimizer.dynamic_scale)
 
-    def finish_step(self, start_scale):
-        """Resets the growth count after an overflow, else counts towards doubling."""
+    def finish_step(self, start_scale, when=True):
+        """Resets the growth count after an overflow, else counts towards doubling.
+
+        Does nothing unless `when` (a boolean tensor): a dropped batch is not a step.
+        """
         optimizer = self.optimizer
         overflowed = optimizer.dynamic_scale < start_scale
         grow = tf.logical_and(
             tf.logical_not(overflowed),
             tf.equal(optimizer.step_counter, optimizer.dynamic_growth_steps - 1),
         )
+        grow = tf.logical_and(grow, when)
         optimizer.dynamic_scale.assign(
             tf.where(grow, 2 * optimizer.dynamic_scale, optimizer.dynamic_scale)
         )
         counter = optimizer.step_counter
         optimizer.step_counter.assign(
             tf.where(
-                tf.logical_or(overflowed, grow),
-                tf.zeros_like(counter),
-                counter + 1,
+                when,
+                tf.where(tf.logical_or(overflowed, grow), tf.zeros_like(counter), counter + 1),
+                counter,
             )
         )
 

@@ -88,9 +88,10 @@ class BackwardSGD(keras.optimizers.SGD):
             replay loop included), or `"map"`, the forward and backward pass
             of one map, called from a TensorFlow graph that runs the loop and
             the updates. `"auto"` picks `"map"` when TensorFlow sees no GPU
-            or TPU, because XLA:CPU runs convolution gradients inside a loop
-            several times slower than at the top of a program, and `"step"`
-            otherwise. Under a multi-replica strategy it is always `"map"`.
+            or TPU and the model has a convolution layer, because XLA:CPU
+            runs convolution gradients inside a loop several times slower
+            than at the top of a program, and `"step"` otherwise (one
+            program is faster for everything else). Under a multi-replica strategy it is always `"map"`.
             Either way the program compiles once per run. Defaults to
             `"auto"`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
@@ -260,11 +261,17 @@ class BackwardSGD(keras.optimizers.SGD):
             if variable.constraint is not None:
                 variable.assign(variable.constraint(variable))
 
-    def finish_step(self):
-        """Counts one outer step and updates the EMA of the output iterates."""
+    def finish_step(self, when=True):
+        """Counts one outer step and updates the EMA of the output iterates, if `when`."""
         if self.use_ema:
-            self._update_model_variables_moving_average(self._trainable_variables)
-        self._iterations.assign_add(1)
+            tf.cond(
+                tf.convert_to_tensor(when),
+                lambda: self._update_model_variables_moving_average(
+                    self._trainable_variables
+                ) or tf.constant(0),
+                lambda: tf.constant(0),
+            )
+        self._iterations.assign_add(tf.cast(when, self._iterations.dtype))
 
     def apply(self, grads, trainable_variables=None):
         # Reached only from a trainer that does not replay (e.g. a plain

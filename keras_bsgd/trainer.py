@@ -46,8 +46,13 @@ from keras_bsgd.replicas import MirroredReplicas
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
-def _noop():
+def _no_op():
     return tf.constant(0)
+
+
+def _save(optimizer, model_state):
+    optimizer.save_anchor(model_state)
+    return _no_op()
 
 
 class ReplayTrainer:
@@ -439,10 +444,13 @@ class ReplayTrainer:
 
         # S_0 is the state at the first step, taken before the logging pass
         # below moves BatchNorm statistics.
-        tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _noop)
+        tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _no_op)
         self._seed_random_layers(step)
         finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
         finite = replicas.all_true(finite)
+        room = True if optimizer.window is not None else step <= capacity
+        ok = tf.logical_and(finite, room)
+        start_scale = None if loss_scale is None else loss_scale.start_step()
 
         def apply_map(slot, index):
             self._seed_random_layers(index)
@@ -450,54 +458,54 @@ class ReplayTrainer:
                 self._apply_map, (optimizer, buffer, slot, index, loss_scale, replicas)
             )
 
-        def replay():
-            start_scale = None if loss_scale is None else loss_scale.start_step()
-            optimizer.restore_anchor(model_state)
-            slot = (step - 1) % capacity
-            if optimizer.window is not None:
-
-                def advance_anchor():
-                    apply_map(slot, step - capacity)
-                    return _save(optimizer, model_state)
-
-                tf.cond(step > capacity, advance_anchor, _noop)
-            replicas.run(buffer.write, (slot, item, learning_rate))
-
-            def body(i):
-                index = step - i
-                apply_map((index - 1) % capacity, index)
+        # The replay is straight-line code, without a conditional around it:
+        # XLA runs conditionals that hold the replay far slower (a windowed
+        # MLP step lost about one SGD step's time to three of them). A batch
+        # that may not enter (non-finite, or no room left) therefore replays
+        # the previous step's maps instead, which recomputes the previous
+        # iterate exactly: the rare case pays for the common one's speed.
+        optimizer.restore_anchor(model_state)
+        slot = (step - 1) % capacity
+        if optimizer.window is not None:
+            # The anchor advance: the oldest map leaves the window.
+            def advance_anchor(i):
+                apply_map(slot, step - capacity)
                 return (i + 1,)
 
             tf.while_loop(
-                lambda i: i < tf.minimum(step, capacity),
-                body,
+                lambda i: i < tf.cast(tf.logical_and(ok, step > capacity), "int64"),
+                advance_anchor,
                 (tf.constant(0, "int64"),),
-                maximum_iterations=capacity,
+                maximum_iterations=1,
             )
-            optimizer.finish_step()
-            if loss_scale is not None:
-                loss_scale.finish_step(start_scale)
-            diverged = tf.logical_not(
-                tf.reduce_all(
-                    [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
-                )
+            optimizer.save_anchor(model_state)
+        replicas.run(buffer.write, (slot, item, learning_rate, ok))
+        newest = tf.where(ok, step, step - 1)
+
+        def replay(i):
+            index = newest - i
+            apply_map((index - 1) % capacity, index)
+            return (i + 1,)
+
+        tf.while_loop(
+            lambda i: i < tf.minimum(newest, capacity),
+            replay,
+            (tf.constant(0, "int64"),),
+            maximum_iterations=capacity,
+        )
+        optimizer.finish_step(when=ok)
+        if loss_scale is not None:
+            loss_scale.finish_step(start_scale, when=ok)
+        buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
+        diverged = tf.logical_not(
+            tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
             )
-            return tf.cond(diverged, lambda: buffer.report("diverged", step), _noop)
-
-        def step_if_room():
-            if optimizer.window is None:
-                return tf.cond(
-                    step <= capacity, replay, lambda: buffer.report("capacity", step)
-                )
-            return replay()
-
-        def drop_batch():
-            buffer.skipped_batches.assign_add(1)
-            if optimizer.on_nonfinite == "raise":
-                return buffer.report("nonfinite_batch", step)
-            return _noop()
-
-        tf.cond(finite, step_if_room, drop_batch)
+        )
+        buffer.report("diverged", step, when=tf.logical_and(ok, diverged))
+        buffer.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(room)))
+        if optimizer.on_nonfinite == "raise":
+            buffer.report("nonfinite_batch", step, when=tf.logical_not(finite))
         replicas.run(self._keep_metrics, (finite, metrics_before, metrics_after))
         logs = self.get_metrics_result()
         logs["skipped_batches"] = buffer.skipped_batches.value()
@@ -616,7 +624,7 @@ class ReplayTrainer:
             _check_strategy(strategy)
         if optimizer is not None and strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
-        elif optimizer is not None and self.jit_compile and _xla_unit(optimizer) == "map":
+        elif optimizer is not None and self.jit_compile and _xla_unit(optimizer, self) == "map":
             # Keras would compile the whole step with XLA; here the step is
             # a graph and each map's forward and backward pass an XLA call.
             self._replicas = LocalReplicas(jit_gradients=True)
@@ -702,11 +710,33 @@ def _check_strategy(strategy):
         )
 
 
-def _xla_unit(optimizer):
+# XLA:CPU emits the gradients of these layers' convolutions as a naive loop
+# nest when they sit inside a loop or conditional (docs/performance.md, "CNN").
+_CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+    keras.layers.ConvLSTM1D,
+    keras.layers.ConvLSTM2D,
+    keras.layers.ConvLSTM3D,
+)
+
+
+def _xla_unit(optimizer, model):
     if optimizer.xla_unit != "auto":
         return optimizer.xla_unit
     devices = tf.config.list_logical_devices()
-    return "step" if any(d.device_type in ("GPU", "TPU") for d in devices) else "map"
+    if any(d.device_type in ("GPU", "TPU") for d in devices):
+        return "step"
+    layers = model._flatten_layers(include_self=False)
+    return "map" if any(isinstance(layer, _CONVOLUTIONS) for layer in layers) else "step"
 
 
 def _xla_gradients(compiled):
@@ -730,11 +760,6 @@ def _xla_gradients(compiled):
             ) from error
 
     return gradients
-
-
-def _save(optimizer, model_state):
-    optimizer.save_anchor(model_state)
-    return _noop()
 
 
 def _is_seed_state(variable):

@@ -26,8 +26,9 @@ def xla_compilations(dump_dir, function_name):
     )
 
 
-# The XLA program: the whole step, or one map's pass (what "auto" picks on CPU),
-# called from the anchor advance and the replay loop alike.
+# The XLA program: the whole step, or one map's pass (what "auto" picks on CPU
+# for a model with convolutions), called from the anchor advance and the
+# replay loop alike.
 XLA_PROGRAMS = {"step": "one_step_on_data", "map": "_map_gradients"}
 
 

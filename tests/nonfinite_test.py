@@ -108,3 +108,35 @@ def test_property_nan_batches_equal_the_stream_without_them(window, bad):
     assert history.history["skipped_batches"][-1] == len(bad)
     for a, b in zip(model.get_weights(), clean.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("window", [3, None])
+@pytest.mark.parametrize("xla_unit", ["step", "map"])
+def test_dropped_batch_leaves_batchnorm_statistics_and_random_draws_untouched(xla_unit, window):
+    # A dropped batch replays the previous step's maps (no conditional in
+    # the compiled step), which must rebuild the BatchNorm statistics and the
+    # dropout masks of the previous iterate bit for bit; the NaN batch's own
+    # forward pass must leave no trace in the moving statistics.
+    batches, _ = make_stream(seed=2, num_batches=8)
+
+    def train(stream):
+        keras.utils.set_random_seed(3)
+        model = keras_bsgd.Sequential([
+            keras.Input((stream[0][0].shape[1],)),
+            keras.layers.Dense(8),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(stream[0][1].shape[1]),
+        ])
+        optimizer = keras_bsgd.BackwardSGD(
+            0.1, window=window, max_steps=None if window else 8, xla_unit=xla_unit
+        )
+        model.compile(optimizer=optimizer, loss="mse", jit_compile=True)
+        model.fit(dataset(stream), verbose=0)
+        return model
+
+    model = train(poisoned(batches, [0, 3, 4]))
+    clean = train([b for i, b in enumerate(batches) if i not in (0, 3, 4)])
+    assert int(model.optimizer.iterations) == 5
+    for a, b in zip(model.get_weights(), clean.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -23,7 +23,7 @@ class VariableRecorder(keras.callbacks.Callback):
         self.states.append([np.array(v.numpy()) for v in state_variables(self.model)])
 
 
-# With xla_unit="map" (the CPU default) the updates run outside the XLA
+# With xla_unit="map" (the CPU default for convolutional models) the updates run outside the XLA
 # programs, so float32 rounding differs from Keras' one-program step, and
 # compositions with momentum amplify it (measured: up to 5.5e-5 in 10 steps;
 # xla_unit="step" and graph mode match Keras bit for bit).

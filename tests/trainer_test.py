@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_bsgd
+from keras_bsgd import trainer
 from tests import reference
 from tests.trajectories import EXECUTION_MODES
 from tests.trajectories import as_dataset
@@ -23,8 +24,9 @@ SGD_SETTINGS = {
 }
 
 
-# "xla" compiles each map's pass (what xla_unit="auto" picks on CPU);
-# "xla_step" compiles the whole step (what it picks on GPUs). Every mode runs
+# "xla" compiles each map's pass (what xla_unit="auto" picks on CPU for a
+# model with convolutions); "xla_step" compiles the whole step (what it
+# picks otherwise). Every mode runs
 # the same Python code, so the slower modes check the richest update rule.
 REFERENCE_CASES = [
     (mode, sgd)
@@ -46,7 +48,7 @@ def test_trajectory_matches_float64_reference(mode, window, sgd):
         window=window,
         **settings,
     )
-    xla_unit = "step" if mode == "xla_step" else "auto"
+    xla_unit = "step" if mode == "xla_step" else "map"
     optimizer = keras_bsgd.BackwardSGD(
         LEARNING_RATE, window=window, xla_unit=xla_unit, **settings
     )
@@ -204,3 +206,20 @@ def test_e1_backward_settles_within_a_run_forward_keeps_its_spread():
     assert np.std(backward[200:]) < 1e-5
     stationary_std = np.sqrt(h * sigma**2 / (2 - h))
     assert abs(np.std(forward[200:]) / stationary_std - 1) < 0.15
+
+
+@pytest.mark.parametrize(
+    "layer, unit",
+    [
+        (keras.layers.Dense(4), "step"),
+        (keras.layers.Conv1D(2, 3), "map"),
+        (keras.layers.SeparableConv2D(2, 3), "map"),
+    ],
+)
+def test_auto_xla_unit_compiles_the_map_only_for_convolutions_on_cpu(layer, unit):
+    # One program is faster on CPU except for convolution gradients, which
+    # XLA:CPU emits as naive loops inside a loop (docs/performance.md).
+    shape = (8, 8, 3) if isinstance(layer, keras.layers.SeparableConv2D) else (8, 3)
+    model = keras_bsgd.Sequential([keras.Input(shape), layer, keras.layers.Flatten()])
+    assert trainer._xla_unit(keras_bsgd.BackwardSGD(), model) == unit
+    assert trainer._xla_unit(keras_bsgd.BackwardSGD(xla_unit="step"), model) == "step"
