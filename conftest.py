@@ -15,11 +15,12 @@ def _custom_gradients():
     TF registers each one in a global registry that is never emptied, and each
     entry pins the whole graph it was traced in (tensorflow/tensorflow#97697).
     Keras' optimizer makes one per gradient all-reduce, so every traced train
-    step leaks; keras_bsgd's traces several: about 10,000 Python objects per
-    compiled model, which made each test's `gc.collect()` cost 1-2 s by the
-    end of the suite.
+    step leaks its graphs: about 10,000 Python objects per keras_bsgd model
+    (4 all-reduces per trace), which made each test's `gc.collect()` cost
+    1-2 s by the end of the suite.
     """
-    return {name for name in tf_ops._gradient_registry._registry if name.startswith("CustomGradient-")}
+    registry = tf_ops._gradient_registry._registry
+    return {name for name in registry if name.startswith("CustomGradient-")}
 
 
 @pytest.fixture(autouse=True)
