@@ -1,12 +1,19 @@
 """Subprocess body of compile_test: trains under XLA with --xla_dump_to set.
 
-Usage: python -m tests.compile_probe WINDOW STEPS UNIT  (WINDOW: int or "exact";
-UNIT: BackwardSGD's xla_unit)
-Prints the number of Python traces of train_step as "TRACES n".
+Usage: python -m tests.compile_probe DUMP_DIR STEPS WINDOW:UNIT...  (WINDOW: int
+or "exact"; UNIT: BackwardSGD's xla_unit)
+Runs the cases one after the other and prints, for each, the XLA modules it
+compiled per function name and the number of Python traces of train_step, as
+one JSON line: "RESULT {case: {"compilations": {...}, "traces": n}}" (a case
+that raises: {case: {"error": traceback}}).
 """
 
+import collections
+import json
 import os
+import pathlib
 import sys
+import traceback
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -15,6 +22,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bsgd  # noqa: E402
+
+# Function names whose XLA modules compile_test counts.
+PROGRAMS = ("one_step_on_data", "_map_gradients", "must_be_constant_probe")
 
 
 class CountingSequential(keras_bsgd.Sequential):
@@ -26,6 +36,7 @@ class CountingSequential(keras_bsgd.Sequential):
 
 
 def main(window, steps, xla_unit):
+    CountingSequential.traces = 0
     model = CountingSequential(
         [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
     )
@@ -52,9 +63,32 @@ def main(window, steps, xla_unit):
 
     for i in range(3):
         must_be_constant_probe(tf.constant(i))
-    print("TRACES", CountingSequential.traces)
+    return CountingSequential.traces
+
+
+def compilations(dump_dir, since):
+    """XLA modules dumped since the dump files `since`, per name of PROGRAMS (one file each)."""
+    new = [
+        p.name
+        for p in pathlib.Path(dump_dir).iterdir()
+        if p.name.endswith(".before_optimizations.txt") and p.name not in since
+    ]
+    return collections.Counter(name for name in PROGRAMS for file in new if name in file)
 
 
 if __name__ == "__main__":
-    arg = sys.argv[1]
-    main(None if arg == "exact" else int(arg), int(sys.argv[2]), sys.argv[3])
+    dump_dir, steps = sys.argv[1], int(sys.argv[2])
+    results = {}
+    # One process for every case: TensorFlow's start-up costs seconds. Each
+    # case's models and tf.functions are its own, so XLA compiles them anew.
+    for case in sys.argv[3:]:
+        window, xla_unit = case.split(":")
+        keras.backend.clear_session()
+        before = set(os.listdir(dump_dir))
+        try:
+            traces = main(None if window == "exact" else int(window), steps, xla_unit)
+        except Exception:
+            results[case] = {"error": traceback.format_exc()}
+            continue
+        results[case] = {"compilations": compilations(dump_dir, before), "traces": traces}
+    print("RESULT " + json.dumps(results))

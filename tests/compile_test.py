@@ -1,5 +1,6 @@
 """The step function compiles once per run, and its size does not grow with the window."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -15,42 +16,42 @@ import keras_bsgd
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def xla_compilations(dump_dir, function_name):
-    """Number of XLA modules compiled for `function_name` (one dump file each)."""
-    return len(
-        [
-            p
-            for p in pathlib.Path(dump_dir).iterdir()
-            if function_name in p.name and p.name.endswith(".before_optimizations.txt")
-        ]
-    )
-
-
 # The XLA program: the whole step, or one map's pass (what "auto" picks on CPU
 # for a model with convolutions), called from the anchor advance and the
 # replay loop alike.
 XLA_PROGRAMS = {"step": "one_step_on_data", "map": "_map_gradients"}
+WINDOWS = ["exact", "4"]
 
 
-@pytest.mark.parametrize("xla_unit", list(XLA_PROGRAMS))
-@pytest.mark.parametrize("window", ["exact", "4"])
-def test_xla_compiles_once_over_45_steps(window, xla_unit, tmp_path):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={tmp_path}", KERAS_BACKEND="tensorflow")
+@pytest.fixture(scope="module")
+def compile_results(tmp_path_factory):
+    """Every case of the probe in one process, with XLA dumping every module it compiles."""
+    dump_dir = tmp_path_factory.mktemp("xla_dump")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={dump_dir}", KERAS_BACKEND="tensorflow")
+    cases = [f"{window}:{unit}" for window in WINDOWS for unit in XLA_PROGRAMS]
     out = subprocess.run(
-        [sys.executable, "-m", "tests.compile_probe", window, "45", xla_unit],
+        [sys.executable, "-m", "tests.compile_probe", str(dump_dir), "45", *cases],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.split("RESULT ")[1].splitlines()[0])
+
+
+@pytest.mark.parametrize("xla_unit", list(XLA_PROGRAMS))
+@pytest.mark.parametrize("window", WINDOWS)
+def test_xla_compiles_once_over_45_steps(window, xla_unit, compile_results):
+    result = compile_results[f"{window}:{xla_unit}"]
+    assert "error" not in result, result.get("error")
+    compilations = result["compilations"]
     for unit, program in XLA_PROGRAMS.items():
-        assert xla_compilations(tmp_path, program) == (unit == xla_unit), program
-    assert xla_compilations(tmp_path, "must_be_constant_probe") == 3
+        assert compilations.get(program, 0) == (unit == xla_unit), program
+    assert compilations.get("must_be_constant_probe", 0) == 3
     # Traced once (twice at most: tf.function's variable-creation retrace).
-    traces = int(out.stdout.split("TRACES")[1])
-    assert 1 <= traces <= 2
+    assert 1 <= result["traces"] <= 2
 
 
 class CountingDense(keras.layers.Dense):

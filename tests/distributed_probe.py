@@ -5,11 +5,14 @@ process. Prints one JSON line with the measured errors.
 Usage: python -m tests.distributed_probe WINDOW [xla]  (an int, or "exact")
        python -m tests.distributed_probe WINDOW PATH  (resume checks)
        python -m tests.distributed_probe refusals
+       python -m tests.distributed_probe all DIR  (every case above, by name)
 """
 
+import functools
 import json
 import os
 import sys
+import traceback
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -59,15 +62,32 @@ class Trajectory(keras.callbacks.Callback):
         self.states.append([keras.ops.convert_to_numpy(v) for v in self.model.variables])
 
 
+@functools.cache
+def mirrored_strategy():
+    # One per process: two strategies number their collective ops alike, and
+    # then ops of one run abort those of the next ("Shape mismatch in the
+    # collective instance").
+    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+
+
+@functools.cache
+def mirrored_run(window, jit_compile=False):
+    """A 2-replica model trained over the whole stream, and its per-step states.
+
+    Cached: `main` and `resume` share the graph-mode run in `all`.
+    """
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        mirrored = build(window, jit_compile, not jit_compile)
+    trajectory = Trajectory()
+    mirrored.fit(stream(), verbose=0, callbacks=[trajectory])
+    return strategy, mirrored, trajectory
+
+
 def main(window, jit_compile=False):
     single, single_traj = build(window, jit_compile, not jit_compile), Trajectory()
     single.fit(stream(), verbose=0, callbacks=[single_traj])
-
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
-    with strategy.scope():
-        mirrored = build(window, jit_compile, not jit_compile)
-    mirrored_traj = Trajectory()
-    mirrored.fit(stream(), verbose=0, callbacks=[mirrored_traj])
+    strategy, mirrored, mirrored_traj = mirrored_run(window, jit_compile)
 
     errors = [
         max(
@@ -92,7 +112,7 @@ def main(window, jit_compile=False):
         np.array_equal(component.numpy()[slot], last[r * BATCH // 2 : (r + 1) * BATCH // 2])
         for r, component in enumerate(buffer_x)
     )
-    report(
+    return dict(
         steps=len(errors),
         max_error=max(errors),
         replica_spread=replica_spread,
@@ -108,10 +128,9 @@ def resume(window, path):
     """
     half = stream().take(STEPS // 2)
     rest = stream().skip(STEPS // 2)
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
-    with strategy.scope():
-        uninterrupted = build(window)
-    uninterrupted.fit(stream(), verbose=0)
+    # The uninterrupted run is the one `main(window)` checks against one device.
+    _, uninterrupted, _ = mirrored_run(window, False)
+    strategy = mirrored_strategy()
     with strategy.scope():
         model = build(window)
     model.fit(half, verbose=0)
@@ -138,7 +157,7 @@ def resume(window, path):
             for a, b in zip(model.get_weights(), expected)
         )
 
-    report(
+    return dict(
         two_replicas=error(on_two),
         one_device=error(on_one),
         tf_two_replicas=error(tf_on_two),
@@ -146,7 +165,7 @@ def resume(window, path):
     )
 
 
-def report(**results):
+def report(results):
     """Prints the one line that distributed_test reads."""
     print("RESULT " + json.dumps(results))
 
@@ -157,7 +176,7 @@ def checkpoint_of(model):
 
 def refusals():
     """What a multi-replica step refuses, each with a ValueError before any step."""
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    strategy = mirrored_strategy()
     cases = {
         "steps_per_execution": dict(steps_per_execution=2),
         "mixed_float16": dict(),
@@ -183,17 +202,47 @@ def refusals():
             messages[name + "_unchanged"] = unchanged
         finally:
             keras.mixed_precision.set_global_policy("float32")
-    report(**messages)
+    return messages
+
+
+def run(argv):
+    """The results of the case that `argv` (this module's arguments) names."""
+    if argv[0] == "refusals":
+        return refusals()
+    window = None if argv[0] == "exact" else int(argv[0])
+    if len(argv) > 1 and argv[1] == "xla":
+        return main(window, jit_compile=True)
+    if len(argv) > 1:
+        return resume(window, argv[1])
+    return main(window)
+
+
+def run_all(directory):
+    """Every case in this one process, by name: TensorFlow's start-up costs seconds.
+
+    A case that raises reports its traceback as {"error": ...}; the rest still run.
+    """
+    cases = {}
+    for window in ("3", "exact"):
+        # Each resume case saves its `.keras` file and checkpoint in a folder of its own.
+        folder = os.path.join(directory, window)
+        os.makedirs(folder)
+        cases[f"{window}-graph"] = [window]
+        cases[f"{window}-xla"] = [window, "xla"]
+        cases[f"{window}-resume"] = [window, os.path.join(folder, "run.keras")]
+    cases["refusals"] = ["refusals"]
+    results = {}
+    for name, argv in cases.items():
+        keras.backend.clear_session()
+        try:
+            results[name] = run(argv)
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+    return results
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "refusals":
-        refusals()
-        sys.exit()
-    window = None if sys.argv[1] == "exact" else int(sys.argv[1])
-    if len(sys.argv) > 2 and sys.argv[2] == "xla":
-        main(window, jit_compile=True)
-    elif len(sys.argv) > 2:
-        resume(window, sys.argv[2])
+    if sys.argv[1] == "all":
+        report(run_all(sys.argv[2]))
     else:
-        main(window)
+        report(run(sys.argv[1:]))

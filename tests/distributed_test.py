@@ -10,7 +10,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Each case starts a TensorFlow process with 2 logical CPUs (10-40 s).
+# The cases start a TensorFlow process with 2 logical CPUs (about 2 minutes).
 pytestmark = pytest.mark.slow
 
 
@@ -21,17 +21,30 @@ def probe(module, *args):
         env=dict(os.environ, KERAS_BACKEND="tensorflow"),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads(out.stdout.split("RESULT ")[1].splitlines()[0])
 
 
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    # Every case runs in one process: each TensorFlow start-up costs seconds.
+    return probe("tests.distributed_probe", "all", str(tmp_path_factory.mktemp("distributed")))
+
+
+def case(results, name):
+    """The results of one probe case; its traceback fails the test if it raised."""
+    result = results[name]
+    assert "error" not in result, result.get("error")
+    return result
+
+
 @pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("window", ["3", "exact"])
-def test_mirrored_matches_one_device(window, xla):
+def test_mirrored_matches_one_device(window, xla, results):
     # Under XLA each replica's forward and backward pass is compiled alone.
-    result = probe("tests.distributed_probe", window, *(["xla"] if xla else []))
+    result = case(results, f"{window}-{'xla' if xla else 'graph'}")
     assert result["steps"] == 20 and result["iterations"] == 20
     assert result["max_error"] <= 1e-5, result
     # Replicas hold identical weights/optimizer state and their own shards.
@@ -40,16 +53,16 @@ def test_mirrored_matches_one_device(window, xla):
 
 
 @pytest.mark.parametrize("window", ["3", "exact"])
-def test_checkpoints_from_two_replicas_resume_on_two_and_on_one(window, tmp_path):
-    result = probe("tests.distributed_probe", window, str(tmp_path / "run.keras"))
+def test_checkpoints_from_two_replicas_resume_on_two_and_on_one(window, results):
+    result = case(results, f"{window}-resume")
     assert result["two_replicas"] <= 1e-5, result
     assert result["one_device"] <= 1e-5, result
     assert result["tf_two_replicas"] <= 1e-5, result
     assert result["tf_one_device"] <= 1e-5, result
 
 
-def test_unsupported_combinations_are_refused_before_any_step():
-    result = probe("tests.distributed_probe", "refusals")
+def test_unsupported_combinations_are_refused_before_any_step(results):
+    result = case(results, "refusals")
     assert "steps_per_execution=2" in result["steps_per_execution"]
     assert "mixed_bfloat16" in result["mixed_float16"]
     assert "synchronized=True" in result["synchronized_batchnorm_under_xla"]

@@ -1,9 +1,11 @@
 """Subprocess body of the multi-worker test: one worker of a MultiWorkerMirroredStrategy.
 
-Usage: TF_CONFIG=... python -m tests.multiworker_probe WINDOW OUTPUT.npz
-Without TF_CONFIG it trains on one device (the reference run).
+Usage: TF_CONFIG=... python -m tests.multiworker_probe OUTPUT_DIR WINDOW...
+Trains once per WINDOW (an int, or "exact") and saves OUTPUT_DIR/WINDOW.npz.
+Without TF_CONFIG it trains on one device (the reference runs).
 """
 
+import contextlib
 import os
 import sys
 
@@ -34,16 +36,21 @@ def build(window):
     return model
 
 
-def main(window, output):
+def main(output_dir, windows):
+    # One strategy for all the runs: a process joins its cluster once.
     if "TF_CONFIG" in os.environ:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        with strategy.scope():
-            model = build(window)
+        scope = tf.distribute.MultiWorkerMirroredStrategy().scope
     else:
-        model = build(window)
-    model.fit(stream(), verbose=0)
-    np.savez(output, *[keras.ops.convert_to_numpy(v) for v in model.trainable_variables])
+        scope = contextlib.nullcontext
+    for window in windows:
+        with scope():
+            model = build(None if window == "exact" else int(window))
+        model.fit(stream(), verbose=0)
+        np.savez(
+            os.path.join(output_dir, f"{window}.npz"),
+            *[keras.ops.convert_to_numpy(v) for v in model.trainable_variables],
+        )
 
 
 if __name__ == "__main__":
-    main(None if sys.argv[1] == "exact" else int(sys.argv[1]), sys.argv[2])
+    main(sys.argv[1], sys.argv[2:])

@@ -23,27 +23,35 @@ def free_ports(n):
     return ports
 
 
-def launch(window, output, tf_config=None):
+WINDOWS = ["3", "exact"]
+
+
+def launch(output, tf_config=None):
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
+    output.mkdir()
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.multiworker_probe", window, str(output)],
+        [sys.executable, "-m", "tests.multiworker_probe", str(output), *WINDOWS],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("window", ["3", "exact"])
-def test_two_workers_match_one_device(window, tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Output folders of the two workers and of the one-device reference.
+
+    Each process trains every window: a TensorFlow start-up costs seconds.
+    """
+    root = tmp_path_factory.mktemp("multiworker")
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = [
-        launch(window, tmp_path / f"worker{i}.npz",
+        launch(root / f"worker{i}",
                {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
         for i in range(2)
     ]
-    single = launch(window, tmp_path / "single.npz")
+    single = launch(root / "single")
     try:
         for proc in procs + [single]:
             _, err = proc.communicate(timeout=300)
@@ -51,9 +59,15 @@ def test_two_workers_match_one_device(window, tmp_path):
     finally:
         for proc in procs + [single]:
             proc.kill()
-    expected = np.load(tmp_path / "single.npz")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window", WINDOWS)
+def test_two_workers_match_one_device(window, runs):
+    expected = np.load(runs / "single" / f"{window}.npz")
     for i in range(2):
-        got = np.load(tmp_path / f"worker{i}.npz")
+        got = np.load(runs / f"worker{i}" / f"{window}.npz")
         for key in expected.files:
             a, b = got[key], expected[key]
             assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 1e-5, (i, key)
