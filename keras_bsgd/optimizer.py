@@ -91,7 +91,8 @@ class BackwardSGD(keras.optimizers.SGD):
             or TPU and the model has a convolution layer, because XLA:CPU
             runs convolution gradients inside a loop several times slower
             than at the top of a program, and `"step"` otherwise (one
-            program is faster for everything else). Under a multi-replica strategy it is always `"map"`.
+            program is faster for everything else). Under a multi-replica
+            strategy it is always `"map"`.
             Either way the program compiles once per run. Defaults to
             `"auto"`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
@@ -264,13 +265,12 @@ class BackwardSGD(keras.optimizers.SGD):
     def finish_step(self, when=True):
         """Counts one outer step and updates the EMA of the output iterates, if `when`."""
         if self.use_ema:
-            tf.cond(
-                tf.convert_to_tensor(when),
-                lambda: self._update_model_variables_moving_average(
-                    self._trainable_variables
-                ) or tf.constant(0),
-                lambda: tf.constant(0),
-            )
+
+            def update_ema():
+                self._update_model_variables_moving_average(self._trainable_variables)
+                return tf.constant(0)
+
+            tf.cond(tf.convert_to_tensor(when), update_ema, lambda: tf.constant(0))
         self._iterations.assign_add(tf.cast(when, self._iterations.dtype))
 
     def apply(self, grads, trainable_variables=None):

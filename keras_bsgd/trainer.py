@@ -46,13 +46,8 @@ from keras_bsgd.replicas import MirroredReplicas
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
-def _no_op():
+def _noop():
     return tf.constant(0)
-
-
-def _save(optimizer, model_state):
-    optimizer.save_anchor(model_state)
-    return _no_op()
 
 
 class ReplayTrainer:
@@ -444,7 +439,7 @@ class ReplayTrainer:
 
         # S_0 is the state at the first step, taken before the logging pass
         # below moves BatchNorm statistics.
-        tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _no_op)
+        tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _noop)
         self._seed_random_layers(step)
         finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
         finite = replicas.all_true(finite)
@@ -760,6 +755,11 @@ def _xla_gradients(compiled):
             ) from error
 
     return gradients
+
+
+def _save(optimizer, model_state):
+    optimizer.save_anchor(model_state)
+    return _noop()
 
 
 def _is_seed_state(variable):
