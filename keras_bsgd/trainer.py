@@ -106,8 +106,12 @@ class ReplayTrainer:
         `replay_every=1`; with `replay_every=E` it is the last multiple of
         `E`, epoch end or forward step reached.
         """
-        buffer = self._replay_buffer
-        return 0 if buffer is None else int(buffer.replayed_step.numpy())
+        buffer, saved = self._replay_buffer, self._saved_buffer
+        if buffer is not None:
+            return int(buffer.replayed_step.numpy())
+        if saved is not None and saved.replayed_step is not None:
+            return saved.replayed_step  # loaded, until the first step
+        return 0
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
@@ -414,8 +418,8 @@ class ReplayTrainer:
                     counter.assign(0)
             self._saved_buffer = None
             return
-        _check_capacity(saved, optimizer)
         _check_run_settings(store, optimizer)
+        _check_capacity(saved, optimizer)
         data_store = DataStore.load(store)
         if buffer is not None and DataStore.same_layout(self._data_store, data_store):
             # The compiled step holds the live buffer's variables.
@@ -529,9 +533,10 @@ class ReplayTrainer:
                 (slot, item, learning_rate, tf.logical_and(ok, tf.logical_not(forward))),
             )
 
+        first = tf.equal(buffer.replayed_step, 0)
         maps = self._replay(optimizer, buffer, step, replay, loss_scale, replicas, write)
         buffer.gradient_evaluations.assign_add(forward_maps + maps)
-        optimizer.finish_step(when=ok, replayed=replay)
+        optimizer.finish_step(when=ok, replayed=replay, first=first)
         if loss_scale is not None:
             loss_scale.finish_step(start_scale, when=ok)
         buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
@@ -620,6 +625,7 @@ class ReplayTrainer:
         buffer = self._replay_buffer
         step = tf.cast(optimizer.iterations, "int64")
         replay = tf.not_equal(step, buffer.replayed_step)
+        first = tf.equal(buffer.replayed_step, 0)
         optimizer.restore_anchor(
             self._model_state(),
             when=replay,
@@ -627,7 +633,7 @@ class ReplayTrainer:
         )
         maps = self._replay(optimizer, buffer, step, replay, self._loss_scale(), replicas)
         buffer.gradient_evaluations.assign_add(maps)
-        optimizer.average_iterate(replay)
+        optimizer.average_iterate(replay, first)
         buffer.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
         return maps
 
@@ -802,10 +808,12 @@ class ReplayTrainer:
         """The compiled replay up to the current step (see `_replay_step`), or None."""
         if optimizer is None or optimizer.replay_every == 1:
             return None
-        step = lambda: self._replay_step(optimizer, replicas)  # noqa: E731
+        def replay_to_current_step():
+            return self._replay_step(optimizer, replicas)
+
         if self.run_eagerly:
-            return step
-        return tf.function(step, jit_compile=jit_compile, autograph=False)
+            return replay_to_current_step
+        return tf.function(replay_to_current_step, jit_compile=jit_compile, autograph=False)
 
     def _make_distributed_train_function(self, optimizer, strategy):
         """The train function under a multi-replica strategy.
@@ -982,27 +990,25 @@ def _incident_error(buffer, kind, step):
 def _check_capacity(saved, optimizer):
     """Raises `ValueError` unless `optimizer` can resume from `saved`."""
     if optimizer.window is not None and saved.capacity != _window_capacity(optimizer):
+        window = saved.capacity - optimizer.replay_every + 1
         raise ValueError(
             f"The file holds a replay buffer of {saved.capacity} batches, "
-            f"but this model's optimizer (window={optimizer.window}, "
-            f"replay_every={optimizer.replay_every}) keeps "
-            f"{_window_capacity(optimizer)}. Load it into a model compiled "
-            "with the window and replay_every of the saved run. Received: "
-            f"window={optimizer.window}"
+            f"saved with window={window}, but this model's optimizer "
+            f"has window={optimizer.window}. Load it into a model compiled "
+            f"with the same window. Received: window={optimizer.window}"
         )
     if (
         optimizer.window is None
         and optimizer.max_steps is not None
         and saved.capacity != optimizer.max_steps - optimizer.forward_steps
     ):
+        max_steps = saved.capacity + optimizer.forward_steps
         raise ValueError(
-            f"The file holds the replay buffer of an exact run with "
-            f"{saved.capacity} backward steps, but this model's optimizer has "
-            f"room for {optimizer.max_steps - optimizer.forward_steps} "
-            f"(max_steps={optimizer.max_steps}, "
-            f"forward_steps={optimizer.forward_steps}). Load it into a model "
-            "compiled with the max_steps and forward_steps of the saved run. "
-            f"Received: max_steps={optimizer.max_steps}"
+            f"The file holds the replay buffer of an exact run of "
+            f"{max_steps} steps (max_steps={max_steps}), but this "
+            f"model's optimizer has max_steps={optimizer.max_steps}. Load it "
+            "into a model compiled with the same max_steps. Received: "
+            f"max_steps={optimizer.max_steps}"
         )
 
 

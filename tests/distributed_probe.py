@@ -36,7 +36,7 @@ def stream():
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
 
 
-def build(window, jit_compile=False, batchnorm=True):
+def build(window, jit_compile=False, batchnorm=True, **schedule):
     keras.utils.set_random_seed(0)
     # XLA compiles each replica's pass alone: no synchronized BatchNorm then.
     norm = [keras.layers.BatchNormalization(synchronized=True)] if batchnorm else []
@@ -46,7 +46,9 @@ def build(window, jit_compile=False, batchnorm=True):
     # Exact mode sizes its buffer for the whole run, so a resumed run fits.
     max_steps = STEPS if window is None else None
     model.compile(
-        optimizer=keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=window, max_steps=max_steps),
+        optimizer=keras_bsgd.BackwardSGD(
+            0.1, momentum=0.5, window=window, max_steps=max_steps, **schedule
+        ),
         loss="mse",
         jit_compile=jit_compile,
     )
@@ -165,6 +167,29 @@ def resume(window, path):
     )
 
 
+def scheduled():
+    """replay_every=3 and forward_steps=4 on 2 replicas against one device, every step."""
+    strategy = mirrored_strategy()
+    errors = {}
+    for window in (3, None):
+        schedule = dict(replay_every=3, forward_steps=4)
+        single, single_traj = build(window, **schedule), Trajectory()
+        single.fit(stream(), verbose=0, callbacks=[single_traj])
+        with strategy.scope():
+            mirrored = build(window, **schedule)
+        mirrored_traj = Trajectory()
+        mirrored.fit(stream(), verbose=0, callbacks=[mirrored_traj])
+        errors[f"max_error_{window or 'exact'}"] = max(
+            float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+            for s, m in zip(single_traj.states, mirrored_traj.states, strict=True)
+            for a, b in zip(s, m)
+        )
+        errors[f"evaluations_{window or 'exact'}"] = [
+            single.gradient_evaluations, mirrored.gradient_evaluations
+        ]
+    return errors
+
+
 def report(results):
     """Prints the one line that distributed_test reads."""
     print("RESULT " + json.dumps(results))
@@ -209,6 +234,8 @@ def run(argv):
     """The results of the case that `argv` (this module's arguments) names."""
     if argv[0] == "refusals":
         return refusals()
+    if argv[0] == "scheduled":
+        return scheduled()
     window = None if argv[0] == "exact" else int(argv[0])
     if len(argv) > 1 and argv[1] == "xla":
         return main(window, jit_compile=True)
@@ -231,6 +258,7 @@ def run_all(directory):
         cases[f"{window}-xla"] = [window, "xla"]
         cases[f"{window}-resume"] = [window, os.path.join(folder, "run.keras")]
     cases["refusals"] = ["refusals"]
+    cases["scheduled"] = ["scheduled"]
     results = {}
     for name, argv in cases.items():
         keras.backend.clear_session()
