@@ -117,6 +117,19 @@ def _compare(args):
     return 0
 
 
+BENCH_MODULES = frozenset({
+    "importlib_resources", "matplotlib", "mnist1d", "pandas", "psutil", "sklearn",
+    "tensorflow_datasets",
+})
+"""Top-level modules of the `bench` extra, which `compare` and `bench` import."""
+
+
+def _missing_bench_module(error):
+    """The `bench`-extra module whose absence raised `error`, or `None`."""
+    root = (error.name or "").split(".")[0]
+    return root if root in BENCH_MODULES else None
+
+
 def main(argv=None):
     """Runs the `keras-bsgd` command line.
 
@@ -125,9 +138,24 @@ def main(argv=None):
             (`sys.argv[1:]`).
 
     Returns:
-        The exit status: 0 on success, 2 on a usage or data error.
+        The exit status: 0 on success, 2 on a usage or data error or when
+        the `bench` extra is not installed.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except ImportError as error:
+        # The tools need the `bench` extra; the library does not, so a lean
+        # install gets one line saying what to install instead of a traceback.
+        missing = _missing_bench_module(error)
+        if missing is None:
+            raise
+        print(f"keras-bsgd {argv[0]}: needs the benchmark dependencies ({missing} is not "
+              "installed): pip install 'keras-bsgd[bench]'", file=sys.stderr)
+        return 2
+
+
+def _run(argv):
     if argv[:1] == ["bench"]:
         # The benchmark owns its options; imported here to keep `compare` light.
         from keras_bsgd.benchmarks import speed
