@@ -10,6 +10,7 @@ python -m keras_bsgd compare --steps 20 --windows 4 --output /tmp/tiny
 """
 
 import argparse
+import importlib.util
 import sys
 
 DEFAULTS = {
@@ -117,17 +118,24 @@ def _compare(args):
     return 0
 
 
-BENCH_MODULES = frozenset({
-    "importlib_resources", "matplotlib", "mnist1d", "pandas", "psutil", "sklearn",
-    "tensorflow_datasets",
-})
+BENCH_MODULES = (
+    "tensorflow_datasets", "importlib_resources", "pandas", "sklearn", "mnist1d", "matplotlib",
+    "psutil",
+)
 """Top-level modules of the `bench` extra, which `compare` and `bench` import."""
 
+BENCH_HINT = "pip install 'keras-bsgd[bench]'"
 
-def _missing_bench_module(error):
-    """The `bench`-extra module whose absence raised `error`, or `None`."""
-    root = (error.name or "").split(".")[0]
-    return root if root in BENCH_MODULES else None
+
+def _missing_bench_modules():
+    """The `bench`-extra modules that are not installed (looked up, not imported)."""
+    return [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+
+
+def _bench_extra_error(command, missing):
+    print(f"keras-bsgd {command}: needs the benchmark dependencies ({', '.join(missing)} "
+          f"not installed): {BENCH_HINT}", file=sys.stderr)
+    return 2
 
 
 def main(argv=None):
@@ -142,17 +150,20 @@ def main(argv=None):
         the `bench` extra is not installed.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    # The tools need the `bench` extra and the library does not: a lean
+    # install gets one line saying what to install, before TensorFlow's
+    # import can print anything.
+    if argv[:1] in (["bench"], ["compare"]) and "-h" not in argv and "--help" not in argv:
+        missing = _missing_bench_modules()
+        if missing:
+            return _bench_extra_error(argv[0], missing)
     try:
         return _run(argv)
     except ImportError as error:
-        # The tools need the `bench` extra; the library does not, so a lean
-        # install gets one line saying what to install instead of a traceback.
-        missing = _missing_bench_module(error)
-        if missing is None:
+        missing = (error.name or "").split(".")[0]
+        if missing not in BENCH_MODULES:
             raise
-        print(f"keras-bsgd {argv[0]}: needs the benchmark dependencies ({missing} is not "
-              "installed): pip install 'keras-bsgd[bench]'", file=sys.stderr)
-        return 2
+        return _bench_extra_error(argv[0], [missing])
 
 
 def _run(argv):

@@ -55,6 +55,14 @@ def test_parser_defaults_and_help(capsys):
 
 
 def test_missing_bench_extra_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_missing_bench_modules", lambda: ["tensorflow_datasets", "sklearn"])
+    assert cli.main(["compare"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("keras-bsgd compare:") and "tensorflow_datasets, sklearn" in line
+    assert line.endswith("pip install 'keras-bsgd[bench]'")
+
+
+def test_import_error_of_the_bench_extra_is_one_line(monkeypatch, capsys):
     def compare_without_tfds(args):
         raise ModuleNotFoundError("No module named 'tensorflow_datasets'",
                                   name="tensorflow_datasets")

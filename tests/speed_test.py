@@ -11,6 +11,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
+from keras_bsgd.benchmarks import models  # noqa: E402
 from keras_bsgd.benchmarks import speed  # noqa: E402
 
 
@@ -122,5 +123,5 @@ def test_report_keeps_hand_written_text(tiny):
 
 
 def test_small_cnn_builds():
-    model = speed.small_cnn()
+    model = models.small_cnn()
     assert model.output_shape == (None, 10)
