@@ -25,7 +25,7 @@ def machine_info():
 
         physical = psutil.cpu_count(logical=False)
         memory_gb = psutil.virtual_memory().total / 2**30
-    except ImportError:  # pragma: no cover - psutil is a dependency
+    except ImportError:  # pragma: no cover - psutil comes with the bench extra
         physical, memory_gb = None, None
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
