@@ -1,6 +1,6 @@
 """Slow, obviously correct float64 NumPy reference for every composition order.
 
-Everything here follows DESIGN.md §1 literally, with no buffers, anchors or
+Everything here follows docs/design.md §1 literally, with no buffers, anchors or
 ring indices: the backward iterate at step k is recomputed from scratch by
 composing the per-batch maps in the stated order. The model is a two-layer
 MLP `y = tanh(x W1 + b1) W2 + b2` with mean squared error, with backprop
