@@ -1,6 +1,6 @@
 """The replaying trainer: `Model`, `Sequential` and `wrap`.
 
-A training step `k` of backward-SGD (DESIGN.md §1), all inside the one
+A training step `k` of backward-SGD (docs/design.md §1), all inside the one
 compiled train function (under a multi-replica strategy, one graph whose
 per-replica parts run through `keras_bsgd.replicas`):
 
