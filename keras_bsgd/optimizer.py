@@ -317,7 +317,16 @@ class BackwardSGD(keras.optimizers.SGD):
         try:
             grads = self._clip_gradients(grads)
             self._apply_weight_decay(trainable_variables)
-            self._backend_update_step(grads, trainable_variables, learning_rate)
+            if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+                # One replica has nothing to all-reduce. Keras' path would
+                # all-reduce anyway, and each all-reduce registers a
+                # `tf.custom_gradient` that TensorFlow never frees, pinning
+                # the traced graph (tensorflow/tensorflow#97697): memory grew
+                # with every compiled model in a process.
+                for grad, variable in zip(grads, trainable_variables):
+                    self.update_step(grad, variable, learning_rate)
+            else:
+                self._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
             self._map_learning_rate = None
         for variable in trainable_variables:
