@@ -533,9 +533,11 @@ class ReplayTrainer:
         # S_0 is the state at the run's first step, taken before the logging
         # pass below moves BatchNorm statistics.
         tf.cond(tf.equal(local, 1), lambda: _save(optimizer, model_state), _noop)
-        # A step that does not replay keeps the model at the last output
-        # iterate: the logging pass must not move its BatchNorm statistics.
-        before_logging = [tf.identity(v) for v in model_state]
+        every_step = optimizer.replay_every == 1
+        if not every_step:
+            # A step that does not replay keeps the model at the last output
+            # iterate: the logging pass must not move its BatchNorm statistics.
+            before_logging = [tf.identity(v) for v in model_state]
         self._seed_random_layers(step)
         finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
         finite = replicas.all_true(finite)
@@ -552,11 +554,21 @@ class ReplayTrainer:
 
         # The step is straight-line code, without a conditional around the
         # maps: XLA runs conditionals that hold the replay far slower (a
-        # windowed MLP step lost about one SGD step's time to three of them).
-        # Whether the step replays only sets loop trip counts and masks.
-        optimizer.restore_anchor(
-            model_state, when=replay, model_state_otherwise=before_logging
-        )
+        # windowed MLP step lost about one SGD step's time to three of them),
+        # and masked copies of the state cost about as much. With
+        # `replay_every=1` a batch that may not enter (non-finite, or no room
+        # left) therefore replays the previous step's maps instead, which
+        # recomputes the previous iterate exactly: the rare case pays for
+        # the common one's speed. With `replay_every > 1` most steps do not
+        # replay, and masks keep the model at the last replayed iterate.
+        if every_step:
+            optimizer.restore_anchor(model_state)
+            target = tf.where(ok, local, local - 1)
+        else:
+            optimizer.restore_anchor(
+                model_state, when=replay, model_state_otherwise=before_logging
+            )
+            target = None
 
         def forward_map(i):
             self._seed_random_layers(step)
@@ -566,12 +578,14 @@ class ReplayTrainer:
             )
             return (i + 1,)
 
-        (forward_maps,) = tf.while_loop(
-            lambda i: i < tf.cast(tf.logical_and(replay, forward), "int64"),
-            forward_map,
-            (tf.constant(0, "int64"),),
-            maximum_iterations=1,
-        )
+        forward_maps = tf.constant(0, "int64")
+        if optimizer.forward_steps:
+            (forward_maps,) = tf.while_loop(
+                lambda i: i < tf.cast(tf.logical_and(replay, forward), "int64"),
+                forward_map,
+                (forward_maps,),
+                maximum_iterations=1,
+            )
 
         def write():
             slot = (local - forward_steps - 1) % buffer.capacity
@@ -581,7 +595,10 @@ class ReplayTrainer:
             )
 
         first = tf.equal(buffer.replayed_step, 0)
-        maps = self._replay(optimizer, buffer, local, replay, loss_scale, replicas, write)
+        if every_step:
+            maps = self._replay(optimizer, buffer, target, None, loss_scale, replicas, write)
+        else:
+            maps = self._replay(optimizer, buffer, local, replay, loss_scale, replicas, write)
         buffer.gradient_evaluations.assign_add(forward_maps + maps)
         optimizer.finish_step(when=ok, replayed=replay, first=first)
         if loss_scale is not None:
@@ -599,7 +616,8 @@ class ReplayTrainer:
     def _replay(self, optimizer, buffer, step, replay, loss_scale, replicas, write=None):
         """Brings the anchor to step `step` of the run and replays the maps after it, if `replay`.
 
-        The live state must hold the anchor where `replay` is true. Windowed
+        `replay` is a boolean tensor, or None for always (unmasked copies).
+        The live state must hold the anchor where it is true. Windowed
         mode advances the anchor by every map that has left the window since
         the last replay (one per step, taken in a batch), from the buffer;
         then `write()` (if given) stores the new batch in the slot the
@@ -632,9 +650,10 @@ class ReplayTrainer:
         )
         target = tf.maximum(optimizer.anchor_step(step), forward_steps)
         zero = tf.zeros_like(step)
+        always = replay is None
         advances = zero
         if optimizer.window is not None:
-            bound = tf.where(replay, target - first, zero)
+            bound = target - first if always else tf.where(replay, target - first, zero)
 
             def advance_anchor(i):
                 apply_buffered(first + 1 + i)
@@ -647,10 +666,12 @@ class ReplayTrainer:
                 maximum_iterations=optimizer.replay_every,
             )
         if optimizer.window is not None or forward_steps:
-            optimizer.save_anchor(model_state, when=replay)
+            optimizer.save_anchor(model_state, when=replay)  # when=None: always
         if write is not None:
             write()
-        count = tf.where(replay, step - optimizer.anchor_step(step), zero)
+        count = step - optimizer.anchor_step(step)
+        if not always:
+            count = tf.where(replay, count, zero)
 
         def replay_map(i):
             apply_buffered(step - i)
@@ -662,7 +683,10 @@ class ReplayTrainer:
             (zero,),
             maximum_iterations=capacity,
         )
-        buffer.replayed_step.assign(tf.where(replay, origin + step, buffer.replayed_step))
+        replayed_step = origin + step
+        if not always:
+            replayed_step = tf.where(replay, replayed_step, buffer.replayed_step)
+        buffer.replayed_step.assign(replayed_step)
         return advances + replayed
 
     def _diverged(self):
