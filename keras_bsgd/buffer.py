@@ -212,7 +212,12 @@ class ReplayBuffer:
 
 INCIDENTS = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
 
-_NONE_NOTE = " (None is a dimension that varies, e.g. a partial last batch)."
+_NONE_NOTE = (
+    " (None is a dimension that varies, e.g. a partial last batch, or one that "
+    "a transformation after `batch()` lost, e.g. a `TextVectorization` layer "
+    "or `tf.py_function` in `map()`: map before `batch()`, or restore the "
+    "size in that map with `tf.ensure_shape`)."
+)
 
 
 class SavedBuffer:

@@ -20,7 +20,9 @@ per-replica parts run through `keras_bsgd.replicas`):
 """
 
 import inspect
+import itertools
 import math
+import types
 
 import keras
 import numpy as np
@@ -62,6 +64,10 @@ class ReplayTrainer:
     _saved_buffer = None  # a loaded SavedBuffer, until the first step
     _array_batch_size = None
     _planned_capacity = None
+    # The first batch of this fit() (its shapes build a lazily built model),
+    # or None where fit() cannot see it without consuming it.
+    _first_batch = None
+    _built_before_trace = False  # whether no variable is created in the step
     # The DataStore of an index-buffered run (its buffer holds example
     # indices), the id() of the optimizer whose run it serves, and the
     # (store, version) the train function was traced with.
@@ -87,6 +93,7 @@ class ReplayTrainer:
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
+        self._built_before_trace = False  # new metrics, loss and optimizer
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if isinstance(optimizer, BackwardSGD):
             optimizer.model_state_source = self._model_state
@@ -128,9 +135,33 @@ class ReplayTrainer:
         if optimizer is None:
             return super().fit(*args, **kwargs)
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
+        first, bound.arguments["x"] = _peek_first_batch(bound.arguments.get("x"))
         self._plan_fit(optimizer, bound)
+        self._first_batch = _first_batch_spec(bound.arguments, first)
+        stream_batch_size = None
+        if self._array_batch_size is None and self._distribute_strategy is None:
+            # Keras gives generator and PyDataset batches an unknown batch
+            # dimension; the buffer needs a static one, so the first batch
+            # fixes it, and the step checks every later batch against it.
+            stream_batch_size = _leading_size(first)
+            self._array_batch_size = stream_batch_size
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
-        return super().fit(**self._index_arguments(optimizer, arguments))
+        try:
+            return super().fit(**self._index_arguments(optimizer, arguments))
+        except tf.errors.InvalidArgumentError as error:
+            if stream_batch_size is None or _BATCH_CHECK not in str(error):
+                raise
+            raise ValueError(
+                f"{STATIC_SHAPE_HINT} The first batch of this fit() had "
+                f"{stream_batch_size} examples, which fixes the size of every "
+                "batch; a later batch had another size (e.g. a partial last "
+                "batch), and training stopped before that step, with the "
+                "state of the step before. Make the generator or PyDataset "
+                "yield only full batches. Received: a batch of another size "
+                f"than {stream_batch_size}"
+            ) from None
+        finally:
+            self._first_batch = None
 
     def _index_arguments(self, optimizer, arguments):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
@@ -245,6 +276,14 @@ class ReplayTrainer:
             raise ValueError(_capacity_message(capacity, capacity + 1, done))
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None and self._backward_sgd() is not None:
+            # Without a strategy Keras builds the model when the train
+            # function first calls it; backward-SGD needs its weights before
+            # that (the anchor and buffer are sized from them), so it builds
+            # the model first, as Keras does under a strategy.
+            batch = self._first_batch if data_batch is None else data_batch
+            if batch is not None:
+                self._build_from_batch(batch)
         # Keras averages a distributed batch with `strategy.reduce` in eager
         # mode to learn its shapes, which MultiWorkerMirroredStrategy cannot
         # do (its collectives need tensors). The first local replica's batch
@@ -256,6 +295,15 @@ class ReplayTrainer:
                 break
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _build_from_batch(self, batch):
+        """Builds the model, compiled metrics and loss, and optimizer from `batch`'s spec.
+
+        Keras' own symbolic build, fed a batch of unknown size (as Keras
+        traces NumPy input), so that nothing in the step creates variables.
+        """
+        self._symbolic_build(data_batch=keras.tree.map_structure(_symbolic, batch))
+        self._built_before_trace = True
 
     def _buffer_of(self, optimizer):
         # A newly compiled optimizer starts a new run, with a new buffer.
@@ -389,15 +437,27 @@ class ReplayTrainer:
             self._data_store_owner = None
 
     def _static_batch(self, batch):
-        # NumPy inputs reach the step with an unknown batch dimension; fit()
-        # has already checked that every batch is full.
-        if self._array_batch_size is None:
+        # NumPy inputs reach the step with an unknown batch dimension (fit()
+        # has already checked that every batch is full), and so do generator
+        # and PyDataset batches (the first batch fixed the size; a later one
+        # of another size fails this check). A tf.data map after batch() can
+        # lose the static size of some leaves (a TextVectorization layer does)
+        # while the others keep it: every leaf of a batch shares it.
+        size = self._array_batch_size
+        if size is None:
+            known = [
+                t.shape[0]
+                for t in keras.tree.flatten(batch)
+                if t is not None and t.shape.rank and t.shape[0] is not None
+            ]
+            size = known[0] if known and len(set(known)) == 1 else None
+        if size is None:
             return batch
 
         def fix(t):
             if t is None or t.shape.rank == 0 or t.shape[0] is not None:
                 return t
-            return tf.ensure_shape(t, [self._array_batch_size, *t.shape[1:]])
+            return tf.ensure_shape(t, [size, *t.shape[1:]], name=_BATCH_CHECK)
 
         return keras.tree.map_structure(fix, batch)
 
@@ -405,7 +465,18 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().train_step(data)
-        return self._backward_step(optimizer, data, self._replicas or LocalReplicas())
+        data = self._static_batch(data)
+        # No part of the step may run before a batch of the wrong size has
+        # failed the check: the state must stay as it was. A trace that
+        # creates the buffer or the optimizer's variables cannot wait on its
+        # inputs (TF could not lift their initializers out of an XLA
+        # function); fit() builds them first wherever it sees the batch spec.
+        created = self._built_before_trace and self.optimizer.built
+        leaves = [t for t in keras.tree.flatten(data) if t is not None] if created else []
+        with tf.control_dependencies(leaves):
+            return self._backward_step(
+                optimizer, data, self._replicas or LocalReplicas()
+            )
 
     def _backward_step(self, optimizer, data, replicas):
         """One backward-SGD step on `data` (per replica under a strategy)."""
@@ -819,6 +890,68 @@ def _capacity_message(capacity, step, done):
         "`BackwardSGD(max_steps=...)`, or use windowed backward-SGD with "
         f"`window=w`. Received: step {step} with capacity={capacity}"
     )
+
+
+# The name of the shape check of batches whose size only the first batch fixed.
+_BATCH_CHECK = "keras_bsgd_batch_size"
+
+
+def _peek_first_batch(x):
+    """`(first batch or None, x)`: a generator's or PyDataset's first batch, and what to pass on.
+
+    A generator is read once and restored with its first batch in front, as
+    Keras' own data adapter does.
+    """
+    if isinstance(x, types.GeneratorType):
+        try:
+            first = next(x)
+        except StopIteration:
+            return None, x  # Keras raises its own error for an empty generator.
+        # Keras accepts generators only (types.GeneratorType), not iterators.
+        return first, (batch for batch in itertools.chain([first], x))
+    if isinstance(x, keras.utils.PyDataset) and x.num_batches != 0:
+        # Keras reads the first batches itself to learn their spec.
+        first = x[0]
+        return (tuple(first) if isinstance(first, list) else first), x
+    return None, x
+
+
+def _first_batch_spec(arguments, first):
+    """A nest with the first batch's shapes and dtypes, or None where unknown."""
+    x = arguments.get("x")
+    if first is not None:
+        return first
+    if isinstance(x, tf.data.Dataset):
+        return x.element_spec
+    if _num_array_samples(x) is not None:
+        batch_size = arguments.get("batch_size") or 32
+        data = (x, arguments.get("y"), arguments.get("sample_weight"))
+        return keras.tree.map_structure(
+            lambda a: None if a is None else np.asarray(a)[:batch_size], data
+        )
+    return None
+
+
+def _symbolic(leaf):
+    # A batch of unknown size, as Keras traces NumPy input; float arrays
+    # reach the model as floatx.
+    if leaf is None:
+        return None
+    dtype = keras.backend.standardize_dtype(
+        leaf.dtype.name if isinstance(leaf.dtype, tf.dtypes.DType) else leaf.dtype
+    )
+    if isinstance(leaf, np.ndarray) and "float" in dtype:
+        dtype = keras.backend.floatx()
+    shape = tuple(leaf.shape)
+    return keras.KerasTensor((None, *shape[1:]) if shape else shape, dtype)
+
+
+def _leading_size(batch):
+    """The shared leading dimension of every leaf of `batch`, or None."""
+    if batch is None:
+        return None
+    sizes = {np.shape(t)[0] if np.ndim(t) else None for t in keras.tree.flatten(batch) if t is not None}
+    return sizes.pop() if len(sizes) == 1 and None not in sizes else None
 
 
 def _num_array_samples(x):
