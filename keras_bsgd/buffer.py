@@ -263,7 +263,19 @@ class SavedBuffer:
         present = [leaf is not None for leaf in self.leaves]
         store[self.PREFIX + "present"] = np.array(present, "bool")
         for i, leaf in enumerate(self.leaves):
-            if leaf is not None:
+            if leaf is None:
+                continue
+            if leaf.dtype == object:
+                # String batches (text models): HDF5 and `.npz` hold no
+                # Python objects, so each string is stored as its bytes.
+                strings = [bytes(b) for b in leaf.ravel()]
+                store[f"{self.PREFIX}leaf_{i}:bytes"] = np.frombuffer(
+                    b"".join(strings), "uint8"
+                )
+                store[f"{self.PREFIX}leaf_{i}:lengths"] = np.array(
+                    [len(b) for b in strings], "int64"
+                ).reshape(leaf.shape)
+            else:
                 store[f"{self.PREFIX}leaf_{i}"] = leaf
 
     @classmethod
@@ -272,10 +284,8 @@ class SavedBuffer:
         if cls.PREFIX + "capacity" not in store.keys():
             return None
         present = np.asarray(store[cls.PREFIX + "present"])
-        leaves = [
-            np.asarray(store[f"{cls.PREFIX}leaf_{i}"]) if p else None
-            for i, p in enumerate(present)
-        ]
+        leaves = [_load_leaf(store, f"{cls.PREFIX}leaf_{i}") if p else None
+                  for i, p in enumerate(present)]
         # Files written before the counter was saved resume it from 0.
         skipped = cls.PREFIX + "skipped_batches"
         return cls(
@@ -315,6 +325,19 @@ class SavedBuffer:
                 "shapes of the saved run. Received: capacity="
                 f"{self.capacity}"
             )
+
+
+def _load_leaf(store, key):
+    """A leaf written by `SavedBuffer.save`: an array, or strings from their bytes."""
+    if key + ":lengths" not in store.keys():
+        return np.asarray(store[key])
+    lengths = np.asarray(store[key + ":lengths"])
+    data = np.asarray(store[key + ":bytes"]).tobytes()
+    ends = np.cumsum(lengths.ravel())
+    strings = [data[end - n : end] for n, end in zip(lengths.ravel(), ends)]
+    leaf = np.empty(len(strings), object)
+    leaf[:] = strings
+    return leaf.reshape(lengths.shape)
 
 
 def _spec(batch):

@@ -164,6 +164,8 @@ class BackwardSGD(keras.optimizers.SGD):
         self.model_state_source = None
         self._pending_state = None
         self._expected_variables = None
+        # What an unbuilt BackwardSGD saves: its counter and learning rate.
+        self._unbuilt_variables = len(self.variables)
 
     def build(self, var_list):
         """Creates the momentum slots and the anchor state, in a fixed order.
@@ -293,6 +295,13 @@ class BackwardSGD(keras.optimizers.SGD):
         self._assign_state(values)
 
     def _assign_state(self, values):
+        if len(values) == self._unbuilt_variables < len(self.variables):
+            # Saved compiled but never trained: only the counter and learning
+            # rate existed. The rest is built fresh, as for a new run (the
+            # first step sets the anchor from the model).
+            for variable, value in zip(self.variables, values):
+                variable.assign(value)
+            return
         self._check_layout(len(values))
         for variable, value in zip(self.variables, values):
             variable.assign(value)
