@@ -46,8 +46,11 @@ class BackwardSGD(keras.optimizers.SGD):
     layers (dropout, noise) draw the same numbers whenever batch `i` is
     replayed. With `use_ema=True` the EMA averages the output iterates, one
     update per step, and is copied into the model at the end of `fit()`.
-    `window=1` is forward SGD step for step; a window at least as long as the
-    run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
+    `window=1` is forward SGD step for step (Keras `SGD`'s iterates) when the
+    model draws no random numbers in training; with random layers (dropout,
+    noise) its masks are keyed to each batch's arrival index, so it is Keras
+    SGD with other, equally distributed masks. A window at least as long as
+    the run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
     plus one to advance the anchor once `k > w` (exact mode: `k`).
 
     This optimizer only holds settings and state; the replay itself runs in the
