@@ -46,6 +46,7 @@ from keras_bsgd.replicas import LocalReplicas
 from keras_bsgd.replicas import MirroredReplicas
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
+_COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
 
 
 def _noop():
@@ -92,8 +93,21 @@ class ReplayTrainer:
         return self._data_store
 
     def compile(self, *args, **kwargs):
+        arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
+        optimizer = arguments.get("optimizer")
+        if isinstance(getattr(optimizer, "inner_optimizer", optimizer), BackwardSGD):
+            _check_no_custom_train_step(type(self))
         super().compile(*args, **kwargs)
         self._built_before_trace = False  # new metrics, loss and optimizer
+        source = self._hook_source()
+        if source is not None and _overrides(type(source), "compute_loss"):
+            # The wrapped model's compute_loss runs as a method of that model:
+            # its `super().compute_loss()` needs the compiled loss there too.
+            source.compile(
+                optimizer="sgd",
+                loss=arguments.get("loss"),
+                loss_weights=arguments.get("loss_weights"),
+            )
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if isinstance(optimizer, BackwardSGD):
             optimizer.model_state_source = self._model_state
@@ -103,6 +117,54 @@ class ReplayTrainer:
             self._replay_state = ReplayState(
                 self._save_replay_state, self._load_replay_state
             )
+
+    # A wrapped model whose class customizes the loss or metrics (see `wrap`):
+    # a function returning it, so that Keras does not track it as a layer.
+    _hook_source = staticmethod(lambda: None)
+
+    def _source_hook(self, name):
+        source = self._hook_source()
+        if source is not None and _overrides(type(source), name):
+            return getattr(source, name)
+        return None
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        # Every replayed map and the logging pass call this: a wrapped
+        # model's own compute_loss must be what they compute.
+        compute = self._source_hook("compute_loss") or super().compute_loss
+        return compute(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+
+    @property
+    def metrics(self):
+        source = self._hook_source()
+        if source is not None and _overrides(type(source), "metrics"):
+            return source.metrics
+        return super().metrics
+
+    def reset_metrics(self):
+        reset = self._source_hook("reset_metrics") or super().reset_metrics
+        reset()
+
+    def get_config(self):
+        source = self._hook_source()
+        if source is not None:
+            # A reloaded wrapper would be a plain keras_bsgd model: it would
+            # silently train with the compiled loss instead of the class's own.
+            raise ValueError(
+                "This model wraps a model of class "
+                f"{type(source).__name__}, whose `compute_loss`/`metrics` it "
+                "calls; a `.keras` file cannot carry them, so the reloaded "
+                "model would train with another loss. Save weights only "
+                "(`save_weights`, `tf.train.Checkpoint`, `BackupAndRestore`), "
+                "or derive the class from `keras_bsgd.Model` instead of "
+                "`keras.Model`, which saves and reloads as that class. "
+                f"Received: a wrapped {type(source).__name__}"
+            )
+        return super().get_config()
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         children = super()._trackable_children(save_type, **kwargs)
@@ -134,6 +196,7 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().fit(*args, **kwargs)
+        _check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         first, bound.arguments["x"] = _peek_first_batch(bound.arguments.get("x"))
         self._plan_fit(optimizer, bound)
@@ -982,21 +1045,14 @@ class Model(ReplayTrainer, keras.Model):
     """
 
     def __new__(cls, *args, **kwargs):
-        if cls is Model and _functional_arguments(args, kwargs):
-            return FunctionalModel.__new__(FunctionalModel, *args, **kwargs)
+        if _functional_arguments(args, kwargs) and not issubclass(cls, Functional):
+            functional = _functional_class(cls)
+            return functional.__new__(functional, *args, **kwargs)
         return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, *args, **kwargs):
         if isinstance(self, Functional):
             Functional.__init__(self, *args, **kwargs)
-        elif _functional_arguments(args, kwargs):
-            raise TypeError(
-                "Subclasses of keras_bsgd.Model are subclassed models: define "
-                "`call()` and create them without `inputs`/`outputs`. For a "
-                "functional model use `keras_bsgd.Model(inputs, outputs)`, or "
-                "`keras_bsgd.wrap(model)` on any built Keras model. Received: "
-                f"{type(self).__name__}(inputs, outputs)"
-            )
         else:
             keras.Model.__init__(self, *args, **kwargs)
 
@@ -1004,6 +1060,67 @@ class Model(ReplayTrainer, keras.Model):
 @keras.saving.register_keras_serializable(package="keras_bsgd")
 class FunctionalModel(Model, Functional):
     """The functional `keras_bsgd.Model`: what `keras_bsgd.Model(inputs, outputs)` returns."""
+
+
+_FUNCTIONAL_CLASSES = {}
+
+
+def _functional_class(cls):
+    """The functional form of `keras_bsgd.Model` or of a subclass of it.
+
+    `class CustomModel(keras_bsgd.Model)` created with `(inputs, outputs)`
+    (keras.io, "Customizing what happens in fit()") becomes an instance of
+    a subclass of both `CustomModel` and `FunctionalModel`, so that its own
+    methods (`__init__`, `compute_loss`, `test_step`, ...) come first. Keras
+    does this by rewriting the `__bases__` of the class chain, which would
+    make `keras_bsgd.Model` itself functional.
+    """
+    if cls is Model:
+        return FunctionalModel
+    if cls not in _FUNCTIONAL_CLASSES:
+        _FUNCTIONAL_CLASSES[cls] = type(
+            cls.__name__,
+            (cls, FunctionalModel),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+    return _FUNCTIONAL_CLASSES[cls]
+
+
+def _overrides(cls, name):
+    """Whether `cls` defines its own `name` (a training hook) over Keras' default."""
+    ours = getattr(ReplayTrainer, name, None)
+    mine = getattr(cls, name, None)
+    return mine is not getattr(keras.Model, name) and mine is not ours
+
+
+def _check_no_custom_train_step(cls):
+    if _overrides(cls, "train_step"):
+        raise ValueError(_custom_step_message(cls, "train_step"))
+
+
+def _custom_step_message(cls, name):
+    if name == "train_step":
+        why = (
+            "keras_bsgd defines the training step itself: every step replays "
+            "the buffered batches through the model's loss, so a custom "
+            "`train_step` cannot run (it would update the weights once per "
+            "batch, which is forward SGD)."
+        )
+    else:
+        why = (
+            f"`keras_bsgd.wrap` calls the model's layers from a new model, "
+            f"where the wrapped class's `{name}` would not see its own "
+            "metrics and compiled loss."
+        )
+    return (
+        f"{why} Put the custom loss in `compute_loss(x, y, y_pred, "
+        "sample_weight, training)`, which the logging pass and every "
+        "replayed map call; or derive the class from `keras_bsgd.Model` "
+        "instead of `keras.Model` (created with `(inputs, outputs)` or with "
+        "a `call()`), where `compute_loss` and `test_step` overrides run as "
+        "written; or train with a Keras optimizer. Received: a model of "
+        f"class {cls.__name__} that overrides `{name}`"
+    )
 
 
 def _functional_arguments(args, kwargs):
@@ -1094,6 +1211,15 @@ def wrap(model):
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
         inputs = outputs = None
+    for name in ("train_step", "test_step", "compute_metrics"):
+        if _overrides(type(model), name):
+            raise ValueError(_custom_step_message(type(model), name))
     if inputs and outputs:
-        return Model(inputs=inputs, outputs=outputs, name=model.name)
-    return WrappedModel(model, name=model.name)
+        wrapper = Model(inputs=inputs, outputs=outputs, name=model.name)
+    else:
+        wrapper = WrappedModel(model, name=model.name)
+    if any(_overrides(type(model), n) for n in ("compute_loss", "metrics", "reset_metrics")):
+        # The wrapper computes the loss and keeps the metrics with the
+        # model's own methods, run as methods of the model.
+        wrapper._hook_source = lambda: model
+    return wrapper

@@ -160,3 +160,169 @@ def test_dataset_without_any_static_batch_size_names_both_causes():
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
     with pytest.raises(ValueError, match=r"drop_remainder=True.*after `batch\(\)`.*ensure_shape"):
         model.fit(dataset, verbose=0)
+
+
+class DoubledLoss:
+    """The `Model.compute_loss` docstring's pattern: a custom loss and its own tracker.
+
+    Twice the compiled loss: the trajectory is that of twice the learning rate.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = 2.0 * super().compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+        self.loss_tracker.update_state(loss)
+        return loss
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def reset_metrics(self):
+        self.loss_tracker.reset_state()
+
+
+class KerasFunctional(DoubledLoss, keras.Model):
+    pass
+
+
+class BsgdFunctional(DoubledLoss, keras_bsgd.Model):
+    pass
+
+
+class KerasSubclass(DoubledLoss, keras.Model):
+    def __init__(self, params, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = constant_dense(5, params[:2], activation="tanh")
+        self.out = constant_dense(2, params[2:])
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+class BsgdSubclass(DoubledLoss, keras_bsgd.Model):
+    def __init__(self, params, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = constant_dense(5, params[:2], activation="tanh")
+        self.out = constant_dense(2, params[2:])
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def functional_graph(params):
+    inputs = keras.Input((3,))
+    hidden = constant_dense(5, params[:2], activation="tanh")(inputs)
+    return inputs, constant_dense(2, params[2:])(hidden)
+
+
+def built_subclass(model):
+    model(np.zeros((1, 3), "float32"))
+    return model
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: keras_bsgd.wrap(KerasFunctional(*functional_graph(p))),
+        lambda p: BsgdFunctional(*functional_graph(p)),
+        lambda p: keras_bsgd.wrap(built_subclass(KerasSubclass(p))),
+        lambda p: BsgdSubclass(p),
+    ],
+    ids=["wrap-functional", "functional-subclass", "wrap-subclass", "subclass"],
+)
+def test_compute_loss_overrides_define_every_map_and_the_logged_loss(make):
+    batches, params = make_stream(seed=24, num_batches=6)
+    xs, ys = arrays(batches)
+    model = make(params)
+    assert isinstance(model, keras_bsgd.Model)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, window=WINDOW), loss="mse",
+                  jit_compile=True)
+    recorder = StateRecorder()
+    history = model.fit(xs, ys, batch_size=4, shuffle=False, verbose=0, callbacks=[recorder])
+    # Twice the loss at learning rate 0.05 is the plain loss at 0.1.
+    assert_matches_reference(recorder.states, batches, params)
+    # The tracker saw each batch once, at the weights it arrived at: replays
+    # updated no metric.
+    before = [params] + [s["params"] for s in recorder.states[:-1]]
+    logged = [2 * reference.mlp_loss_and_grads(p, x, y)[0] for p, (x, y) in zip(before, batches)]
+    np.testing.assert_allclose(history.history["loss"][0], np.mean(logged), rtol=1e-5)
+    assert list(history.history) == ["loss", "skipped_batches"]
+
+
+class CustomTrainStep(keras.Model):
+    # keras.io "Customizing what happens in fit()": the step computes its own loss.
+    def train_step(self, data):
+        raise AssertionError("never called")
+
+
+class CustomTestStep(keras.Model):
+    def test_step(self, data):
+        return {"custom": 1.0}
+
+
+def test_wrap_refuses_a_custom_train_or_test_step_and_says_what_to_do():
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2)(inputs)
+    with pytest.raises(ValueError, match=r"defines the training step itself.*compute_loss.*"
+                       r"Received: a model of class CustomTrainStep that overrides `train_step`"):
+        keras_bsgd.wrap(CustomTrainStep(inputs, outputs))
+    with pytest.raises(ValueError, match=r"derive the class from `keras_bsgd.Model`.*"
+                       r"CustomTestStep that overrides `test_step`"):
+        keras_bsgd.wrap(CustomTestStep(inputs, outputs))
+
+
+def test_keras_bsgd_subclass_with_train_step_is_refused_and_test_step_is_honoured():
+    class Stepping(keras_bsgd.Model):
+        def train_step(self, data):
+            raise AssertionError("never called")
+
+    class Evaluating(keras_bsgd.Model):
+        def test_step(self, data):
+            return {"custom": 1.0}
+
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2)(inputs)
+    model = Stepping(inputs, outputs)
+    with pytest.raises(ValueError, match=r"Stepping that overrides `train_step`"):
+        model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    assert not model.compiled
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")  # plain Keras: allowed
+    model.optimizer = keras_bsgd.BackwardSGD(0.1, window=2)  # set after compile()
+    with pytest.raises(ValueError, match=r"Stepping that overrides `train_step`"):
+        model.fit(np.ones((8, 3), "float32"), np.ones((8, 2), "float32"), batch_size=4)
+
+    model = Evaluating(inputs, outputs)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    model.fit(np.ones((8, 3), "float32"), np.ones((8, 2), "float32"), batch_size=4, verbose=0)
+    result = model.evaluate(np.ones((8, 3), "float32"), np.ones((8, 2), "float32"),
+                            batch_size=4, verbose=0, return_dict=True)
+    assert result == {"custom": 1.0}
+
+
+def test_custom_loss_models_save_as_their_own_class_or_refuse(tmp_path):
+    batches, params = make_stream(seed=25, num_batches=4)
+    xs, ys = arrays(batches)
+    model = BsgdFunctional(*functional_graph(params))
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, window=WINDOW), loss="mse")
+    model.fit(xs[:8], ys[:8], batch_size=4, verbose=0)
+    model.save(tmp_path / "custom.keras")
+    loaded = keras.models.load_model(tmp_path / "custom.keras",
+                                     custom_objects={"BsgdFunctional": BsgdFunctional})
+    assert isinstance(loaded, BsgdFunctional) and isinstance(loaded, keras_bsgd.FunctionalModel)
+    loaded.fit(xs[8:], ys[8:], batch_size=4, verbose=0)
+    model.fit(xs[8:], ys[8:], batch_size=4, verbose=0)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    wrapped = keras_bsgd.wrap(KerasFunctional(*functional_graph(params)))
+    wrapped.compile(optimizer=keras_bsgd.BackwardSGD(0.05, window=WINDOW), loss="mse")
+    with pytest.raises(ValueError, match=r"would train with another loss.*"
+                       r"Received: a wrapped KerasFunctional"):
+        wrapped.save(tmp_path / "wrapped.keras")
+    wrapped.save_weights(tmp_path / "wrapped.weights.h5")  # weights only: fine
