@@ -282,8 +282,10 @@ class BackwardSGD(keras.optimizers.SGD):
         # Reached only from a trainer that does not replay (e.g. a plain
         # keras.Model's train_step): training on would silently be forward SGD.
         raise TypeError(
-            f"{WRAP_HINT} Received: a call to `BackwardSGD.apply()`, which "
-            "means the model's train_step is not keras_bsgd's."
+            f"{WRAP_HINT} A custom `train_step` cannot replace keras_bsgd's "
+            "either: put a custom loss in `compute_loss` instead. Received: a "
+            "call to `BackwardSGD.apply()`, which means the model's "
+            "train_step is not keras_bsgd's."
         )
 
     def load_own_variables(self, store):

@@ -198,8 +198,8 @@ class ReplayTrainer:
             return super().fit(*args, **kwargs)
         _check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
-        first, bound.arguments["x"] = _peek_first_batch(bound.arguments.get("x"))
         self._plan_fit(optimizer, bound)
+        first, bound.arguments["x"] = _peek_first_batch(bound.arguments.get("x"))
         self._first_batch = _first_batch_spec(bound.arguments, first)
         stream_batch_size = None
         if self._array_batch_size is None and self._distribute_strategy is None:
@@ -365,7 +365,12 @@ class ReplayTrainer:
         Keras' own symbolic build, fed a batch of unknown size (as Keras
         traces NumPy input), so that nothing in the step creates variables.
         """
-        self._symbolic_build(data_batch=keras.tree.map_structure(_symbolic, batch))
+        try:
+            self._symbolic_build(data_batch=keras.tree.map_structure(_symbolic, batch))
+        except Exception:
+            if not all(layer.built for layer in self._flatten_layers()):
+                raise
+            return  # a built model that only runs on tensors: the step builds the rest
         self._built_before_trace = True
 
     def _buffer_of(self, optimizer):
@@ -990,7 +995,7 @@ def _first_batch_spec(arguments, first):
         batch_size = arguments.get("batch_size") or 32
         data = (x, arguments.get("y"), arguments.get("sample_weight"))
         return keras.tree.map_structure(
-            lambda a: None if a is None else np.asarray(a)[:batch_size], data
+            lambda a: None if a is None else a[:batch_size], data
         )
     return None
 
@@ -1031,7 +1036,10 @@ class Model(ReplayTrainer, keras.Model):
 
     Use it like `keras.Model`: functional (`Model(inputs, outputs)`, which
     returns a `FunctionalModel`) or subclassed (`class Net(keras_bsgd.Model)`
-    with a `call()`). With any other optimizer it trains as plain Keras.
+    with a `call()`, or created with `(inputs, outputs)`). Subclasses may
+    override `compute_loss` (every replayed map and the logging pass call
+    it) and `test_step`, not `train_step`: backward-SGD defines the step.
+    With any other optimizer it trains as plain Keras.
 
     Example:
 
@@ -1094,7 +1102,16 @@ def _overrides(cls, name):
 
 
 def _check_no_custom_train_step(cls):
-    if _overrides(cls, "train_step"):
+    """Refuses a `train_step` override of a keras_bsgd model that replaces the step.
+
+    One that calls `super().train_step(data)` (to count traces, say) runs
+    the backward-SGD step and is kept. One that does not, and calls the
+    optimizer anyway, would also fail at its first step (`BackwardSGD.apply`
+    raises); this says why before anything runs.
+    """
+    method = getattr(cls, "train_step")
+    code = getattr(method, "__code__", None)
+    if _overrides(cls, "train_step") and (code is None or "train_step" not in code.co_names):
         raise ValueError(_custom_step_message(cls, "train_step"))
 
 
@@ -1177,13 +1194,19 @@ def wrap(model):
     Functional and `Sequential` models are rebuilt as a functional
     `keras_bsgd.Model` over the same layers; subclassed models are called
     through a `WrappedModel`. Either way the weights are shared: training the
-    result trains `model`.
+    result trains `model`. Overrides of `compute_loss`, `metrics` and
+    `reset_metrics` in `model`'s class are called (as methods of `model`);
+    overrides of `train_step`, `test_step` and `compute_metrics` are refused.
 
     Args:
         model: A built `keras.Model`.
 
     Returns:
         A `keras_bsgd.Model`, or `model` itself if it already is one.
+
+    Raises:
+        ValueError: if `model` is unbuilt, or its class overrides
+            `train_step`, `test_step` or `compute_metrics`.
 
     Example:
 

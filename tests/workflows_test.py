@@ -326,3 +326,19 @@ def test_custom_loss_models_save_as_their_own_class_or_refuse(tmp_path):
                        r"Received: a wrapped KerasFunctional"):
         wrapped.save(tmp_path / "wrapped.keras")
     wrapped.save_weights(tmp_path / "wrapped.weights.h5")  # weights only: fine
+
+
+def test_train_step_override_that_calls_the_backward_step_is_kept():
+    class Counting(keras_bsgd.Model):
+        traces = 0
+
+        def train_step(self, data):
+            Counting.traces += 1
+            return super().train_step(data)
+
+    batches, params = make_stream(seed=26, num_batches=6)
+    xs, ys = arrays(batches)
+    inputs, outputs = functional_graph(params)
+    states = fit_recorded(Counting(inputs, outputs), xs, MODES["graph"], y=ys, batch_size=4)
+    assert_matches_reference(states, batches, params)
+    assert Counting.traces >= 1
