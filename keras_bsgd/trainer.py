@@ -133,7 +133,12 @@ class ReplayTrainer:
     ):
         # Every replayed map and the logging pass call this: a wrapped
         # model's own compute_loss must be what they compute.
-        compute = self._source_hook("compute_loss") or super().compute_loss
+        compute = self._source_hook("compute_loss")
+        if compute is None:
+            compute = super().compute_loss
+        elif "training" not in inspect.signature(compute).parameters:
+            # Keras calls such overrides without it, too.
+            return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
         return compute(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
