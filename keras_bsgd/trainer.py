@@ -1023,7 +1023,8 @@ def _leading_size(batch):
     """The shared leading dimension of every leaf of `batch`, or None."""
     if batch is None:
         return None
-    sizes = {np.shape(t)[0] if np.ndim(t) else None for t in keras.tree.flatten(batch) if t is not None}
+    leaves = [t for t in keras.tree.flatten(batch) if t is not None]
+    sizes = {np.shape(t)[0] if np.ndim(t) else None for t in leaves}
     return sizes.pop() if len(sizes) == 1 and None not in sizes else None
 
 

@@ -1,4 +1,4 @@
-"""Keras workflows that must keep working, or fail loudly: custom steps, lazy builds, input types."""
+"""Keras workflows that keep working, or fail loudly: custom steps, lazy builds, input types."""
 
 import keras
 import numpy as np
