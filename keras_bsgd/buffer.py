@@ -231,7 +231,12 @@ class ReplayBuffer:
 
 INCIDENTS = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
 
-_NONE_NOTE = " (None is a dimension that varies, e.g. a partial last batch)."
+_NONE_NOTE = (
+    " (None is a dimension that varies, e.g. a partial last batch, or one that "
+    "a transformation after `batch()` lost, e.g. a `TextVectorization` layer "
+    "or `tf.py_function` in `map()`: map before `batch()`, or restore the "
+    "size in that map with `tf.ensure_shape`)."
+)
 
 
 class SavedBuffer:
@@ -302,7 +307,19 @@ class SavedBuffer:
         present = [leaf is not None for leaf in self.leaves]
         store[self.PREFIX + "present"] = np.array(present, "bool")
         for i, leaf in enumerate(self.leaves):
-            if leaf is not None:
+            if leaf is None:
+                continue
+            if leaf.dtype == object:
+                # String batches (text models): HDF5 and `.npz` hold no
+                # Python objects, so each string is stored as its bytes.
+                strings = [bytes(b) for b in leaf.ravel()]
+                store[f"{self.PREFIX}leaf_{i}:bytes"] = np.frombuffer(
+                    b"".join(strings), "uint8"
+                )
+                store[f"{self.PREFIX}leaf_{i}:lengths"] = np.array(
+                    [len(b) for b in strings], "int64"
+                ).reshape(leaf.shape)
+            else:
                 store[f"{self.PREFIX}leaf_{i}"] = leaf
 
     @classmethod
@@ -312,9 +329,10 @@ class SavedBuffer:
             return None
         present = np.asarray(store[cls.PREFIX + "present"])
         leaves = [
-            np.asarray(store[f"{cls.PREFIX}leaf_{i}"]) if p else None
+            _load_leaf(store, f"{cls.PREFIX}leaf_{i}") if p else None
             for i, p in enumerate(present)
         ]
+
         def optional(key, default):
             # Files written before a counter was saved resume it from `default`.
             key = cls.PREFIX + key
@@ -361,6 +379,19 @@ class SavedBuffer:
                 "shapes of the saved run. Received: capacity="
                 f"{self.capacity}"
             )
+
+
+def _load_leaf(store, key):
+    """A leaf written by `SavedBuffer.save`: an array, or strings from their bytes."""
+    if key + ":lengths" not in store.keys():
+        return np.asarray(store[key])
+    lengths = np.asarray(store[key + ":lengths"])
+    data = np.asarray(store[key + ":bytes"]).tobytes()
+    ends = np.cumsum(lengths.ravel())
+    strings = [data[end - n : end] for n, end in zip(lengths.ravel(), ends)]
+    leaf = np.empty(len(strings), object)
+    leaf[:] = strings
+    return leaf.reshape(lengths.shape)
 
 
 def _spec(batch):

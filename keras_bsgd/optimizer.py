@@ -46,8 +46,11 @@ class BackwardSGD(keras.optimizers.SGD):
     layers (dropout, noise) draw the same numbers whenever batch `i` is
     replayed. With `use_ema=True` the EMA averages the output iterates, one
     update per step, and is copied into the model at the end of `fit()`.
-    `window=1` is forward SGD step for step; a window at least as long as the
-    run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
+    `window=1` is forward SGD step for step (Keras `SGD`'s iterates) when the
+    model draws no random numbers in training; with random layers (dropout,
+    noise) its masks are keyed to each batch's arrival index, so it is Keras
+    SGD with other, equally distributed masks. A window at least as long as
+    the run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
     plus one to advance the anchor once `k > w` (exact mode: `k`).
 
     This optimizer only holds settings and state; the replay itself runs in the
@@ -190,6 +193,8 @@ class BackwardSGD(keras.optimizers.SGD):
         self.model_state_source = None
         self._pending_state = None
         self._expected_variables = None
+        # What an unbuilt BackwardSGD saves: its counter and learning rate.
+        self._unbuilt_variables = len(self.variables)
 
     def build(self, var_list):
         """Creates the momentum slots and the anchor state, in a fixed order.
@@ -378,8 +383,10 @@ class BackwardSGD(keras.optimizers.SGD):
         # Reached only from a trainer that does not replay (e.g. a plain
         # keras.Model's train_step): training on would silently be forward SGD.
         raise TypeError(
-            f"{WRAP_HINT} Received: a call to `BackwardSGD.apply()`, which "
-            "means the model's train_step is not keras_bsgd's."
+            f"{WRAP_HINT} A custom `train_step` cannot replace keras_bsgd's "
+            "either: put a custom loss in `compute_loss` instead. Received: a "
+            "call to `BackwardSGD.apply()`, which means the model's "
+            "train_step is not keras_bsgd's."
         )
 
     def load_own_variables(self, store):
@@ -394,6 +401,13 @@ class BackwardSGD(keras.optimizers.SGD):
         self._assign_state(values)
 
     def _assign_state(self, values):
+        if len(values) == self._unbuilt_variables < len(self.variables):
+            # Saved compiled but never trained: only the counter and learning
+            # rate existed. The rest is built fresh, as for a new run (the
+            # first step sets the anchor from the model).
+            for variable, value in zip(self.variables, values):
+                variable.assign(value)
+            return
         self._check_layout(len(values))
         for variable, value in zip(self.variables, values):
             variable.assign(value)

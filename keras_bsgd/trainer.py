@@ -21,7 +21,9 @@ per-replica parts run through `keras_bsgd.replicas`):
 
 import hashlib
 import inspect
+import itertools
 import math
+import types
 
 import keras
 import numpy as np
@@ -45,6 +47,7 @@ from keras_bsgd.replicas import LocalReplicas
 from keras_bsgd.replicas import MirroredReplicas
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
+_COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
 
 
 def _noop():
@@ -63,6 +66,10 @@ class ReplayTrainer:
     _saved_buffer = None  # a loaded SavedBuffer, until the first step
     _array_batch_size = None
     _planned_capacity = None
+    # The first batch of this fit() (its shapes build a lazily built model),
+    # or None where fit() cannot see it without consuming it.
+    _first_batch = None
+    _built_before_trace = False  # whether no variable is created in the step
     # The DataStore of an index-buffered run (its buffer holds example
     # indices), the id() of the optimizer whose run it serves, and the
     # (store, version) the train function was traced with.
@@ -118,8 +125,22 @@ class ReplayTrainer:
         return 0
 
     def compile(self, *args, **kwargs):
+        arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
+        optimizer = arguments.get("optimizer")
+        if isinstance(getattr(optimizer, "inner_optimizer", optimizer), BackwardSGD):
+            _check_no_custom_train_step(type(self))
         super().compile(*args, **kwargs)
         self._own_weights = None
+        self._built_before_trace = False  # new metrics, loss and optimizer
+        source = self._hook_source()
+        if source is not None and _overrides(type(source), "compute_loss"):
+            # The wrapped model's compute_loss runs as a method of that model:
+            # its `super().compute_loss()` needs the compiled loss there too.
+            source.compile(
+                optimizer="sgd",
+                loss=arguments.get("loss"),
+                loss_weights=arguments.get("loss_weights"),
+            )
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if isinstance(optimizer, BackwardSGD):
             optimizer.model_state_source = self._model_state
@@ -129,6 +150,59 @@ class ReplayTrainer:
             self._replay_state = ReplayState(
                 self._save_replay_state, self._load_replay_state
             )
+
+    # A wrapped model whose class customizes the loss or metrics (see `wrap`):
+    # a function returning it, so that Keras does not track it as a layer.
+    _hook_source = staticmethod(lambda: None)
+
+    def _source_hook(self, name):
+        source = self._hook_source()
+        if source is not None and _overrides(type(source), name):
+            return getattr(source, name)
+        return None
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        # Every replayed map and the logging pass call this: a wrapped
+        # model's own compute_loss must be what they compute.
+        compute = self._source_hook("compute_loss")
+        if compute is None:
+            compute = super().compute_loss
+        elif "training" not in inspect.signature(compute).parameters:
+            # Keras calls such overrides without it, too.
+            return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+        return compute(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+
+    @property
+    def metrics(self):
+        source = self._hook_source()
+        if source is not None and _overrides(type(source), "metrics"):
+            return source.metrics
+        return super().metrics
+
+    def reset_metrics(self):
+        reset = self._source_hook("reset_metrics") or super().reset_metrics
+        reset()
+
+    def get_config(self):
+        source = self._hook_source()
+        if source is not None:
+            # A reloaded wrapper would be a plain keras_bsgd model: it would
+            # silently train with the compiled loss instead of the class's own.
+            raise ValueError(
+                "This model wraps a model of class "
+                f"{type(source).__name__}, whose `compute_loss`/`metrics` it "
+                "calls; a `.keras` file cannot carry them, so the reloaded "
+                "model would train with another loss. Save weights only "
+                "(`save_weights`, `tf.train.Checkpoint`, `BackupAndRestore`), "
+                "or derive the class from `keras_bsgd.Model` instead of "
+                "`keras.Model`, which saves and reloads as that class. "
+                f"Received: a wrapped {type(source).__name__}"
+            )
+        return super().get_config()
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         children = super()._trackable_children(save_type, **kwargs)
@@ -160,12 +234,37 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().fit(*args, **kwargs)
+        _check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         self._start_run_if_weights_were_set(optimizer)
         self._plan_fit(optimizer, bound)
+        first, bound.arguments["x"] = _peek_first_batch(bound.arguments.get("x"))
+        self._first_batch = _first_batch_spec(bound.arguments, first)
+        stream_batch_size = None
+        if self._array_batch_size is None and self._distribute_strategy is None:
+            # Keras gives generator and PyDataset batches an unknown batch
+            # dimension; the buffer needs a static one, so the first batch
+            # fixes it, and the step checks every later batch against it.
+            stream_batch_size = _leading_size(first)
+            self._array_batch_size = stream_batch_size
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
         arguments["callbacks"] = _with_run_callback(arguments.get("callbacks"))
-        return super().fit(**self._index_arguments(optimizer, arguments))
+        try:
+            return super().fit(**self._index_arguments(optimizer, arguments))
+        except tf.errors.InvalidArgumentError as error:
+            if stream_batch_size is None or _BATCH_CHECK not in str(error):
+                raise
+            raise ValueError(
+                f"{STATIC_SHAPE_HINT} The first batch of this fit() had "
+                f"{stream_batch_size} examples, which fixes the size of every "
+                "batch; a later batch had another size (e.g. a partial last "
+                "batch), and training stopped before that step, with the "
+                "state of the step before. Make the generator or PyDataset "
+                "yield only full batches. Received: a batch of another size "
+                f"than {stream_batch_size}"
+            ) from None
+        finally:
+            self._first_batch = None
 
     def _weights_digest(self):
         """A digest of the weights and model state, on the host."""
@@ -323,6 +422,14 @@ class ReplayTrainer:
             )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None and self._backward_sgd() is not None:
+            # Without a strategy Keras builds the model when the train
+            # function first calls it; backward-SGD needs its weights before
+            # that (the anchor and buffer are sized from them), so it builds
+            # the model first, as Keras does under a strategy.
+            batch = self._first_batch if data_batch is None else data_batch
+            if batch is not None:
+                self._build_from_batch(batch)
         # Keras averages a distributed batch with `strategy.reduce` in eager
         # mode to learn its shapes, which MultiWorkerMirroredStrategy cannot
         # do (its collectives need tensors). The first local replica's batch
@@ -334,6 +441,20 @@ class ReplayTrainer:
                 break
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _build_from_batch(self, batch):
+        """Builds the model, compiled metrics and loss, and optimizer from `batch`'s spec.
+
+        Keras' own symbolic build, fed a batch of unknown size (as Keras
+        traces NumPy input), so that nothing in the step creates variables.
+        """
+        try:
+            self._symbolic_build(data_batch=keras.tree.map_structure(_symbolic, batch))
+        except Exception:
+            if not all(layer.built for layer in self._flatten_layers()):
+                raise
+            return  # a built model that only runs on tensors: the step builds the rest
+        self._built_before_trace = True
 
     def _buffer_of(self, optimizer):
         # A newly compiled optimizer starts a new run, with a new buffer.
@@ -480,15 +601,27 @@ class ReplayTrainer:
             self._data_store_owner = None
 
     def _static_batch(self, batch):
-        # NumPy inputs reach the step with an unknown batch dimension; fit()
-        # has already checked that every batch is full.
-        if self._array_batch_size is None:
+        # NumPy inputs reach the step with an unknown batch dimension (fit()
+        # has already checked that every batch is full), and so do generator
+        # and PyDataset batches (the first batch fixed the size; a later one
+        # of another size fails this check). A tf.data map after batch() can
+        # lose the static size of some leaves (a TextVectorization layer does)
+        # while the others keep it: every leaf of a batch shares it.
+        size = self._array_batch_size
+        if size is None:
+            known = [
+                t.shape[0]
+                for t in keras.tree.flatten(batch)
+                if t is not None and t.shape.rank and t.shape[0] is not None
+            ]
+            size = known[0] if known and len(set(known)) == 1 else None
+        if size is None:
             return batch
 
         def fix(t):
             if t is None or t.shape.rank == 0 or t.shape[0] is not None:
                 return t
-            return tf.ensure_shape(t, [self._array_batch_size, *t.shape[1:]])
+            return tf.ensure_shape(t, [size, *t.shape[1:]], name=_BATCH_CHECK)
 
         return keras.tree.map_structure(fix, batch)
 
@@ -496,7 +629,18 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().train_step(data)
-        return self._backward_step(optimizer, data, self._replicas or LocalReplicas())
+        data = self._static_batch(data)
+        # No part of the step may run before a batch of the wrong size has
+        # failed the check: the state must stay as it was. A trace that
+        # creates the buffer or the optimizer's variables cannot wait on its
+        # inputs (TF could not lift their initializers out of an XLA
+        # function); fit() builds them first wherever it sees the batch spec.
+        created = self._built_before_trace and self.optimizer.built
+        leaves = [t for t in keras.tree.flatten(data) if t is not None] if created else []
+        with tf.control_dependencies(leaves):
+            return self._backward_step(
+                optimizer, data, self._replicas or LocalReplicas()
+            )
 
     def _backward_step(self, optimizer, data, replicas):
         """One backward-SGD step on `data` (per replica under a strategy)."""
@@ -1145,6 +1289,69 @@ def _window_capacity(optimizer):
     return optimizer.window + optimizer.replay_every - 1
 
 
+# The name of the shape check of batches whose size only the first batch fixed.
+_BATCH_CHECK = "keras_bsgd_batch_size"
+
+
+def _peek_first_batch(x):
+    """`(first batch or None, x)`: a generator's or PyDataset's first batch, and what to pass on.
+
+    A generator is read once and restored with its first batch in front, as
+    Keras' own data adapter does.
+    """
+    if isinstance(x, types.GeneratorType):
+        try:
+            first = next(x)
+        except StopIteration:
+            return None, x  # Keras raises its own error for an empty generator.
+        # Keras accepts generators only (types.GeneratorType), not iterators.
+        return first, (batch for batch in itertools.chain([first], x))
+    if isinstance(x, keras.utils.PyDataset) and x.num_batches != 0:
+        # Keras reads the first batches itself to learn their spec.
+        first = x[0]
+        return (tuple(first) if isinstance(first, list) else first), x
+    return None, x
+
+
+def _first_batch_spec(arguments, first):
+    """A nest with the first batch's shapes and dtypes, or None where unknown."""
+    x = arguments.get("x")
+    if first is not None:
+        return first
+    if isinstance(x, tf.data.Dataset):
+        return x.element_spec
+    if _num_array_samples(x) is not None:
+        batch_size = arguments.get("batch_size") or 32
+        data = (x, arguments.get("y"), arguments.get("sample_weight"))
+        return keras.tree.map_structure(
+            lambda a: None if a is None else a[:batch_size], data
+        )
+    return None
+
+
+def _symbolic(leaf):
+    # A batch of unknown size, as Keras traces NumPy input; float arrays
+    # reach the model as floatx.
+    if leaf is None:
+        return None
+    dtype = keras.backend.standardize_dtype(
+        leaf.dtype.name if isinstance(leaf.dtype, tf.dtypes.DType) else leaf.dtype
+    )
+    if isinstance(leaf, np.ndarray) and "float" in dtype:
+        dtype = keras.backend.floatx()
+    shape = tuple(leaf.shape)
+    return keras.KerasTensor((None, *shape[1:]) if shape else shape, dtype)
+
+
+def _leading_size(batch):
+    """The shared leading dimension of every leaf of `batch`, or None."""
+    if batch is None:
+        return None
+    leaves = [t for t in keras.tree.flatten(batch) if t is not None]
+    sizes = {np.shape(t)[0] if np.ndim(t) else None for t in leaves}
+    return sizes.pop() if len(sizes) == 1 and None not in sizes else None
+
+
 def _num_array_samples(x):
     """The sample count of array-like `x` (NumPy, tensors, their nests), else None."""
     leaves = [t for t in keras.tree.flatten(x) if t is not None] if x is not None else []
@@ -1159,7 +1366,10 @@ class Model(ReplayTrainer, keras.Model):
 
     Use it like `keras.Model`: functional (`Model(inputs, outputs)`, which
     returns a `FunctionalModel`) or subclassed (`class Net(keras_bsgd.Model)`
-    with a `call()`). With any other optimizer it trains as plain Keras.
+    with a `call()`, or created with `(inputs, outputs)`). Subclasses may
+    override `compute_loss` (every replayed map and the logging pass call
+    it) and `test_step`, not `train_step`: backward-SGD defines the step.
+    With any other optimizer it trains as plain Keras.
 
     Example:
 
@@ -1173,21 +1383,14 @@ class Model(ReplayTrainer, keras.Model):
     """
 
     def __new__(cls, *args, **kwargs):
-        if cls is Model and _functional_arguments(args, kwargs):
-            return FunctionalModel.__new__(FunctionalModel, *args, **kwargs)
+        if _functional_arguments(args, kwargs) and not issubclass(cls, Functional):
+            functional = _functional_class(cls)
+            return functional.__new__(functional, *args, **kwargs)
         return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, *args, **kwargs):
         if isinstance(self, Functional):
             Functional.__init__(self, *args, **kwargs)
-        elif _functional_arguments(args, kwargs):
-            raise TypeError(
-                "Subclasses of keras_bsgd.Model are subclassed models: define "
-                "`call()` and create them without `inputs`/`outputs`. For a "
-                "functional model use `keras_bsgd.Model(inputs, outputs)`, or "
-                "`keras_bsgd.wrap(model)` on any built Keras model. Received: "
-                f"{type(self).__name__}(inputs, outputs)"
-            )
         else:
             keras.Model.__init__(self, *args, **kwargs)
 
@@ -1195,6 +1398,76 @@ class Model(ReplayTrainer, keras.Model):
 @keras.saving.register_keras_serializable(package="keras_bsgd")
 class FunctionalModel(Model, Functional):
     """The functional `keras_bsgd.Model`: what `keras_bsgd.Model(inputs, outputs)` returns."""
+
+
+_FUNCTIONAL_CLASSES = {}
+
+
+def _functional_class(cls):
+    """The functional form of `keras_bsgd.Model` or of a subclass of it.
+
+    `class CustomModel(keras_bsgd.Model)` created with `(inputs, outputs)`
+    (keras.io, "Customizing what happens in fit()") becomes an instance of
+    a subclass of both `CustomModel` and `FunctionalModel`, so that its own
+    methods (`__init__`, `compute_loss`, `test_step`, ...) come first. Keras
+    does this by rewriting the `__bases__` of the class chain, which would
+    make `keras_bsgd.Model` itself functional.
+    """
+    if cls is Model:
+        return FunctionalModel
+    if cls not in _FUNCTIONAL_CLASSES:
+        _FUNCTIONAL_CLASSES[cls] = type(
+            cls.__name__,
+            (cls, FunctionalModel),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+    return _FUNCTIONAL_CLASSES[cls]
+
+
+def _overrides(cls, name):
+    """Whether `cls` defines its own `name` (a training hook) over Keras' default."""
+    ours = getattr(ReplayTrainer, name, None)
+    mine = getattr(cls, name, None)
+    return mine is not getattr(keras.Model, name) and mine is not ours
+
+
+def _check_no_custom_train_step(cls):
+    """Refuses a `train_step` override of a keras_bsgd model that replaces the step.
+
+    One that calls `super().train_step(data)` (to count traces, say) runs
+    the backward-SGD step and is kept. One that does not, and calls the
+    optimizer anyway, would also fail at its first step (`BackwardSGD.apply`
+    raises); this says why before anything runs.
+    """
+    method = getattr(cls, "train_step")
+    code = getattr(method, "__code__", None)
+    if _overrides(cls, "train_step") and (code is None or "train_step" not in code.co_names):
+        raise ValueError(_custom_step_message(cls, "train_step"))
+
+
+def _custom_step_message(cls, name):
+    if name == "train_step":
+        why = (
+            "keras_bsgd defines the training step itself: every step replays "
+            "the buffered batches through the model's loss, so a custom "
+            "`train_step` cannot run (it would update the weights once per "
+            "batch, which is forward SGD)."
+        )
+    else:
+        why = (
+            f"`keras_bsgd.wrap` calls the model's layers from a new model, "
+            f"where the wrapped class's `{name}` would not see its own "
+            "metrics and compiled loss."
+        )
+    return (
+        f"{why} Put the custom loss in `compute_loss(x, y, y_pred, "
+        "sample_weight, training)`, which the logging pass and every "
+        "replayed map call; or derive the class from `keras_bsgd.Model` "
+        "instead of `keras.Model` (created with `(inputs, outputs)` or with "
+        "a `call()`), where `compute_loss` and `test_step` overrides run as "
+        "written; or train with a Keras optimizer. Received: a model of "
+        f"class {cls.__name__} that overrides `{name}`"
+    )
 
 
 def _functional_arguments(args, kwargs):
@@ -1251,13 +1524,19 @@ def wrap(model):
     Functional and `Sequential` models are rebuilt as a functional
     `keras_bsgd.Model` over the same layers; subclassed models are called
     through a `WrappedModel`. Either way the weights are shared: training the
-    result trains `model`.
+    result trains `model`. Overrides of `compute_loss`, `metrics` and
+    `reset_metrics` in `model`'s class are called (as methods of `model`);
+    overrides of `train_step`, `test_step` and `compute_metrics` are refused.
 
     Args:
         model: A built `keras.Model`.
 
     Returns:
         A `keras_bsgd.Model`, or `model` itself if it already is one.
+
+    Raises:
+        ValueError: if `model` is unbuilt, or its class overrides
+            `train_step`, `test_step` or `compute_metrics`.
 
     Example:
 
@@ -1285,6 +1564,15 @@ def wrap(model):
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
         inputs = outputs = None
+    for name in ("train_step", "test_step", "compute_metrics"):
+        if _overrides(type(model), name):
+            raise ValueError(_custom_step_message(type(model), name))
     if inputs and outputs:
-        return Model(inputs=inputs, outputs=outputs, name=model.name)
-    return WrappedModel(model, name=model.name)
+        wrapper = Model(inputs=inputs, outputs=outputs, name=model.name)
+    else:
+        wrapper = WrappedModel(model, name=model.name)
+    if any(_overrides(type(model), n) for n in ("compute_loss", "metrics", "reset_metrics")):
+        # The wrapper computes the loss and keeps the metrics with the
+        # model's own methods, run as methods of the model.
+        wrapper._hook_source = lambda: model
+    return wrapper

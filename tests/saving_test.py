@@ -349,3 +349,64 @@ def test_resuming_with_other_replay_settings_is_a_clear_error(setting, other, ma
     with pytest.raises(ValueError, match=match):
         clashing.load_weights(tmp_path / "run.weights.h5")
     assert getattr(clashing.optimizer, setting) == other[setting]
+
+
+def test_compiled_but_never_trained_model_reloads_and_trains_like_the_original(tmp_path):
+    # Plain Keras reloads such a file; its optimizer held only the counter and
+    # learning rate when it was saved.
+    model = make_model()
+    model.compile(optimizer=OPTIMIZERS["window"](), loss="mse")
+    model.save(tmp_path / "untrained.keras")
+    loaded = keras.models.load_model(tmp_path / "untrained.keras")
+    assert int(loaded.optimizer.iterations) == 0
+    loaded.fit(stream(0, 80), verbose=0)
+    model.fit(stream(0, 80), verbose=0)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def text_model():
+    # keras-io "text classification from scratch", end to end: the model
+    # takes raw strings.
+    keras.utils.set_random_seed(0)
+    vectorize = keras.layers.TextVectorization(max_tokens=30, output_sequence_length=6)
+    vectorize.adapt(["the cat sat on the mat", "a dog ran in the park", "birds sing"])
+    inputs = keras.Input((1,), dtype="string")
+    hidden = keras.layers.Embedding(30, 4)(vectorize(inputs))
+    hidden = keras.layers.Dropout(0.3)(keras.layers.GlobalAveragePooling1D()(hidden))
+    model = keras_bsgd.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.compile(optimizer=OPTIMIZERS["window"](), loss="mse", jit_compile=False)
+    return model
+
+
+def texts(start, stop):
+    words = np.array(["the cat", "a dog ran", "birds sing in the park", "on the mat", "sat"])
+    rng = np.random.default_rng(1)
+    x = np.array([[" ".join(rng.choice(words, 2))] for _ in range(64)])
+    y = rng.normal(size=(64, 1)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x[start:stop], y[start:stop])).batch(
+        4, drop_remainder=True
+    )
+
+
+@pytest.mark.parametrize("save", ["keras", "checkpoint"])
+def test_model_with_string_inputs_saves_and_resumes_bitwise(save, tmp_path):
+    model = text_model()
+    model.fit(texts(0, 64), verbose=0)
+    expected = model.get_weights()
+
+    model = text_model()
+    model.fit(texts(0, 24), verbose=0)  # 6 steps: the window of 3 has wrapped
+    assert model.replay_buffer.spec[0].dtype == tf.string
+    if save == "keras":
+        model.save(tmp_path / "text.keras")
+        resumed = keras.models.load_model(tmp_path / "text.keras")
+    else:
+        path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(
+            tmp_path / "ckpt"
+        )
+        resumed = text_model()
+        tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(path)
+    resumed.fit(texts(24, 64), verbose=0)
+    for a, b in zip(resumed.get_weights(), expected, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -387,3 +387,34 @@ def test_class_weight():
     ]
     expected = keras_reference.backward_states(plain, keras.optimizers.SGD(0.1), batches, loss=loss)
     assert_trajectories_close(recorder.states, expected, plain)
+
+
+def test_window_one_is_keras_sgd_step_for_step_unless_the_model_draws_random_numbers():
+    # README "Semantics": window=1 recomputes each map exactly, so with
+    # deterministic maps (BatchNorm included) it is Keras' SGD bit for bit in
+    # graph mode. Random layers are keyed to the batch's arrival index where
+    # Keras advances a counter per draw: other masks, the same distribution.
+    batches = make_batches(6)
+    deterministic = [keras.Input((6,)), keras.layers.Dense(8),
+                     keras.layers.BatchNormalization(momentum=0.8), keras.layers.Dense(3)]
+    ours_model = keras_bsgd.Sequential(deterministic)
+    plain = keras.Sequential(ours_model.layers)  # the same layers, so the same S_0
+    initial = ours_model.get_weights()
+    ours = fit_batches(ours_model, keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=1), batches)
+    ours_model.set_weights(initial)
+    keras_sgd = fit_batches(plain, keras.optimizers.SGD(0.1, momentum=0.5), batches)
+    for a, b in zip(ours, keras_sgd, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+    ours_model = random_layers_model(keras_bsgd.Sequential)
+    plain = random_layers_model(keras.Sequential)
+    ours = fit_batches(ours_model, keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=1), batches)
+    keras_sgd = fit_batches(random_layers_model(keras.Sequential),
+                            keras.optimizers.SGD(0.1, momentum=0.5), batches)
+    assert not np.allclose(ours[-1][0], keras_sgd[-1][0], atol=1e-3)  # other masks
+    # Each map is Keras' own SGD step with Keras' own layers, its random draws
+    # keyed to the batch's index: the same law as Keras' draws.
+    keyed = keras_reference.backward_states(plain, keras.optimizers.SGD(0.1, momentum=0.5),
+                                            batches, window=1)
+    assert_trajectories_close(ours, keyed, plain)

@@ -103,9 +103,11 @@ def test_functional_construction_leaves_subclassing_intact():
     class Bare(keras_bsgd.Model):
         pass
 
-    with pytest.raises(TypeError, match=r"Received: Bare\(inputs, outputs\)"):
-        Bare(*io(plain_functional(params)))
+    bare = Bare(*io(plain_functional(params)))  # the functional subclass pattern
+    assert isinstance(bare, Bare) and isinstance(bare, keras_bsgd.FunctionalModel)
     assert not issubclass(keras_bsgd.Model, keras_bsgd.FunctionalModel)
+    assert not issubclass(Bare, keras_bsgd.FunctionalModel)
+    assert isinstance(built(Net(), params), keras_bsgd.Model)
 
 
 def test_wrap_rejects_unbuilt_models_and_non_models():
