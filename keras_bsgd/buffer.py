@@ -75,6 +75,15 @@ class ReplayBuffer:
             self.skipped_batches = tf.Variable(
                 tf.constant(0, "int64"), trainable=False, name="replay_skipped"
             )
+            # The step whose output iterate the model holds (with
+            # `replay_every > 1` it can lag the step count), and the gradient
+            # evaluations the run's maps have cost, counted as they run.
+            self.replayed_step = tf.Variable(
+                tf.constant(0, "int64"), trainable=False, name="replay_replayed_step"
+            )
+            self.gradient_evaluations = tf.Variable(
+                tf.constant(0, "int64"), trainable=False, name="replay_gradient_evaluations"
+            )
             if saved is not None:
                 self.restore(saved)
 
@@ -94,6 +103,9 @@ class ReplayBuffer:
             else:
                 self._restore_shard(saved)
             self.skipped_batches.assign(saved.skipped_batches)
+            if saved.replayed_step is not None:
+                self.replayed_step.assign(saved.replayed_step)
+            self.gradient_evaluations.assign(saved.gradient_evaluations)
 
     def _restore_shard(self, saved):
         # Saved leaves hold global batches [capacity, B, ...]; replica r of R
@@ -230,15 +242,29 @@ class SavedBuffer:
             empty leaves), in `keras.tree.flatten` order.
         learning_rates: Array `[capacity]` of frozen learning rates.
         skipped_batches: How many non-finite batches the run has dropped.
+        replayed_step: The step whose output iterate the model holds, or
+            None (files written before `replay_every` existed: every step
+            was replayed, so it is the step count).
+        gradient_evaluations: The gradient evaluations counted so far.
     """
 
     PREFIX = "replay_buffer:"
 
-    def __init__(self, capacity, leaves, learning_rates, skipped_batches=0):
+    def __init__(
+        self,
+        capacity,
+        leaves,
+        learning_rates,
+        skipped_batches=0,
+        replayed_step=None,
+        gradient_evaluations=0,
+    ):
         self.capacity = int(capacity)
         self.leaves = leaves
         self.learning_rates = np.asarray(learning_rates, "float32")
         self.skipped_batches = int(skipped_batches)
+        self.replayed_step = None if replayed_step is None else int(replayed_step)
+        self.gradient_evaluations = int(gradient_evaluations)
 
     @classmethod
     def of(cls, buffer):
@@ -248,6 +274,8 @@ class SavedBuffer:
             buffer.global_slots(),
             learning_rates[0].numpy(),
             int(buffer.skipped_batches.numpy()),
+            int(buffer.replayed_step.numpy()),
+            int(buffer.gradient_evaluations.numpy()),
         )
 
     def save(self, store):
@@ -255,6 +283,10 @@ class SavedBuffer:
         store[self.PREFIX + "capacity"] = np.array(self.capacity, "int64")
         store[self.PREFIX + "learning_rates"] = self.learning_rates
         store[self.PREFIX + "skipped_batches"] = np.array(self.skipped_batches, "int64")
+        store[self.PREFIX + "replayed_step"] = np.array(self.replayed_step, "int64")
+        store[self.PREFIX + "gradient_evaluations"] = np.array(
+            self.gradient_evaluations, "int64"
+        )
         present = [leaf is not None for leaf in self.leaves]
         store[self.PREFIX + "present"] = np.array(present, "bool")
         for i, leaf in enumerate(self.leaves):
@@ -271,13 +303,18 @@ class SavedBuffer:
             np.asarray(store[f"{cls.PREFIX}leaf_{i}"]) if p else None
             for i, p in enumerate(present)
         ]
-        # Files written before the counter was saved resume it from 0.
-        skipped = cls.PREFIX + "skipped_batches"
+        def optional(key, default):
+            # Files written before a counter was saved resume it from `default`.
+            key = cls.PREFIX + key
+            return np.asarray(store[key]) if key in store.keys() else default
+
         return cls(
             np.asarray(store[cls.PREFIX + "capacity"]),
             leaves,
             np.asarray(store[cls.PREFIX + "learning_rates"]),
-            np.asarray(store[skipped]) if skipped in store.keys() else 0,
+            optional("skipped_batches", 0),
+            optional("replayed_step", None),
+            optional("gradient_evaluations", 0),
         )
 
     def check(self, capacity, spec, num_replicas=1):
@@ -306,7 +343,8 @@ class SavedBuffer:
                 "The saved replay buffer does not fit this run: it was saved "
                 f"with capacity {self.capacity} and batch leaves {saved}, and "
                 f"this run needs capacity {capacity} and {expected}. Resume "
-                "with the optimizer settings (window / max_steps) and batch "
+                "with the optimizer settings (window, max_steps, replay_every, "
+                "forward_steps) and batch "
                 "shapes of the saved run. Received: capacity="
                 f"{self.capacity}"
             )

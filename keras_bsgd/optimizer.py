@@ -95,6 +95,27 @@ class BackwardSGD(keras.optimizers.SGD):
             strategy it is always `"map"`.
             Either way the program compiles once per run. Defaults to
             `"auto"`.
+        replay_every: Integer `E >= 1`: compute the backward iterate only
+            at the steps where it is observed. Every step buffers its batch
+            and logs its loss (windowed: the anchor still advances by one map
+            per step, in a batch at the next replay); the replay that
+            produces `S~_k` runs only at steps `k` that are multiples of
+            `E`, and at the last step of every epoch and of `fit()`. Exact
+            mode's iterates do not depend on each other, so this is exact,
+            not an approximation: an `N`-step run costs about
+            `N + N**2 / (2 * E)` gradient evaluations instead of
+            `N * (N + 1) / 2`. Between replays the model holds the last
+            replayed iterate (before the first, `S_0`). Windowed mode keeps
+            `window + E - 1` batches. Defaults to `1` (every step).
+        forward_steps: Integer `W >= 0`: steps `1..W` are plain forward SGD
+            (exactly `keras.optimizers.SGD` with the same settings, one
+            gradient evaluation per step, nothing buffered); the backward
+            phase then composes the later maps on the state they reached,
+            exact mode `S~_k = T_{W+1}(... T_k(S_W))`, windowed mode
+            replaying only batches after `W`. Backward-SGD's effect lives in
+            contractive regions around minima, which a warm start reaches.
+            `optimizer.iterations` and schedules count every step. Exact
+            mode's buffer holds `max_steps - W` batches. Defaults to `0`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor`, `name`, ...).
@@ -125,10 +146,13 @@ class BackwardSGD(keras.optimizers.SGD):
         on_nonfinite="skip",
         index_buffering=True,
         xla_unit="auto",
+        replay_every=1,
+        forward_steps=0,
         name="backward_sgd",
         **kwargs,
     ):
         _validate(learning_rate, momentum, window, max_steps, kwargs)
+        _validate_schedule(replay_every, forward_steps, max_steps)
         if on_nonfinite not in ("skip", "raise"):
             raise ValueError(
                 "`on_nonfinite` must be 'skip' (drop a batch whose loss or "
@@ -158,6 +182,8 @@ class BackwardSGD(keras.optimizers.SGD):
         self.on_nonfinite = on_nonfinite
         self.index_buffering = index_buffering
         self.xla_unit = xla_unit
+        self.replay_every = int(replay_every)
+        self.forward_steps = int(forward_steps)
         self._map_learning_rate = None
         # Set by the trainer at compile(): returns the model's non-trainable
         # state (BatchNorm statistics, ...) that belongs to S.
@@ -206,20 +232,56 @@ class BackwardSGD(keras.optimizers.SGD):
         anchor = self.anchor_weights + self.anchor_momentums
         return live + list(model_state), anchor + self.anchor_model_state
 
-    def save_anchor(self, model_state=()):
+    def save_anchor(self, model_state=(), when=None):
         """Copies the live training state into the anchor.
 
         Args:
             model_state: The model's non-trainable state variables, in the
                 order `model_state_source` gave them at `build()`.
+            when: Optional boolean tensor: copy only where it is true (a
+                step decides without a branch).
         """
         for live, anchor in zip(*self._live_and_anchor(model_state)):
-            anchor.assign(live)
+            anchor.assign(live if when is None else tf.where(when, live, anchor))
 
-    def restore_anchor(self, model_state=()):
-        """Copies the anchor into the live training state (see `save_anchor`)."""
-        for live, anchor in zip(*self._live_and_anchor(model_state)):
-            live.assign(anchor)
+    def restore_anchor(self, model_state=(), when=None, model_state_otherwise=None):
+        """Copies the anchor into the live training state (see `save_anchor`).
+
+        Args:
+            model_state: As for `save_anchor`.
+            when: Optional boolean tensor: where it is false, the weights and
+                momentum keep their live values and `model_state` gets
+                `model_state_otherwise`.
+            model_state_otherwise: Values for `model_state` where `when` is
+                false (a snapshot taken before a logging pass moved them).
+        """
+        live, anchor = self._live_and_anchor(model_state)
+        if when is None:
+            for variable, value in zip(live, anchor):
+                variable.assign(value)
+            return
+        keep = live[: len(live) - len(model_state)] + list(model_state_otherwise)
+        for variable, value, other in zip(live, anchor, keep):
+            variable.assign(tf.where(when, value, other))
+
+    def anchor_step(self, step):
+        """How many maps the anchor has composed once step `step` is replayed.
+
+        Exact mode: `min(step, W)` (the anchor is `S_W`); windowed mode:
+        `max(min(step, W), step - w)` (forward SGD `w` steps behind, never
+        inside the forward phase). Step `step` replays the maps of batches
+        `anchor_step(step) + 1 ... step`, newest-first.
+
+        Args:
+            step: Scalar int64 tensor.
+
+        Returns:
+            A scalar int64 tensor.
+        """
+        anchor = tf.minimum(step, tf.constant(self.forward_steps, "int64"))
+        if self.window is not None:
+            anchor = tf.maximum(anchor, step - self.window)
+        return anchor
 
     def current_learning_rate(self):
         """The learning rate a batch arriving now is frozen with.
@@ -262,8 +324,21 @@ class BackwardSGD(keras.optimizers.SGD):
             if variable.constraint is not None:
                 variable.assign(variable.constraint(variable))
 
-    def finish_step(self, when=True):
-        """Counts one outer step and updates the EMA of the output iterates, if `when`."""
+    def finish_step(self, when=True, replayed=None):
+        """Counts one outer step, if `when`, and averages the output iterate.
+
+        Args:
+            when: Boolean tensor: whether the step counts (a dropped batch
+                does not).
+            replayed: Boolean tensor: whether the model now holds a new
+                output iterate, which the EMA then averages. Defaults to
+                `when`.
+        """
+        self.average_iterate(when if replayed is None else replayed)
+        self._iterations.assign_add(tf.cast(when, self._iterations.dtype))
+
+    def average_iterate(self, when=True):
+        """Updates the EMA (`use_ema=True`) with the model's weights, if `when`."""
         if self.use_ema:
 
             def update_ema():
@@ -271,7 +346,6 @@ class BackwardSGD(keras.optimizers.SGD):
                 return tf.constant(0)
 
             tf.cond(tf.convert_to_tensor(when), update_ema, lambda: tf.constant(0))
-        self._iterations.assign_add(tf.cast(when, self._iterations.dtype))
 
     def apply(self, grads, trainable_variables=None):
         # Reached only from a trainer that does not replay (e.g. a plain
@@ -337,9 +411,35 @@ class BackwardSGD(keras.optimizers.SGD):
                 "on_nonfinite": self.on_nonfinite,
                 "index_buffering": self.index_buffering,
                 "xla_unit": self.xla_unit,
+                "replay_every": self.replay_every,
+                "forward_steps": self.forward_steps,
             }
         )
         return config
+
+
+def _validate_schedule(replay_every, forward_steps, max_steps):
+    if not _is_int(replay_every) or replay_every < 1:
+        raise ValueError(
+            "`replay_every` must be a positive integer: replay (compute the "
+            "backward iterate) every that many steps, and at every epoch's "
+            "and fit()'s last step; 1 replays at every step. Received: "
+            f"replay_every={replay_every!r}"
+        )
+    if not _is_int(forward_steps) or forward_steps < 0:
+        raise ValueError(
+            "`forward_steps` must be a non-negative integer: the number of "
+            "plain forward-SGD steps before the backward phase starts (0: "
+            f"backward from the first step). Received: forward_steps={forward_steps!r}"
+        )
+    if max_steps is not None and forward_steps >= max_steps:
+        raise ValueError(
+            "`forward_steps` must be smaller than `max_steps`: exact mode "
+            "buffers the max_steps - forward_steps batches of the backward "
+            "phase, and this leaves none. Raise max_steps or lower "
+            f"forward_steps. Received: forward_steps={forward_steps!r}, "
+            f"max_steps={max_steps!r}"
+        )
 
 
 def _validate(learning_rate, momentum, window, max_steps, kwargs):

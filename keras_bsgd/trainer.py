@@ -85,6 +85,30 @@ class ReplayTrainer:
         """
         return self._data_store
 
+    @property
+    def gradient_evaluations(self):
+        """Gradient evaluations this run's maps have cost so far (an int).
+
+        Counted inside the compiled step as the maps run: one per forward
+        step, one per map an anchor advance or a replay applies. The logging
+        pass (a forward pass only) is not counted; a `mixed_float16` map
+        recomputed at a smaller loss scale counts once. 0 before the first
+        step.
+        """
+        buffer = self._replay_buffer
+        return 0 if buffer is None else int(buffer.gradient_evaluations.numpy())
+
+    @property
+    def replayed_step(self):
+        """The step whose output iterate the model's weights hold (an int).
+
+        Equal to `optimizer.iterations` after every step with the default
+        `replay_every=1`; with `replay_every=E` it is the last multiple of
+        `E`, epoch end or forward step reached.
+        """
+        buffer = self._replay_buffer
+        return 0 if buffer is None else int(buffer.replayed_step.numpy())
+
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
@@ -130,6 +154,8 @@ class ReplayTrainer:
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         self._plan_fit(optimizer, bound)
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        if optimizer.replay_every > 1:
+            arguments["callbacks"] = _with_epoch_end_replay(arguments.get("callbacks"))
         return super().fit(**self._index_arguments(optimizer, arguments))
 
     def _index_arguments(self, optimizer, arguments):
@@ -224,12 +250,13 @@ class ReplayTrainer:
             return
         done = int(keras.ops.convert_to_numpy(optimizer.iterations))
         steps = None if steps_per_epoch is None else steps_per_epoch * epochs
+        forward_steps = optimizer.forward_steps
         if self._buffer_of(optimizer) is not None:
             capacity = self._replay_buffer.capacity
         elif self._saved_buffer is not None:
             capacity = self._saved_buffer.capacity
         elif optimizer.max_steps is not None:
-            capacity = optimizer.max_steps
+            capacity = optimizer.max_steps - forward_steps
         elif steps is None:
             raise ValueError(
                 "Exact backward-SGD (window=None) keeps every batch, so it "
@@ -239,10 +266,14 @@ class ReplayTrainer:
                 "use `window=w`. Received: x of unknown length"
             )
         else:
-            capacity = done + steps
+            # A run that ends inside the forward phase buffers nothing; the
+            # buffer still needs a slot for its batch spec.
+            capacity = max(done + steps - forward_steps, 1)
             self._planned_capacity = capacity
-        if steps is not None and done + steps > capacity:
-            raise ValueError(_capacity_message(capacity, capacity + 1, done))
+        if steps is not None and done + steps > capacity + forward_steps:
+            raise ValueError(
+                _capacity_message(capacity, capacity + forward_steps + 1, done, forward_steps)
+            )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras averages a distributed batch with `strategy.reduce` in eager
@@ -271,9 +302,11 @@ class ReplayTrainer:
         spec = ReplayBuffer.spec_of(batch)
         saved = self._saved_buffer
         if optimizer.window is not None:
-            capacity = optimizer.window
+            capacity = _window_capacity(optimizer)
         else:
-            capacity = optimizer.max_steps or self._planned_capacity
+            capacity = self._planned_capacity
+            if optimizer.max_steps is not None:
+                capacity = optimizer.max_steps - optimizer.forward_steps
             if saved is not None and optimizer.max_steps is None:
                 capacity = saved.capacity
             if capacity is None:
@@ -286,6 +319,9 @@ class ReplayTrainer:
             self._replay_buffer = ReplayBuffer(
                 capacity, spec, saved=saved, per_replica=replicas.distributed
             )
+        if saved is not None and saved.replayed_step is None:
+            # Saved before `replay_every` existed: every step was replayed.
+            self._replay_buffer.replayed_step.assign(optimizer.iterations)
         self._replay_buffer_owner = id(optimizer)
         self._saved_buffer = None
         return self._replay_buffer
@@ -324,6 +360,9 @@ class ReplayTrainer:
             store[SavedBuffer.PREFIX + "optimizer_variables"] = np.array(
                 len(optimizer.variables), "int64"
             )
+        if optimizer is not None:
+            for name in _RUN_SETTINGS:
+                store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
         buffer = self._buffer_of(optimizer) if optimizer is not None else None
         saved = SavedBuffer.of(buffer) if buffer is not None else self._saved_buffer
         if saved is not None:
@@ -370,10 +409,13 @@ class ReplayTrainer:
             # Saved before the first step: a live buffer's slots are
             # rewritten before the run reads them, its counter restarts.
             if buffer is not None:
-                buffer.skipped_batches.assign(0)
+                for counter in (buffer.skipped_batches, buffer.replayed_step,
+                                buffer.gradient_evaluations):
+                    counter.assign(0)
             self._saved_buffer = None
             return
         _check_capacity(saved, optimizer)
+        _check_run_settings(store, optimizer)
         data_store = DataStore.load(store)
         if buffer is not None and DataStore.same_layout(self._data_store, data_store):
             # The compiled step holds the live buffer's variables.
@@ -435,76 +477,159 @@ class ReplayTrainer:
         model_state = self._model_state()
         step = tf.cast(optimizer.iterations, "int64") + 1
         learning_rate = optimizer.current_learning_rate()
-        capacity = buffer.capacity
+        forward_steps = tf.constant(optimizer.forward_steps, "int64")
 
         # S_0 is the state at the first step, taken before the logging pass
         # below moves BatchNorm statistics.
         tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _noop)
+        # A step that does not replay keeps the model at the last output
+        # iterate: the logging pass must not move its BatchNorm statistics.
+        before_logging = [tf.identity(v) for v in model_state]
         self._seed_random_layers(step)
         finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
         finite = replicas.all_true(finite)
-        room = True if optimizer.window is not None else step <= capacity
-        ok = tf.logical_and(finite, room)
+        forward = step <= forward_steps
+        room = True if optimizer.window is not None else step - forward_steps <= buffer.capacity
+        ok = tf.logical_and(finite, tf.logical_or(forward, room))
+        # Forward steps always move the model; backward ones at multiples
+        # of `replay_every` (epoch ends replay through `replay_function`).
+        replay = tf.logical_and(
+            ok,
+            tf.logical_or(forward, tf.equal(step % optimizer.replay_every, 0)),
+        )
         start_scale = None if loss_scale is None else loss_scale.start_step()
 
-        def apply_map(slot, index):
-            self._seed_random_layers(index)
+        # The step is straight-line code, without a conditional around the
+        # maps: XLA runs conditionals that hold the replay far slower (a
+        # windowed MLP step lost about one SGD step's time to three of them).
+        # Whether the step replays only sets loop trip counts and masks.
+        optimizer.restore_anchor(
+            model_state, when=replay, model_state_otherwise=before_logging
+        )
+
+        def forward_map(i):
+            self._seed_random_layers(step)
             replicas.run(
-                self._apply_map, (optimizer, buffer, slot, index, loss_scale, replicas)
+                self._apply_map,
+                (optimizer, item, learning_rate, step, loss_scale, replicas),
             )
-
-        # The replay is straight-line code, without a conditional around it:
-        # XLA runs conditionals that hold the replay far slower (a windowed
-        # MLP step lost about one SGD step's time to three of them). A batch
-        # that may not enter (non-finite, or no room left) therefore replays
-        # the previous step's maps instead, which recomputes the previous
-        # iterate exactly: the rare case pays for the common one's speed.
-        optimizer.restore_anchor(model_state)
-        slot = (step - 1) % capacity
-        if optimizer.window is not None:
-            # The anchor advance: the oldest map leaves the window.
-            def advance_anchor(i):
-                apply_map(slot, step - capacity)
-                return (i + 1,)
-
-            tf.while_loop(
-                lambda i: i < tf.cast(tf.logical_and(ok, step > capacity), "int64"),
-                advance_anchor,
-                (tf.constant(0, "int64"),),
-                maximum_iterations=1,
-            )
-            optimizer.save_anchor(model_state)
-        replicas.run(buffer.write, (slot, item, learning_rate, ok))
-        newest = tf.where(ok, step, step - 1)
-
-        def replay(i):
-            index = newest - i
-            apply_map((index - 1) % capacity, index)
             return (i + 1,)
 
-        tf.while_loop(
-            lambda i: i < tf.minimum(newest, capacity),
-            replay,
+        (forward_maps,) = tf.while_loop(
+            lambda i: i < tf.cast(tf.logical_and(replay, forward), "int64"),
+            forward_map,
             (tf.constant(0, "int64"),),
-            maximum_iterations=capacity,
+            maximum_iterations=1,
         )
-        optimizer.finish_step(when=ok)
+
+        def write():
+            slot = (step - forward_steps - 1) % buffer.capacity
+            replicas.run(
+                buffer.write,
+                (slot, item, learning_rate, tf.logical_and(ok, tf.logical_not(forward))),
+            )
+
+        maps = self._replay(optimizer, buffer, step, replay, loss_scale, replicas, write)
+        buffer.gradient_evaluations.assign_add(forward_maps + maps)
+        optimizer.finish_step(when=ok, replayed=replay)
         if loss_scale is not None:
             loss_scale.finish_step(start_scale, when=ok)
         buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
-        diverged = tf.logical_not(
-            tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
-            )
-        )
-        buffer.report("diverged", step, when=tf.logical_and(ok, diverged))
-        buffer.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(room)))
+        buffer.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
+        buffer.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(ok)))
         if optimizer.on_nonfinite == "raise":
             buffer.report("nonfinite_batch", step, when=tf.logical_not(finite))
         replicas.run(self._keep_metrics, (finite, metrics_before, metrics_after))
         logs = self.get_metrics_result()
         logs["skipped_batches"] = buffer.skipped_batches.value()
         return logs
+
+    def _replay(self, optimizer, buffer, step, replay, loss_scale, replicas, write=None):
+        """Brings the anchor to step `step` and replays the maps after it, if `replay`.
+
+        The live state must hold the anchor where `replay` is true. Windowed
+        mode advances the anchor by every map that has left the window since
+        the last replay (one per step, taken in a batch), from the buffer;
+        then `write()` (if given) stores the new batch in the slot the
+        oldest of them left; then the maps of batches `anchor_step(step) + 1
+        ... step` run newest-first.
+
+        Returns:
+            The number of maps applied (gradient evaluations), a scalar
+            int64 tensor.
+        """
+        forward_steps = optimizer.forward_steps
+        capacity = buffer.capacity
+        model_state = self._model_state()
+
+        def apply_buffered(index):
+            self._seed_random_layers(index)
+            slot = (index - forward_steps - 1) % capacity
+            replicas.run(
+                self._apply_buffered,
+                (optimizer, buffer, slot, index, loss_scale, replicas),
+            )
+
+        # The anchor's maps up to `forward_steps` ran on the batch of their
+        # own step; those after it come from the buffer.
+        first = tf.maximum(optimizer.anchor_step(buffer.replayed_step), forward_steps)
+        target = tf.maximum(optimizer.anchor_step(step), forward_steps)
+        zero = tf.zeros_like(step)
+        advances = zero
+        if optimizer.window is not None:
+            bound = tf.where(replay, target - first, zero)
+
+            def advance_anchor(i):
+                apply_buffered(first + 1 + i)
+                return (i + 1,)
+
+            (advances,) = tf.while_loop(
+                lambda i: i < bound,
+                advance_anchor,
+                (zero,),
+                maximum_iterations=optimizer.replay_every,
+            )
+        if optimizer.window is not None or forward_steps:
+            optimizer.save_anchor(model_state, when=replay)
+        if write is not None:
+            write()
+        count = tf.where(replay, step - optimizer.anchor_step(step), zero)
+
+        def replay_map(i):
+            apply_buffered(step - i)
+            return (i + 1,)
+
+        (replayed,) = tf.while_loop(
+            lambda i: i < count,
+            replay_map,
+            (zero,),
+            maximum_iterations=capacity,
+        )
+        buffer.replayed_step.assign(tf.where(replay, step, buffer.replayed_step))
+        return advances + replayed
+
+    def _diverged(self):
+        return tf.logical_not(
+            tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
+            )
+        )
+
+    def _replay_step(self, optimizer, replicas):
+        """Replays up to the current step (epoch ends with `replay_every > 1`)."""
+        buffer = self._replay_buffer
+        step = tf.cast(optimizer.iterations, "int64")
+        replay = tf.not_equal(step, buffer.replayed_step)
+        optimizer.restore_anchor(
+            self._model_state(),
+            when=replay,
+            model_state_otherwise=[tf.identity(v) for v in self._model_state()],
+        )
+        maps = self._replay(optimizer, buffer, step, replay, self._loss_scale(), replicas)
+        buffer.gradient_evaluations.assign_add(maps)
+        optimizer.average_iterate(replay)
+        buffer.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
+        return maps
 
     def _log_batch(self, batch):
         """Updates loss and metrics with the new batch at the current weights.
@@ -565,9 +690,13 @@ class ReplayTrainer:
             counter = tf.cast(index, state.dtype) * (2**20)
             state.assign(tf.stack([state[0], counter]))
 
-    def _apply_map(self, optimizer, buffer, slot, index, loss_scale, replicas):
+    def _apply_buffered(self, optimizer, buffer, slot, index, loss_scale, replicas):
         """Applies the map of the batch buffered in `slot` (arrived at step `index`)."""
         item, learning_rate = buffer.read(slot)
+        return self._apply_map(optimizer, item, learning_rate, index, loss_scale, replicas)
+
+    def _apply_map(self, optimizer, item, learning_rate, index, loss_scale, replicas):
+        """Applies the map `T_index` of a batch (or its example indices, `item`)."""
         x, y, sample_weight = (
             item if self._data_store is None else self._data_store.gather(item)
         )
@@ -619,6 +748,7 @@ class ReplayTrainer:
             _check_strategy(strategy)
         if optimizer is not None and strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
+            replay = self._make_replay_function(optimizer, self._replicas, jit_compile=False)
         elif optimizer is not None and self.jit_compile and _xla_unit(optimizer, self) == "map":
             # Keras would compile the whole step with XLA; here the step is
             # a graph and each map's forward and backward pass an XLA call.
@@ -629,21 +759,53 @@ class ReplayTrainer:
             finally:
                 self.jit_compile = True
             compiled = self.train_function
+            replay = self._make_replay_function(optimizer, self._replicas, jit_compile=False)
         else:
             self._replicas = LocalReplicas()
             super().make_train_function(force=force)
             compiled = self.train_function
+            replay = self._make_replay_function(
+                optimizer, self._replicas, jit_compile=bool(self.jit_compile)
+            )
 
-        def train_function(iterator):
-            logs = compiled(iterator)
+        def raise_incident():
             buffer = self._replay_buffer
             incident = buffer.pop_incident() if buffer is not None else None
             if incident is not None:
                 raise _incident_error(buffer, *incident)
+
+        def train_function(iterator):
+            try:
+                logs = compiled(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                # A dataset of unknown length ended the epoch: its last
+                # step must leave the output iterate in the model.
+                if optimizer is not None:
+                    self.replay_function()
+                raise
+            raise_incident()
             return logs
 
+        def replay_function():
+            buffer = self._replay_buffer
+            if replay is None or buffer is None:
+                return
+            if int(buffer.replayed_step.numpy()) != int(optimizer.iterations.numpy()):
+                replay()
+                raise_incident()
+
         self.train_function = train_function
+        self.replay_function = replay_function
         return train_function
+
+    def _make_replay_function(self, optimizer, replicas, jit_compile):
+        """The compiled replay up to the current step (see `_replay_step`), or None."""
+        if optimizer is None or optimizer.replay_every == 1:
+            return None
+        step = lambda: self._replay_step(optimizer, replicas)  # noqa: E731
+        if self.run_eagerly:
+            return step
+        return tf.function(step, jit_compile=jit_compile, autograph=False)
 
     def _make_distributed_train_function(self, optimizer, strategy):
         """The train function under a multi-replica strategy.
@@ -670,6 +832,7 @@ class ReplayTrainer:
                 f"{self.steps_per_execution}"
             )
         replicas = MirroredReplicas(strategy, jit_gradients=bool(self.jit_compile))
+        self._replicas = replicas
         step = tf.function(
             lambda data: self._backward_step(optimizer, data, replicas),
             reduce_retracing=True,
@@ -682,6 +845,32 @@ class ReplayTrainer:
             return step(next(iterator))
 
         return function
+
+
+class _EpochEndReplay(keras.callbacks.Callback):
+    """Replays at the last step of every epoch (`replay_every > 1`).
+
+    It runs first among the callbacks, so that the others, validation and
+    everything after `fit()` see the output iterate of the last step. A
+    dataset of unknown length ends its epoch by running out, which the
+    train function catches instead.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps")
+        if steps is not None and batch + 1 >= steps:
+            self.model.replay_function()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # An epoch that a callback stopped early.
+        self.model.replay_function()
+
+
+def _with_epoch_end_replay(callbacks):
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks.insert(0, _EpochEndReplay())
+        return callbacks
+    return [_EpochEndReplay(), *(callbacks or [])]
 
 
 _SUPPORTED_STRATEGIES = (
@@ -769,7 +958,9 @@ def _is_seed_state(variable):
 
 def _incident_error(buffer, kind, step):
     if kind == "capacity":
-        return ValueError(_capacity_message(buffer.capacity, step, step - 1))
+        return ValueError(
+            _capacity_message(buffer.capacity, step, step - 1, step - 1 - buffer.capacity)
+        )
     if kind == "nonfinite_batch":
         return ValueError(
             f"The batch of step {step} has a non-finite value or loss (NaN or "
@@ -790,35 +981,66 @@ def _incident_error(buffer, kind, step):
 
 def _check_capacity(saved, optimizer):
     """Raises `ValueError` unless `optimizer` can resume from `saved`."""
-    if optimizer.window is not None and saved.capacity != optimizer.window:
+    if optimizer.window is not None and saved.capacity != _window_capacity(optimizer):
         raise ValueError(
             f"The file holds a replay buffer of {saved.capacity} batches, "
-            f"saved with window={saved.capacity}, but this model's optimizer "
-            f"has window={optimizer.window}. Load it into a model compiled "
-            f"with the same window. Received: window={optimizer.window}"
+            f"but this model's optimizer (window={optimizer.window}, "
+            f"replay_every={optimizer.replay_every}) keeps "
+            f"{_window_capacity(optimizer)}. Load it into a model compiled "
+            "with the window and replay_every of the saved run. Received: "
+            f"window={optimizer.window}"
         )
     if (
         optimizer.window is None
         and optimizer.max_steps is not None
-        and saved.capacity != optimizer.max_steps
+        and saved.capacity != optimizer.max_steps - optimizer.forward_steps
     ):
         raise ValueError(
-            f"The file holds the replay buffer of an exact run of "
-            f"{saved.capacity} steps (max_steps={saved.capacity}), but this "
-            f"model's optimizer has max_steps={optimizer.max_steps}. Load it "
-            "into a model compiled with the same max_steps. Received: "
-            f"max_steps={optimizer.max_steps}"
+            f"The file holds the replay buffer of an exact run with "
+            f"{saved.capacity} backward steps, but this model's optimizer has "
+            f"room for {optimizer.max_steps - optimizer.forward_steps} "
+            f"(max_steps={optimizer.max_steps}, "
+            f"forward_steps={optimizer.forward_steps}). Load it into a model "
+            "compiled with the max_steps and forward_steps of the saved run. "
+            f"Received: max_steps={optimizer.max_steps}"
         )
 
 
-def _capacity_message(capacity, step, done):
+# Settings that define the maps a saved run composes; files written before
+# they existed hold their defaults.
+_RUN_SETTINGS = {"replay_every": 1, "forward_steps": 0}
+
+
+def _check_run_settings(store, optimizer):
+    """Raises `ValueError` unless a saved run's settings are `optimizer`'s."""
+    for name, default in _RUN_SETTINGS.items():
+        key = SavedBuffer.PREFIX + name
+        saved = int(np.asarray(store[key])) if key in store.keys() else default
+        if saved != getattr(optimizer, name):
+            raise ValueError(
+                f"The file holds a run trained with {name}={saved}, and this "
+                f"model's optimizer has {name}={getattr(optimizer, name)}: "
+                "resuming would compose other maps than the saved run. Compile "
+                f"with `BackwardSGD({name}={saved})` to resume it. Received: "
+                f"{name}={getattr(optimizer, name)}"
+            )
+
+
+def _capacity_message(capacity, step, done, forward_steps=0):
+    after = f" after {forward_steps} forward steps" if forward_steps else ""
     return (
-        f"Exact backward-SGD's buffer holds {capacity} batches, and step "
+        f"Exact backward-SGD's buffer holds {capacity} batches{after}, and step "
         f"{step} would need one more. Training stopped with the state of step "
         f"{done}, unchanged. Either compile with a larger "
         "`BackwardSGD(max_steps=...)`, or use windowed backward-SGD with "
         f"`window=w`. Received: step {step} with capacity={capacity}"
     )
+
+
+def _window_capacity(optimizer):
+    # Replays every E steps advance the anchor by up to E maps at once,
+    # read from the buffer before the new batch overwrites the oldest slot.
+    return optimizer.window + optimizer.replay_every - 1
 
 
 def _num_array_samples(x):
