@@ -236,8 +236,12 @@ def aggregate(summaries):
 def expected_grad_evals(step, window=None, forward=False, replay_every=1, last_step=None):
     """Gradient evaluations that step `step` costs, from DESIGN.md §1.
 
-    With `replay_every=E` the replay runs only at steps that are multiples of
-    `E` and at `last_step`; windowed mode advances its anchor at every step.
+    With `replay_every=E` nothing is computed between replays (a warm start
+    in the library's `forward_steps` is not covered here). A replay at step
+    `k` applies the maps after the anchor of the previous replay `p` (the
+    last multiple of `E` before `k`): windowed mode advances its anchor from
+    step `p - w` to `k - w` and replays `w` maps from there, exact mode
+    replays all `k` maps from `S_0`.
 
     Args:
         step: The 1-based step `k`.
@@ -249,9 +253,9 @@ def expected_grad_evals(step, window=None, forward=False, replay_every=1, last_s
             Defaults to `None`.
 
     Returns:
-        `1` for forward SGD; for exact backward-SGD `k` at a replayed step,
-        else 0; for windowed backward-SGD `1 if k > w else 0` (the anchor)
-        plus `min(k, w)` at a replayed step.
+        `1` for forward SGD; 0 for backward-SGD at a step without a replay;
+        at a replay, `k` for exact mode and `k - max(0, p - w)` for
+        windowed mode (with `E = 1`: `min(k, w)`, plus one once `k > w`).
 
     Example:
 
@@ -262,7 +266,9 @@ def expected_grad_evals(step, window=None, forward=False, replay_every=1, last_s
     """
     if forward:
         return 1
-    replayed = step % replay_every == 0 or step == last_step
+    if step % replay_every and step != last_step:
+        return 0
     if window is None:
-        return step if replayed else 0
-    return (1 if step > window else 0) + (min(step, window) if replayed else 0)
+        return step
+    previous = (step - 1) // replay_every * replay_every
+    return step - max(0, previous - window)

@@ -131,7 +131,14 @@ def _train(method, make_optimizer, model_name, spec, warm, stream, test, config,
         tf.config.experimental.reset_memory_stats("GPU:0")
     eval_rows, iterates, logits = [], [], []
 
+    backward = isinstance(model.optimizer, keras_bsgd.BackwardSGD)
+
     def evaluate(step):
+        if backward and model.replayed_step != step:
+            raise RuntimeError(
+                f"{method} holds the iterate of step {model.replayed_step} at evaluation "
+                f"step {step}: it must replay at every evaluation (replay_every)."
+            )
         weights, test_logits = probe.read()
         loss, accuracy = metrics.cross_entropy_and_accuracy(test_logits, test[1])
         last = recorder.rows[-1] if recorder.rows else {"grad_evals": 0, "wall_time_s": 0.0}
@@ -159,6 +166,8 @@ def _train(method, make_optimizer, model_name, spec, warm, stream, test, config,
         "method": method, "seed": stream.seed, "steps": recorder.rows, "evals": eval_rows,
         "warm_start_sha256": weights_sha256(warm), "start_sha256": recorder.start_sha256,
     }
+    if backward:  # The library's own count, beside the counter layer's.
+        run["library_grad_evals"] = model.gradient_evaluations
     if gpu:
         run["peak_gpu_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return run
