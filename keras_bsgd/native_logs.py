@@ -19,7 +19,7 @@ LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 # An absl or TensorFlow C++ log line ("I0000 00:00:17.5 4047 file.cc:31] ..."),
 # and the notice absl prints before its logging is initialized.
 _NATIVE_LINE = re.compile(
-    r"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] |"
+    r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] |"
     r"WARNING: All log messages before absl::InitializeLog\(\) is called)"
 )
 
@@ -59,7 +59,7 @@ def drop_native_lines(text):
 
     Example:
 
-    >>> drop_native_lines("I0000 00:00:17.5 4047 cudart_stub.cc:31] no CUDA\\nkept\\n")
+    >>> drop_native_lines("I0000 00:00:1796.5  4047 cudart_stub.cc:31] no CUDA\\nkept\\n")
     'kept\\n'
     """
     return "".join(

@@ -106,7 +106,7 @@ def _warm_up(model_name, spec, initial, stream, config, on_step):
         weight_decay=config["weight_decay"],
     ), config)
     x, y = stream.chunk(0, steps)
-    callbacks = [keras.callbacks.LambdaCallback(on_batch_end=lambda *_: on_step())] if on_step else []
+    callbacks = [keras.callbacks.LambdaCallback(on_batch_end=lambda *_, **__: on_step())] if on_step else []
     started = time.perf_counter()
     model.fit(x, y, batch_size=stream.batch_size, epochs=1, shuffle=False, verbose=0,
               callbacks=callbacks)
