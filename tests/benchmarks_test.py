@@ -200,6 +200,8 @@ def test_run_summary_is_its_evaluation_rows_by_formula(result):
         a, b = evals[2], evals[3]
         assert summary["test_loss_std_last_half"] == pytest.approx(
             abs(a["test_loss"] - b["test_loss"]) / 2)
+        assert summary["test_loss_mean_last_half"] == pytest.approx(
+            (a["test_loss"] + b["test_loss"]) / 2)
         assert summary["param_movement_last_half"] == b["param_movement"]
         assert summary["logit_rms_change_last_half"] == b["logit_rms_change"]
         assert summary["distance_to_final_last_half"] == a["distance_to_final"]
@@ -226,6 +228,7 @@ def test_summarize_and_aggregate_by_hand():
               "distance_to_final": 8.0 - k} for k in (0, 2, 4, 6, 8)]
     s = metrics.summarize_run(steps, evals, forward_budget=20)
     assert s["test_loss_std_last_half"] == pytest.approx(np.std([4.0, 6.0, 8.0]))
+    assert s["test_loss_mean_last_half"] == 6.0
     assert s["param_movement_last_half"] == 17.0  # steps 6 and 8 (both >= 4)
     assert s["logit_rms_change_last_half"] == pytest.approx(0.7)
     assert s["distance_to_final_last_half"] == 3.0  # steps 4 and 6: (4 + 2) / 2

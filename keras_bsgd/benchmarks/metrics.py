@@ -15,6 +15,7 @@ import numpy as np
 RUN_METRICS = (
     "final_test_accuracy",
     "final_test_loss",
+    "test_loss_mean_last_half",
     "test_loss_std_last_half",
     "param_movement_last_half",
     "logit_rms_change_last_half",
@@ -159,8 +160,10 @@ def summarize_run(step_rows, eval_rows, forward_budget=None):
         A dict with the keys `RUN_METRICS`:
 
         * `final_test_accuracy`, `final_test_loss`: at the last step;
-        * `test_loss_std_last_half`: standard deviation (ddof 0) of the
-          test loss over the evaluations of the second half;
+        * `test_loss_mean_last_half`, `test_loss_std_last_half`: mean and
+          standard deviation (ddof 0) of the test loss over the evaluations
+          of the second half (its level, and how much it moves within the
+          run);
         * `param_movement_last_half`, `logit_rms_change_last_half`: mean
           movement between successive evaluations of the second half, in
           parameter space and in function space;
@@ -198,6 +201,7 @@ def summarize_run(step_rows, eval_rows, forward_budget=None):
     return {
         "final_test_accuracy": float(eval_rows[-1]["test_accuracy"]),
         "final_test_loss": float(eval_rows[-1]["test_loss"]),
+        "test_loss_mean_last_half": mean("test_loss", late),
         "test_loss_std_last_half": float(np.std([eval_rows[i]["test_loss"] for i in late])),
         "param_movement_last_half": mean("param_movement", moves),
         "logit_rms_change_last_half": mean("logit_rms_change", moves),

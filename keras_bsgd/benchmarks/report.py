@@ -16,6 +16,7 @@ EVAL_COLUMNS = (
 _HEADERS = {
     "final_test_accuracy": "final test acc",
     "final_test_loss": "final test loss",
+    "test_loss_mean_last_half": "mean test loss (2nd half)",
     "test_loss_std_last_half": "test-loss std (2nd half)",
     "param_movement_last_half": "‖θk−θk−E‖ (2nd half)",
     "logit_rms_change_last_half": "RMS Δ test logits (2nd half)",
@@ -44,7 +45,7 @@ def _cell(stats, key):
         return f"{mean:,.0f}"
     if key in ("wall_time_s", "peak_gpu_mb"):
         return f"{mean:.1f} ± {std:.1f}"
-    if key.endswith("_last_half"):
+    if key.endswith("_last_half") and key != "test_loss_mean_last_half":
         return f"{mean:.2e} ± {std:.1e}"
     return f"{mean:.4f} ± {std:.4f}"
 
