@@ -7,7 +7,9 @@ import os
 
 from keras_bsgd.benchmarks.metrics import RUN_METRICS
 
-STEP_COLUMNS = ("method", "seed", "step", "train_loss", "learning_rate", "grad_evals", "wall_time_s")
+STEP_COLUMNS = (
+    "method", "seed", "step", "train_loss", "learning_rate", "grad_evals", "wall_time_s",
+)
 EVAL_COLUMNS = (
     "method", "seed", "step", "grad_evals", "wall_time_s", "test_loss", "test_accuracy",
     "param_movement", "logit_rms_change", "distance_to_final",

@@ -1,4 +1,4 @@
-"""`compare`: from one shared forward-SGD warm start, backward-SGD against practitioner baselines."""
+"""`compare`: backward-SGD against practitioners' baselines, from one shared warm start."""
 
 import dataclasses
 import os
@@ -106,7 +106,9 @@ def _warm_up(model_name, spec, initial, stream, config, on_step):
         weight_decay=config["weight_decay"],
     ), config)
     x, y = stream.chunk(0, steps)
-    callbacks = [keras.callbacks.LambdaCallback(on_batch_end=lambda *_, **__: on_step())] if on_step else []
+    callbacks = []
+    if on_step:
+        callbacks.append(keras.callbacks.LambdaCallback(on_batch_end=lambda *_, **__: on_step()))
     started = time.perf_counter()
     model.fit(x, y, batch_size=stream.batch_size, epochs=1, shuffle=False, verbose=0,
               callbacks=callbacks)
@@ -182,12 +184,16 @@ def _transpose(columns):
 def _validate(config):
     windows, seeds = config["windows"], config["seeds"]
     if any(w < 1 for w in windows):
-        raise ValueError(f"Every window must be a positive integer. Received: windows={tuple(windows)}")
+        raise ValueError(
+            f"Every window must be a positive integer. Received: windows={tuple(windows)}"
+        )
     if not seeds:
         raise ValueError(f"Give at least one seed. Received: seeds={tuple(seeds)}")
     for name in ("steps", "eval_every"):
         if config[name] < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={config[name]}")
+            raise ValueError(
+                f"`{name}` must be a positive integer. Received: {name}={config[name]}"
+            )
     if config["forward_steps"] < 0:
         raise ValueError(
             "`forward_steps` must be 0 (a cold start) or a positive integer. "
