@@ -58,7 +58,7 @@ class IterateProbe:
             A tuple `(weights, logits)` of NumPy arrays: weights of shape
             `(parameters,)`, logits of shape `(examples, classes)`.
         """
-        optimizer = self.model.optimizer
+        optimizer = getattr(self.model, "optimizer", None)  # None before compile().
         if not self.average or optimizer is None or int(optimizer.iterations) == 0:
             return self._weights_and_logits()
         variables = self.model.trainable_variables
