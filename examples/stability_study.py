@@ -1,4 +1,4 @@
-"""The closed forms E1 and E2 of DESIGN.md §1, reproduced with keras_bsgd.
+"""The closed forms E1 and E2 of docs/design.md §1, reproduced with keras_bsgd.
 
 A one-parameter model (a `Dense(1)` fed zeros, so its output is its bias
 theta) with batch losses (theta - a_i)^2 / 2 and SGD step h has update maps

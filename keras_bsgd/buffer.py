@@ -84,6 +84,12 @@ class ReplayBuffer:
             self.gradient_evaluations = tf.Variable(
                 tf.constant(0, "int64"), trainable=False, name="replay_gradient_evaluations"
             )
+            # The step count at which the current run started: weights set
+            # from outside, or a divergence, start a new run from the model's
+            # weights, whose step `k` is outer step `origin + k`.
+            self.origin = tf.Variable(
+                tf.constant(0, "int64"), trainable=False, name="replay_origin"
+            )
             if saved is not None:
                 self.restore(saved)
 
@@ -106,6 +112,7 @@ class ReplayBuffer:
             if saved.replayed_step is not None:
                 self.replayed_step.assign(saved.replayed_step)
             self.gradient_evaluations.assign(saved.gradient_evaluations)
+            self.origin.assign(saved.origin)
 
     def _restore_shard(self, saved):
         # Saved leaves hold global batches [capacity, B, ...]; replica r of R
@@ -246,6 +253,7 @@ class SavedBuffer:
             None (files written before `replay_every` existed: every step
             was replayed, so it is the step count).
         gradient_evaluations: The gradient evaluations counted so far.
+        origin: The step count at which the current run started.
     """
 
     PREFIX = "replay_buffer:"
@@ -258,6 +266,7 @@ class SavedBuffer:
         skipped_batches=0,
         replayed_step=None,
         gradient_evaluations=0,
+        origin=0,
     ):
         self.capacity = int(capacity)
         self.leaves = leaves
@@ -265,6 +274,7 @@ class SavedBuffer:
         self.skipped_batches = int(skipped_batches)
         self.replayed_step = None if replayed_step is None else int(replayed_step)
         self.gradient_evaluations = int(gradient_evaluations)
+        self.origin = int(origin)
 
     @classmethod
     def of(cls, buffer):
@@ -276,6 +286,7 @@ class SavedBuffer:
             int(buffer.skipped_batches.numpy()),
             int(buffer.replayed_step.numpy()),
             int(buffer.gradient_evaluations.numpy()),
+            int(buffer.origin.numpy()),
         )
 
     def save(self, store):
@@ -287,6 +298,7 @@ class SavedBuffer:
         store[self.PREFIX + "gradient_evaluations"] = np.array(
             self.gradient_evaluations, "int64"
         )
+        store[self.PREFIX + "origin"] = np.array(self.origin, "int64")
         present = [leaf is not None for leaf in self.leaves]
         store[self.PREFIX + "present"] = np.array(present, "bool")
         for i, leaf in enumerate(self.leaves):
@@ -315,6 +327,7 @@ class SavedBuffer:
             optional("skipped_batches", 0),
             optional("replayed_step", None),
             optional("gradient_evaluations", 0),
+            optional("origin", 0),
         )
 
     def check(self, capacity, spec, num_replicas=1):

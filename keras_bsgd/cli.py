@@ -15,12 +15,15 @@ TensorFlow's C++ start-up logs are hidden unless `TF_CPP_MIN_LOG_LEVEL` is set
 """
 
 import argparse
+import importlib.util
 import sys
-
-from keras_bsgd.benchmarks.runner import DEFAULTS
 
 
 def _parser():
+    # The runner owns the defaults; importing it needs the `bench` extra,
+    # which `main` checks first.
+    from keras_bsgd.benchmarks.runner import DEFAULTS
+
     parser = argparse.ArgumentParser(
         prog="keras-bsgd",
         description="Backward-SGD (arXiv 2502.01557) for Keras: tools.",
@@ -129,6 +132,26 @@ def _compare(args):
     return 0
 
 
+BENCH_MODULES = (
+    "tensorflow_datasets", "importlib_resources", "pandas", "sklearn", "mnist1d", "matplotlib",
+    "psutil",
+)
+"""Top-level modules of the `bench` extra, which `compare` and `bench` import."""
+
+BENCH_HINT = "pip install 'keras-bsgd[bench]'"
+
+
+def _missing_bench_modules():
+    """The `bench`-extra modules that are not installed (looked up, not imported)."""
+    return [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+
+
+def _bench_extra_error(command, missing):
+    print(f"keras-bsgd {command}: needs the benchmark dependencies ({', '.join(missing)} "
+          f"not installed): {BENCH_HINT}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None):
     """Runs the `keras-bsgd` command line.
 
@@ -137,9 +160,27 @@ def main(argv=None):
             (`sys.argv[1:]`).
 
     Returns:
-        The exit status: 0 on success, 2 on a usage or data error.
+        The exit status: 0 on success, 2 on a usage or data error or when
+        the `bench` extra is not installed.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    # The tools need the `bench` extra and the library does not: a lean
+    # install gets one line saying what to install, before TensorFlow's
+    # import can print anything.
+    if argv[:1] in (["bench"], ["compare"]) and "-h" not in argv and "--help" not in argv:
+        missing = _missing_bench_modules()
+        if missing:
+            return _bench_extra_error(argv[0], missing)
+    try:
+        return _run(argv)
+    except ImportError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing not in BENCH_MODULES:
+            raise
+        return _bench_extra_error(argv[0], [missing])
+
+
+def _run(argv):
     if argv[:1] == ["bench"]:
         # The benchmark owns its options; imported here to keep `compare` light.
         from keras_bsgd.benchmarks import speed

@@ -324,7 +324,7 @@ class BackwardSGD(keras.optimizers.SGD):
             if variable.constraint is not None:
                 variable.assign(variable.constraint(variable))
 
-    def finish_step(self, when=True, replayed=None):
+    def finish_step(self, when=True, replayed=None, first=None):
         """Counts one outer step, if `when`, and averages the output iterate.
 
         Args:
@@ -333,19 +333,37 @@ class BackwardSGD(keras.optimizers.SGD):
             replayed: Boolean tensor: whether the model now holds a new
                 output iterate, which the EMA then averages. Defaults to
                 `when`.
+            first: Boolean tensor: whether it is the run's first output
+                iterate (see `average_iterate`). Defaults to
+                `iterations == 0`.
         """
-        self.average_iterate(when if replayed is None else replayed)
+        self.average_iterate(when if replayed is None else replayed, first)
         self._iterations.assign_add(tf.cast(when, self._iterations.dtype))
 
-    def average_iterate(self, when=True):
-        """Updates the EMA (`use_ema=True`) with the model's weights, if `when`."""
-        if self.use_ema:
+    def average_iterate(self, when=True, first=None):
+        """Updates the EMA (`use_ema=True`) with the model's weights, if `when`.
 
-            def update_ema():
-                self._update_model_variables_moving_average(self._trainable_variables)
-                return tf.constant(0)
+        As in Keras, `ema = m * ema + (1 - m) * w`, and the first update
+        (`first`) copies the weights. Keras keys "first" to
+        `iterations == 0`; with `replay_every > 1` the first output iterate
+        comes later, so the trainer says which one is first.
+        """
+        if not self.use_ema:
+            return
+        if first is None:
+            first = tf.equal(self.iterations, 0)
+        momentum = tf.where(first, 0.0, self.ema_momentum)
 
-            tf.cond(tf.convert_to_tensor(when), update_ema, lambda: tf.constant(0))
+        def update_ema():
+            for variable, average in zip(
+                self._trainable_variables, self._model_variables_moving_average
+            ):
+                if average is not None:
+                    m = tf.cast(momentum, variable.dtype)
+                    average.assign(m * average + (1 - m) * variable)
+            return tf.constant(0)
+
+        tf.cond(tf.convert_to_tensor(when), update_ema, lambda: tf.constant(0))
 
     def apply(self, grads, trainable_variables=None):
         # Reached only from a trainer that does not replay (e.g. a plain

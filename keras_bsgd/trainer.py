@@ -1,6 +1,6 @@
 """The replaying trainer: `Model`, `Sequential` and `wrap`.
 
-A training step `k` of backward-SGD (DESIGN.md §1), all inside the one
+A training step `k` of backward-SGD (docs/design.md §1), all inside the one
 compiled train function (under a multi-replica strategy, one graph whose
 per-replica parts run through `keras_bsgd.replicas`):
 
@@ -19,6 +19,7 @@ per-replica parts run through `keras_bsgd.replicas`):
 6. count one outer step.
 """
 
+import hashlib
 import inspect
 import math
 
@@ -70,6 +71,9 @@ class ReplayTrainer:
     _data_store_traced = None
     _replay_state = None  # a ReplayState, from the first compile()
     _replicas = None  # the LocalReplicas of the current train function
+    # A digest of the weights the trainer last left in the model (at an
+    # epoch's or fit()'s end), to tell weights set from outside.
+    _own_weights = None
 
     @property
     def replay_buffer(self):
@@ -106,11 +110,16 @@ class ReplayTrainer:
         `replay_every=1`; with `replay_every=E` it is the last multiple of
         `E`, epoch end or forward step reached.
         """
-        buffer = self._replay_buffer
-        return 0 if buffer is None else int(buffer.replayed_step.numpy())
+        buffer, saved = self._replay_buffer, self._saved_buffer
+        if buffer is not None:
+            return int(buffer.replayed_step.numpy())
+        if saved is not None and saved.replayed_step is not None:
+            return saved.replayed_step  # loaded, until the first step
+        return 0
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
+        self._own_weights = None
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if isinstance(optimizer, BackwardSGD):
             optimizer.model_state_source = self._model_state
@@ -152,11 +161,46 @@ class ReplayTrainer:
         if optimizer is None:
             return super().fit(*args, **kwargs)
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
+        self._start_run_if_weights_were_set(optimizer)
         self._plan_fit(optimizer, bound)
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
-        if optimizer.replay_every > 1:
-            arguments["callbacks"] = _with_epoch_end_replay(arguments.get("callbacks"))
+        arguments["callbacks"] = _with_run_callback(arguments.get("callbacks"))
         return super().fit(**self._index_arguments(optimizer, arguments))
+
+    def _weights_digest(self):
+        """A digest of the weights and model state, on the host."""
+        digest = hashlib.blake2b(digest_size=16)
+        for variable in self.trainable_variables + self._model_state():
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).data)
+        return digest.digest()
+
+    def _record_weights(self):
+        # What the trainer left in the model; see `_start_run_if_weights_were_set`.
+        if self._backward_sgd() is not None and self._replay_buffer is not None:
+            self._own_weights = self._weights_digest()
+
+    def _start_run_if_weights_were_set(self, optimizer):
+        """Starts a new run from the model's weights if they were set from outside.
+
+        `set_weights`, `load_weights` of weights only, `EarlyStopping(
+        restore_best_weights=True)` or any assignment between `fit()` calls
+        (or between epochs) would otherwise be overwritten by the anchor at
+        the next step. The run's buffer and anchor are dropped; the next step
+        is step 1 of a new run whose `S_0` is the weights as set (momentum
+        slots as they are), while `optimizer.iterations` and schedules go on
+        counting.
+        """
+        buffer = self._buffer_of(optimizer)
+        if buffer is None or self._own_weights is None:
+            return
+        if self._weights_digest() != self._own_weights:
+            self._start_new_run(buffer, optimizer)
+
+    def _start_new_run(self, buffer, optimizer):
+        iterations = tf.cast(optimizer.iterations, "int64")
+        buffer.origin.assign(iterations)
+        buffer.replayed_step.assign(iterations)
+        self._own_weights = None
 
     def _index_arguments(self, optimizer, arguments):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
@@ -249,6 +293,9 @@ class ReplayTrainer:
         if optimizer.window is not None:
             return
         done = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        buffer = self._buffer_of(optimizer)
+        if buffer is not None:
+            done -= int(buffer.origin.numpy())  # steps of the current run
         steps = None if steps_per_epoch is None else steps_per_epoch * epochs
         forward_steps = optimizer.forward_steps
         if self._buffer_of(optimizer) is not None:
@@ -384,6 +431,8 @@ class ReplayTrainer:
                 not fit this model and its optimizer (an unbuilt optimizer
                 checks its layout when it builds).
         """
+        # The loaded weights are the saved run's own.
+        self._own_weights = None
         seed_key = SavedBuffer.PREFIX + "seeds"
         if seed_key in store.keys():
             seeds = np.asarray(store[seed_key])
@@ -410,12 +459,12 @@ class ReplayTrainer:
             # rewritten before the run reads them, its counter restarts.
             if buffer is not None:
                 for counter in (buffer.skipped_batches, buffer.replayed_step,
-                                buffer.gradient_evaluations):
+                                buffer.gradient_evaluations, buffer.origin):
                     counter.assign(0)
             self._saved_buffer = None
             return
-        _check_capacity(saved, optimizer)
         _check_run_settings(store, optimizer)
+        _check_capacity(saved, optimizer)
         data_store = DataStore.load(store)
         if buffer is not None and DataStore.same_layout(self._data_store, data_store):
             # The compiled step holds the live buffer's variables.
@@ -476,26 +525,28 @@ class ReplayTrainer:
         loss_scale = self._loss_scale()
         model_state = self._model_state()
         step = tf.cast(optimizer.iterations, "int64") + 1
+        # Steps of the current run (weights set from outside start a new one).
+        local = step - buffer.origin
         learning_rate = optimizer.current_learning_rate()
         forward_steps = tf.constant(optimizer.forward_steps, "int64")
 
-        # S_0 is the state at the first step, taken before the logging pass
-        # below moves BatchNorm statistics.
-        tf.cond(tf.equal(step, 1), lambda: _save(optimizer, model_state), _noop)
+        # S_0 is the state at the run's first step, taken before the logging
+        # pass below moves BatchNorm statistics.
+        tf.cond(tf.equal(local, 1), lambda: _save(optimizer, model_state), _noop)
         # A step that does not replay keeps the model at the last output
         # iterate: the logging pass must not move its BatchNorm statistics.
         before_logging = [tf.identity(v) for v in model_state]
         self._seed_random_layers(step)
         finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
         finite = replicas.all_true(finite)
-        forward = step <= forward_steps
-        room = True if optimizer.window is not None else step - forward_steps <= buffer.capacity
+        forward = local <= forward_steps
+        room = True if optimizer.window is not None else local - forward_steps <= buffer.capacity
         ok = tf.logical_and(finite, tf.logical_or(forward, room))
         # Forward steps always move the model; backward ones at multiples
         # of `replay_every` (epoch ends replay through `replay_function`).
         replay = tf.logical_and(
             ok,
-            tf.logical_or(forward, tf.equal(step % optimizer.replay_every, 0)),
+            tf.logical_or(forward, tf.equal(local % optimizer.replay_every, 0)),
         )
         start_scale = None if loss_scale is None else loss_scale.start_step()
 
@@ -523,15 +574,16 @@ class ReplayTrainer:
         )
 
         def write():
-            slot = (step - forward_steps - 1) % buffer.capacity
+            slot = (local - forward_steps - 1) % buffer.capacity
             replicas.run(
                 buffer.write,
                 (slot, item, learning_rate, tf.logical_and(ok, tf.logical_not(forward))),
             )
 
-        maps = self._replay(optimizer, buffer, step, replay, loss_scale, replicas, write)
+        first = tf.equal(buffer.replayed_step, 0)
+        maps = self._replay(optimizer, buffer, local, replay, loss_scale, replicas, write)
         buffer.gradient_evaluations.assign_add(forward_maps + maps)
-        optimizer.finish_step(when=ok, replayed=replay)
+        optimizer.finish_step(when=ok, replayed=replay, first=first)
         if loss_scale is not None:
             loss_scale.finish_step(start_scale, when=ok)
         buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
@@ -545,7 +597,7 @@ class ReplayTrainer:
         return logs
 
     def _replay(self, optimizer, buffer, step, replay, loss_scale, replicas, write=None):
-        """Brings the anchor to step `step` and replays the maps after it, if `replay`.
+        """Brings the anchor to step `step` of the run and replays the maps after it, if `replay`.
 
         The live state must hold the anchor where `replay` is true. Windowed
         mode advances the anchor by every map that has left the window since
@@ -561,18 +613,23 @@ class ReplayTrainer:
         forward_steps = optimizer.forward_steps
         capacity = buffer.capacity
         model_state = self._model_state()
+        origin = buffer.origin
 
         def apply_buffered(index):
-            self._seed_random_layers(index)
+            # Random layers are keyed to the batch's arrival step.
+            arrival = origin + index
+            self._seed_random_layers(arrival)
             slot = (index - forward_steps - 1) % capacity
             replicas.run(
                 self._apply_buffered,
-                (optimizer, buffer, slot, index, loss_scale, replicas),
+                (optimizer, buffer, slot, arrival, loss_scale, replicas),
             )
 
         # The anchor's maps up to `forward_steps` ran on the batch of their
         # own step; those after it come from the buffer.
-        first = tf.maximum(optimizer.anchor_step(buffer.replayed_step), forward_steps)
+        first = tf.maximum(
+            optimizer.anchor_step(buffer.replayed_step - origin), forward_steps
+        )
         target = tf.maximum(optimizer.anchor_step(step), forward_steps)
         zero = tf.zeros_like(step)
         advances = zero
@@ -605,7 +662,7 @@ class ReplayTrainer:
             (zero,),
             maximum_iterations=capacity,
         )
-        buffer.replayed_step.assign(tf.where(replay, step, buffer.replayed_step))
+        buffer.replayed_step.assign(tf.where(replay, origin + step, buffer.replayed_step))
         return advances + replayed
 
     def _diverged(self):
@@ -620,14 +677,16 @@ class ReplayTrainer:
         buffer = self._replay_buffer
         step = tf.cast(optimizer.iterations, "int64")
         replay = tf.not_equal(step, buffer.replayed_step)
+        local = step - buffer.origin
+        first = tf.equal(buffer.replayed_step, 0)
         optimizer.restore_anchor(
             self._model_state(),
             when=replay,
             model_state_otherwise=[tf.identity(v) for v in self._model_state()],
         )
-        maps = self._replay(optimizer, buffer, step, replay, self._loss_scale(), replicas)
+        maps = self._replay(optimizer, buffer, local, replay, self._loss_scale(), replicas)
         buffer.gradient_evaluations.assign_add(maps)
-        optimizer.average_iterate(replay)
+        optimizer.average_iterate(replay, first)
         buffer.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
         return maps
 
@@ -771,8 +830,14 @@ class ReplayTrainer:
         def raise_incident():
             buffer = self._replay_buffer
             incident = buffer.pop_incident() if buffer is not None else None
-            if incident is not None:
-                raise _incident_error(buffer, *incident)
+            if incident is None:
+                return
+            if incident[0] == "diverged":
+                # The anchor is finite: the model goes back to it, and the
+                # next fit() starts a new run from there.
+                optimizer.restore_anchor(self._model_state())
+                self._start_new_run(buffer, optimizer)
+            raise _incident_error(buffer, *incident)
 
         def train_function(iterator):
             try:
@@ -802,10 +867,12 @@ class ReplayTrainer:
         """The compiled replay up to the current step (see `_replay_step`), or None."""
         if optimizer is None or optimizer.replay_every == 1:
             return None
-        step = lambda: self._replay_step(optimizer, replicas)  # noqa: E731
+        def replay_to_current_step():
+            return self._replay_step(optimizer, replicas)
+
         if self.run_eagerly:
-            return step
-        return tf.function(step, jit_compile=jit_compile, autograph=False)
+            return replay_to_current_step
+        return tf.function(replay_to_current_step, jit_compile=jit_compile, autograph=False)
 
     def _make_distributed_train_function(self, optimizer, strategy):
         """The train function under a multi-replica strategy.
@@ -847,14 +914,21 @@ class ReplayTrainer:
         return function
 
 
-class _EpochEndReplay(keras.callbacks.Callback):
-    """Replays at the last step of every epoch (`replay_every > 1`).
+class _RunCallback(keras.callbacks.Callback):
+    """The trainer's host-side part of a backward-SGD `fit()`; runs first.
 
-    It runs first among the callbacks, so that the others, validation and
-    everything after `fit()` see the output iterate of the last step. A
-    dataset of unknown length ends its epoch by running out, which the
-    train function catches instead.
+    With `replay_every > 1` it replays at the last step of every epoch, so
+    that the other callbacks, validation and everything after `fit()` see the
+    output iterate of the last step (a dataset of unknown length ends its
+    epoch by running out, which the train function catches instead). At
+    every epoch's end and at `fit()`'s end it records the weights the trainer
+    left, before other callbacks can change them (`EarlyStopping` restoring
+    its best weights), and at the next epoch's start a change starts a new
+    run from the weights as they are.
     """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model._start_run_if_weights_were_set(self.model._backward_sgd())
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps")
@@ -862,15 +936,19 @@ class _EpochEndReplay(keras.callbacks.Callback):
             self.model.replay_function()
 
     def on_epoch_end(self, epoch, logs=None):
-        # An epoch that a callback stopped early.
+        # Also the end of an epoch that a callback stopped early.
         self.model.replay_function()
+        self.model._record_weights()
+
+    def on_train_end(self, logs=None):
+        self.model._record_weights()
 
 
-def _with_epoch_end_replay(callbacks):
+def _with_run_callback(callbacks):
     if isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks.callbacks.insert(0, _EpochEndReplay())
+        callbacks.callbacks.insert(0, _RunCallback())
         return callbacks
-    return [_EpochEndReplay(), *(callbacks or [])]
+    return [_RunCallback(), *(callbacks or [])]
 
 
 _SUPPORTED_STRATEGIES = (
@@ -973,8 +1051,10 @@ def _incident_error(buffer, kind, step):
         f"Backward-SGD diverged at step {step}: replaying the buffered batches "
         "from the anchor produced non-finite weights (the composition left "
         "its contractive region). Lower the learning rate or the window, or "
-        "add gradient clipping (`clipnorm=...`). The anchor and buffer are "
-        "finite; the model's weights are not. Received: non-finite weights "
+        "add gradient clipping (`clipnorm=...`). The model now holds the "
+        "anchor (finite): the state the replay started from. A later fit() "
+        "starts a new run from it, without the buffered batches; compile a "
+        "new BackwardSGD to change the settings. Received: non-finite weights "
         f"at step {step}"
     )
 
@@ -982,27 +1062,25 @@ def _incident_error(buffer, kind, step):
 def _check_capacity(saved, optimizer):
     """Raises `ValueError` unless `optimizer` can resume from `saved`."""
     if optimizer.window is not None and saved.capacity != _window_capacity(optimizer):
+        window = saved.capacity - optimizer.replay_every + 1
         raise ValueError(
             f"The file holds a replay buffer of {saved.capacity} batches, "
-            f"but this model's optimizer (window={optimizer.window}, "
-            f"replay_every={optimizer.replay_every}) keeps "
-            f"{_window_capacity(optimizer)}. Load it into a model compiled "
-            "with the window and replay_every of the saved run. Received: "
-            f"window={optimizer.window}"
+            f"saved with window={window}, but this model's optimizer "
+            f"has window={optimizer.window}. Load it into a model compiled "
+            f"with the same window. Received: window={optimizer.window}"
         )
     if (
         optimizer.window is None
         and optimizer.max_steps is not None
         and saved.capacity != optimizer.max_steps - optimizer.forward_steps
     ):
+        max_steps = saved.capacity + optimizer.forward_steps
         raise ValueError(
-            f"The file holds the replay buffer of an exact run with "
-            f"{saved.capacity} backward steps, but this model's optimizer has "
-            f"room for {optimizer.max_steps - optimizer.forward_steps} "
-            f"(max_steps={optimizer.max_steps}, "
-            f"forward_steps={optimizer.forward_steps}). Load it into a model "
-            "compiled with the max_steps and forward_steps of the saved run. "
-            f"Received: max_steps={optimizer.max_steps}"
+            f"The file holds the replay buffer of an exact run of "
+            f"{max_steps} steps (max_steps={max_steps}), but this "
+            f"model's optimizer has max_steps={optimizer.max_steps}. Load it "
+            "into a model compiled with the same max_steps. Received: "
+            f"max_steps={optimizer.max_steps}"
         )
 
 

@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 
 status=0
 timeout --signal=INT --kill-after=10 280 "$PY" -m keras_bsgd.benchmarks.speed \
-  --models mlp resnet18 --batch-sizes 32 128 \
+  --models mlp_1024 resnet18 --batch-sizes 32 128 \
   --windows 1 4 16 64 --depths 16 64 256 \
   --repeats 3 --budget-s 10 --time-limit-s 200 \
   --output "$OUT/performance_gpu.md" --json "$OUT/speed_gpu.json" || status=$?

@@ -68,3 +68,31 @@ def test_parser_defaults_are_the_runners(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "compare" in capsys.readouterr().out
+
+
+def test_missing_bench_extra_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_missing_bench_modules", lambda: ["tensorflow_datasets", "sklearn"])
+    assert cli.main(["compare"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("keras-bsgd compare:") and "tensorflow_datasets, sklearn" in line
+    assert line.endswith("pip install 'keras-bsgd[bench]'")
+
+
+def test_import_error_of_the_bench_extra_is_one_line(monkeypatch, capsys):
+    def compare_without_tfds(args):
+        raise ModuleNotFoundError("No module named 'tensorflow_datasets'",
+                                  name="tensorflow_datasets")
+
+    monkeypatch.setattr(cli, "_compare", compare_without_tfds)
+    assert cli.main(["compare"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("keras-bsgd compare:") and "pip install 'keras-bsgd[bench]'" in line
+
+
+def test_other_import_errors_propagate(monkeypatch):
+    def broken(args):
+        raise ModuleNotFoundError("No module named 'keras_bsgd.nope'", name="keras_bsgd.nope")
+
+    monkeypatch.setattr(cli, "_compare", broken)
+    with pytest.raises(ModuleNotFoundError, match="nope"):
+        cli.main(["compare"])

@@ -1,7 +1,8 @@
 """Subprocess body of compile_test: trains under XLA with --xla_dump_to set.
 
-Usage: python -m tests.compile_probe DUMP_DIR STEPS WINDOW:UNIT...  (WINDOW: int
-or "exact"; UNIT: BackwardSGD's xla_unit)
+Usage: python -m tests.compile_probe DUMP_DIR STEPS WINDOW:UNIT[:E:W]...  (WINDOW:
+int or "exact"; UNIT: BackwardSGD's xla_unit; E, W: its replay_every and
+forward_steps, default 1 and 0)
 Runs the cases one after the other and prints, for each, the XLA modules it
 compiled per function name and the number of Python traces of train_step, as
 one JSON line: "RESULT {case: {"compilations": {...}, "traces": n}}" (a case
@@ -24,7 +25,12 @@ import tensorflow as tf  # noqa: E402
 import keras_bsgd  # noqa: E402
 
 # Function names whose XLA modules compile_test counts.
-PROGRAMS = ("one_step_on_data", "_map_gradients", "must_be_constant_probe")
+PROGRAMS = (
+    "one_step_on_data",
+    "_map_gradients",
+    "replay_to_current_step",
+    "must_be_constant_probe",
+)
 
 
 class CountingSequential(keras_bsgd.Sequential):
@@ -35,13 +41,20 @@ class CountingSequential(keras_bsgd.Sequential):
         return super().train_step(data)
 
 
-def main(window, steps, xla_unit):
+def main(window, steps, xla_unit, replay_every=1, forward_steps=0):
     CountingSequential.traces = 0
     model = CountingSequential(
         [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
     )
     model.compile(
-        optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, window=window, xla_unit=xla_unit),
+        optimizer=keras_bsgd.BackwardSGD(
+            0.05,
+            momentum=0.5,
+            window=window,
+            xla_unit=xla_unit,
+            replay_every=replay_every,
+            forward_steps=forward_steps,
+        ),
         loss="mse",
         jit_compile=True,
     )
@@ -82,11 +95,12 @@ if __name__ == "__main__":
     # One process for every case: TensorFlow's start-up costs seconds. Each
     # case's models and tf.functions are its own, so XLA compiles them anew.
     for case in sys.argv[3:]:
-        window, xla_unit = case.split(":")
+        window, xla_unit, *schedule = case.split(":")
         keras.backend.clear_session()
         before = set(os.listdir(dump_dir))
         try:
-            traces = main(None if window == "exact" else int(window), steps, xla_unit)
+            window = None if window == "exact" else int(window)
+            traces = main(window, steps, xla_unit, *map(int, schedule))
         except Exception:
             results[case] = {"error": traceback.format_exc()}
             continue

@@ -29,6 +29,7 @@ def compile_results(tmp_path_factory):
     dump_dir = tmp_path_factory.mktemp("xla_dump")
     env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={dump_dir}", KERAS_BACKEND="tensorflow")
     cases = [f"{window}:{unit}" for window in WINDOWS for unit in XLA_PROGRAMS]
+    cases += [f"{window}:{unit}:4:6" for window in WINDOWS for unit in XLA_PROGRAMS]
     out = subprocess.run(
         [sys.executable, "-m", "tests.compile_probe", str(dump_dir), "45", *cases],
         cwd=ROOT,
@@ -51,6 +52,21 @@ def test_xla_compiles_once_over_45_steps(window, xla_unit, compile_results):
         assert compilations.get(program, 0) == (unit == xla_unit), program
     assert compilations.get("must_be_constant_probe", 0) == 3
     # Traced once (twice at most: tf.function's variable-creation retrace).
+    assert 1 <= result["traces"] <= 2
+
+
+@pytest.mark.parametrize("xla_unit", list(XLA_PROGRAMS))
+@pytest.mark.parametrize("window", WINDOWS)
+def test_replay_every_and_forward_steps_compile_once(window, xla_unit, compile_results):
+    # replay_every=4, forward_steps=6 over 45 steps: whether a step replays
+    # is a tensor, not a retrace; the last step (45) replays through the
+    # epoch-end replay function, compiled once with the whole-step unit.
+    result = compile_results[f"{window}:{xla_unit}:4:6"]
+    assert "error" not in result, result.get("error")
+    compilations = result["compilations"]
+    assert compilations.get("one_step_on_data", 0) == (xla_unit == "step")
+    assert compilations.get("_map_gradients", 0) == (xla_unit == "map")
+    assert compilations.get("replay_to_current_step", 0) == (xla_unit == "step")
     assert 1 <= result["traces"] <= 2
 
 

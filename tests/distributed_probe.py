@@ -25,18 +25,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_bsgd  # noqa: E402
+from tests.regression_stream import stream  # noqa: E402
 
 STEPS, BATCH = 20, 8
 
 
-def stream():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(STEPS * BATCH, 4)).astype("float32")
-    y = rng.normal(size=(STEPS * BATCH, 2)).astype("float32")
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
-
-
-def build(window, jit_compile=False, batchnorm=True):
+def build(window, jit_compile=False, batchnorm=True, **schedule):
     keras.utils.set_random_seed(0)
     # XLA compiles each replica's pass alone: no synchronized BatchNorm then.
     norm = [keras.layers.BatchNormalization(synchronized=True)] if batchnorm else []
@@ -46,7 +40,9 @@ def build(window, jit_compile=False, batchnorm=True):
     # Exact mode sizes its buffer for the whole run, so a resumed run fits.
     max_steps = STEPS if window is None else None
     model.compile(
-        optimizer=keras_bsgd.BackwardSGD(0.1, momentum=0.5, window=window, max_steps=max_steps),
+        optimizer=keras_bsgd.BackwardSGD(
+            0.1, momentum=0.5, window=window, max_steps=max_steps, **schedule
+        ),
         loss="mse",
         jit_compile=jit_compile,
     )
@@ -80,13 +76,13 @@ def mirrored_run(window, jit_compile=False):
     with strategy.scope():
         mirrored = build(window, jit_compile, not jit_compile)
     trajectory = Trajectory()
-    mirrored.fit(stream(), verbose=0, callbacks=[trajectory])
+    mirrored.fit(stream(STEPS, BATCH), verbose=0, callbacks=[trajectory])
     return strategy, mirrored, trajectory
 
 
 def main(window, jit_compile=False):
     single, single_traj = build(window, jit_compile, not jit_compile), Trajectory()
-    single.fit(stream(), verbose=0, callbacks=[single_traj])
+    single.fit(stream(STEPS, BATCH), verbose=0, callbacks=[single_traj])
     strategy, mirrored, mirrored_traj = mirrored_run(window, jit_compile)
 
     errors = [
@@ -105,7 +101,7 @@ def main(window, jit_compile=False):
     )
     # ... and its own shard of every buffered batch: replica r holds rows
     # [r * B/2, (r + 1) * B/2) of the global batch.
-    last = list(stream())[-1][0].numpy()
+    last = list(stream(STEPS, BATCH))[-1][0].numpy()
     buffer_x = strategy.experimental_local_results(mirrored.replay_buffer._slots[0])
     slot = (STEPS - 1) % mirrored.replay_buffer.capacity
     shards_ok = all(
@@ -126,8 +122,8 @@ def resume(window, path):
 
     Both ways of saving: a `.keras` file and a `tf.train.Checkpoint`.
     """
-    half = stream().take(STEPS // 2)
-    rest = stream().skip(STEPS // 2)
+    half = stream(STEPS, BATCH).take(STEPS // 2)
+    rest = stream(STEPS, BATCH).skip(STEPS // 2)
     # The uninterrupted run is the one `main(window)` checks against one device.
     _, uninterrupted, _ = mirrored_run(window, False)
     strategy = mirrored_strategy()
@@ -165,6 +161,29 @@ def resume(window, path):
     )
 
 
+def scheduled():
+    """replay_every=3 and forward_steps=4 on 2 replicas against one device, every step."""
+    strategy = mirrored_strategy()
+    errors = {}
+    for window in (3, None):
+        schedule = dict(replay_every=3, forward_steps=4)
+        single, single_traj = build(window, **schedule), Trajectory()
+        single.fit(stream(STEPS, BATCH), verbose=0, callbacks=[single_traj])
+        with strategy.scope():
+            mirrored = build(window, **schedule)
+        mirrored_traj = Trajectory()
+        mirrored.fit(stream(STEPS, BATCH), verbose=0, callbacks=[mirrored_traj])
+        errors[f"max_error_{window or 'exact'}"] = max(
+            float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+            for s, m in zip(single_traj.states, mirrored_traj.states, strict=True)
+            for a, b in zip(s, m)
+        )
+        errors[f"evaluations_{window or 'exact'}"] = [
+            single.gradient_evaluations, mirrored.gradient_evaluations
+        ]
+    return errors
+
+
 def report(results):
     """Prints the one line that distributed_test reads."""
     print("RESULT " + json.dumps(results))
@@ -192,7 +211,7 @@ def refusals():
                 model.compile(optimizer=model.optimizer, loss="mse", **compile_kwargs)
             before = [v.numpy() for v in model.weights]
             try:
-                model.fit(stream(), verbose=0)
+                model.fit(stream(STEPS, BATCH), verbose=0)
                 messages[name] = None
             except ValueError as error:
                 messages[name] = str(error)
@@ -209,6 +228,8 @@ def run(argv):
     """The results of the case that `argv` (this module's arguments) names."""
     if argv[0] == "refusals":
         return refusals()
+    if argv[0] == "scheduled":
+        return scheduled()
     window = None if argv[0] == "exact" else int(argv[0])
     if len(argv) > 1 and argv[1] == "xla":
         return main(window, jit_compile=True)
@@ -231,6 +252,7 @@ def run_all(directory):
         cases[f"{window}-xla"] = [window, "xla"]
         cases[f"{window}-resume"] = [window, os.path.join(folder, "run.keras")]
     cases["refusals"] = ["refusals"]
+    cases["scheduled"] = ["scheduled"]
     results = {}
     for name, argv in cases.items():
         keras.backend.clear_session()

@@ -67,3 +67,11 @@ def test_unsupported_combinations_are_refused_before_any_step(results):
     assert "mixed_bfloat16" in result["mixed_float16"]
     assert "synchronized=True" in result["synchronized_batchnorm_under_xla"]
     assert all(result[k] for k in result if k.endswith("_unchanged"))
+
+
+def test_replay_every_and_forward_steps_on_two_replicas_match_one_device(results):
+    result = case(results, "scheduled")
+    for window in ("3", "exact"):
+        assert result[f"max_error_{window}"] <= 1e-5, result
+        single, mirrored = result[f"evaluations_{window}"]
+        assert single == mirrored > 0

@@ -1,7 +1,7 @@
 """A slow reference built from plain Keras: backward-SGD as repeated `train_on_batch`.
 
 For every step k it resets a plain `keras.Model` to S_0 and applies Keras'
-own SGD step to the batches in the composition order of DESIGN.md §1, with
+own SGD step to the batches in the composition order of docs/design.md §1, with
 each random layer keyed to the batch's arrival index exactly as documented
 in `keras_bsgd.trainer` (SeedGenerator counter = index * 2**20). No code of
 keras_bsgd runs here.

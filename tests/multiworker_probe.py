@@ -16,15 +16,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bsgd  # noqa: E402
+from tests.regression_stream import stream  # noqa: E402
 
 STEPS, BATCH = 12, 8
-
-
-def stream():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(STEPS * BATCH, 4)).astype("float32")
-    y = rng.normal(size=(STEPS * BATCH, 2)).astype("float32")
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
 
 
 def build(window):
@@ -45,7 +39,7 @@ def main(output_dir, windows):
     for window in windows:
         with scope():
             model = build(None if window == "exact" else int(window))
-        model.fit(stream(), verbose=0)
+        model.fit(stream(STEPS, BATCH), verbose=0)
         np.savez(
             os.path.join(output_dir, f"{window}.npz"),
             *[keras.ops.convert_to_numpy(v) for v in model.trainable_variables],

@@ -25,6 +25,14 @@ import keras_bsgd
         (dict(momentum=-0.5), r"Received: momentum=-0.5"),
         (dict(momentum="high"), r"Received: momentum='high'"),
         (dict(gradient_accumulation_steps=4), "Received: gradient_accumulation_steps=4"),
+        (dict(replay_every=0), "Received: replay_every=0"),
+        (dict(replay_every=-2), "Received: replay_every=-2"),
+        (dict(replay_every=2.5), "Received: replay_every=2.5"),
+        (dict(replay_every="x"), "Received: replay_every='x'"),
+        (dict(replay_every=True), "Received: replay_every=True"),
+        (dict(forward_steps=-1), "Received: forward_steps=-1"),
+        (dict(forward_steps=1.5), "Received: forward_steps=1.5"),
+        (dict(forward_steps=10, max_steps=10), "Received: forward_steps=10, max_steps=10"),
     ],
 )
 def test_invalid_hyperparameters(kwargs, message):
@@ -48,6 +56,7 @@ def test_accepts_numpy_integers_and_integer_momentum():
         dict(),
         dict(learning_rate=0.05, momentum=0.9, nesterov=True, window=8),
         dict(max_steps=100, weight_decay=1e-4, clipnorm=1.0),
+        dict(window=4, replay_every=10, forward_steps=500),
         dict(
             learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9),
             window=2,

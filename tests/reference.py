@@ -1,6 +1,6 @@
 """Slow, obviously correct float64 NumPy reference for every composition order.
 
-Everything here follows DESIGN.md §1 literally, with no buffers, anchors or
+Everything here follows docs/design.md §1 literally, with no buffers, anchors or
 ring indices: the backward iterate at step k is recomputed from scratch by
 composing the per-batch maps in the stated order. The model is a two-layer
 MLP `y = tanh(x W1 + b1) W2 + b2` with mean squared error, with backprop
@@ -108,4 +108,35 @@ def backward_sgd(state0, batches, learning_rates, window=None, **sgd_kwargs):
         anchor = compose(state0, batches, learning_rates, range(k - w), **sgd_kwargs)
         newest_first = range(k - 1, k - w - 1, -1)
         out.append(compose(anchor, batches, learning_rates, newest_first, **sgd_kwargs))
+    return out
+
+
+def warm_backward_sgd(state0, batches, learning_rates, window=None, forward_steps=0, **sgd_kwargs):
+    """Forward SGD for `forward_steps` steps, then backward-SGD from the state it reached.
+
+    Returns [S_1, ..., S_W, S~_{W+1}, ..., S~_N]: exact mode
+    S~_k = T_{W+1} o ... o T_k(S_W); windowed mode replays the last
+    `window` batches after W newest-first from forward SGD's iterate at
+    max(W, k - window).
+    """
+    forward = forward_sgd(state0, batches[:forward_steps], learning_rates, **sgd_kwargs)
+    start = forward[-1] if forward else state0
+    backward = backward_sgd(
+        start, batches[forward_steps:], learning_rates[forward_steps:], window, **sgd_kwargs
+    )
+    return forward + backward
+
+
+def observed(iterates, replay_every, replayed_also=()):
+    """What the model holds after each step with `replay_every`.
+
+    Step k (1-based) shows iterate k if it is replayed (a multiple of
+    `replay_every`, or in `replayed_also`: epoch ends, forward steps), else
+    the last replayed iterate (before the first, None: the initial state).
+    """
+    out, last = [], None
+    for k, iterate in enumerate(iterates, start=1):
+        if k % replay_every == 0 or k in replayed_also:
+            last = iterate
+        out.append(last)
     return out

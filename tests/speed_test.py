@@ -11,6 +11,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
+from keras_bsgd.benchmarks import models  # noqa: E402
 from keras_bsgd.benchmarks import speed  # noqa: E402
 
 
@@ -122,5 +123,13 @@ def test_report_keeps_hand_written_text(tiny):
 
 
 def test_small_cnn_builds():
-    model = speed.small_cnn()
+    model = models.small_cnn()
     assert model.output_shape == (None, 10)
+
+
+def test_benchmark_models_come_from_the_one_registry():
+    assert set(speed.INPUT_SHAPES) <= set(models.MODELS)
+    # The architecture docs/performance.md reports, under its own name.
+    assert models.build("mlp_1024", (784,), 10).count_params() == 1_863_690
+    # `compare`'s "mlp" keeps its meaning: one hidden layer of 64.
+    assert models.build("mlp", (784,), 10).count_params() == 784 * 64 + 64 + 64 * 10 + 10

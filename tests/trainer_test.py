@@ -147,7 +147,7 @@ def test_logged_loss_is_new_batch_at_previous_iterate():
     np.testing.assert_allclose(losses, running, rtol=1e-5)
 
 
-# Closed forms of DESIGN.md §1 on a one-parameter model: batch loss (θ - a)²/2.
+# Closed forms of docs/design.md §1 on a one-parameter model: batch loss (θ - a)²/2.
 
 
 def scalar_model(theta0):

@@ -72,14 +72,17 @@ def run(model, optimizer, batches, mode="graph", **compile_kwargs):
 
 
 def max_relative_error(state, expected):
-    """The largest ||a - b|| / max(||b||, 1e-3) over all parameter and momentum arrays.
+    """The largest ||a - b|| / max(||b||, 1e-2) over all parameter and momentum arrays.
 
-    The floor keeps float32 rounding (~1e-8 absolute) in an array that
-    happens to pass near zero (a bias of norm 6e-4, say) from reading as a
-    large relative error: such arrays are compared to 1e-8 absolute.
+    The floor keeps float32 rounding in an array that happens to pass near
+    zero from reading as a large relative error: the rounding of O(1)
+    weights (float32 eps 6e-8) reaches every array through the gradients,
+    so an output bias of norm 5.8e-3 held 6.6e-8 absolute error after 24
+    steps of window 2 under XLA on an AMD EPYC (1.1e-5 relative). Arrays
+    below the floor are compared to 1e-7 absolute at a 1e-5 tolerance.
     """
     errors = [
-        np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-3)
+        np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-2)
         for key in ("params", "momentum")
         for a, b in zip(state[key], expected[key], strict=True)
     ]

@@ -238,7 +238,7 @@ def aggregate(summaries):
 
 
 def expected_grad_evals(step, window=None, forward=False, replay_every=1, last_step=None):
-    """Gradient evaluations that step `step` costs, from DESIGN.md §1.
+    """Gradient evaluations that step `step` costs, from docs/design.md §1.
 
     With `replay_every=E` nothing is computed between replays (a warm start
     in the library's `forward_steps` is not covered here). A replay at step

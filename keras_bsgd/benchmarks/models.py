@@ -1,7 +1,8 @@
-"""The benchmark models, as plain `keras.Model` builders.
+"""The benchmark models, as plain `keras.Model` builders, and their one registry.
 
 `keras_bsgd.wrap(model)` (or the runner) turns any of them into a model
-that trains by backward-SGD.
+that trains by backward-SGD. `MODELS` names every model of `keras-bsgd
+compare` and of the speed benchmark (`keras-bsgd bench`).
 """
 
 import keras
@@ -31,6 +32,31 @@ def mlp(input_shape, num_classes, hidden=(64,), name="mlp"):
         x = keras.layers.Dense(width, activation="relu", name=f"dense_{i}")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def small_cnn(input_shape=(32, 32, 3), num_classes=10):
+    """A small CNN: two 3x3 convolution (16, 32 filters) and pooling blocks, a dense head.
+
+    Args:
+        input_shape: Image shape. Defaults to `(32, 32, 3)`.
+        num_classes: Number of output logits. Defaults to `10`.
+
+    Returns:
+        A `keras.Model` outputting logits.
+
+    Example:
+
+    >>> small_cnn().count_params()
+    25578
+    """
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters in (16, 32):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")
 
 
 def _conv_bn(x, filters, kernel, strides=1, relu=True):
@@ -113,6 +139,7 @@ def resnet50(input_shape=(32, 32, 3), num_classes=100, width=64):
 
 
 MODELS = {
+    # `keras-bsgd compare`'s models, for the datasets of `keras_bsgd.datasets`.
     "linear": lambda input_shape, num_classes: mlp(input_shape, num_classes, (), name="linear"),
     "mlp": lambda input_shape, num_classes: mlp(input_shape, num_classes, (64,)),
     "mlp_fashion": lambda input_shape, num_classes: mlp(
@@ -120,6 +147,14 @@ MODELS = {
     ),
     "resnet18": lambda input_shape, num_classes: resnet18(input_shape, num_classes),
     "resnet50": lambda input_shape, num_classes: resnet50(input_shape, num_classes),
+    # The speed benchmark's (with `resnet18`), timed on synthetic batches.
+    "mlp_1024": lambda input_shape, num_classes: mlp(
+        input_shape, num_classes, (1024, 1024), name="mlp_1024"
+    ),
+    "mlp_tiny": lambda input_shape, num_classes: mlp(
+        input_shape, num_classes, (32,), name="mlp_tiny"
+    ),
+    "cnn": lambda input_shape, num_classes: small_cnn(input_shape, num_classes),
 }
 """Model builders by name, each `(input_shape, num_classes) -> keras.Model`."""
 
@@ -131,7 +166,10 @@ def build(name, input_shape, num_classes):
         name: One of `MODELS`: `"linear"` (softmax regression, a convex
             loss), `"mlp"` (one hidden layer of 64, for the
             embedded datasets), `"mlp_fashion"` (two of 256, the paper's
-            Fashion-MNIST MLP), `"resnet18"`, `"resnet50"`.
+            Fashion-MNIST MLP), `"resnet18"`, `"resnet50"`; and the speed
+            benchmark's `"mlp_1024"` (two hidden layers of 1024),
+            `"mlp_tiny"` (one of 32, for smoke tests) and `"cnn"`
+            (`small_cnn`).
         input_shape: Shape of one example.
         num_classes: Number of output logits.
 
