@@ -71,7 +71,7 @@ def _parser():
                          f"{d['forward_steps']}")
     compare.add_argument("--steps", type=int, default=d["steps"],
                          help="steps N of every method after the warm-up (exact backward-SGD "
-                         f"costs about N + N*N/(2E) gradients); default: {d['steps']}")
+                         f"costs N(N+E)/(2E) gradients, E dividing N); default: {d['steps']}")
     compare.add_argument("--eval-every", type=int, default=d["eval_every"],
                          help="steps E between evaluations, and backward-SGD's replay_every; "
                          f"default: {d['eval_every']}")
