@@ -1,13 +1,18 @@
 """keras_bsgd: backward-SGD (arXiv 2502.01557) for Keras 3 on TensorFlow."""
 
-from keras_bsgd.buffer import ReplayBuffer
-from keras_bsgd.data_store import DataStore
-from keras_bsgd.optimizer import BackwardSGD
-from keras_bsgd.trainer import FunctionalModel
-from keras_bsgd.trainer import Model
-from keras_bsgd.trainer import Sequential
-from keras_bsgd.trainer import WrappedModel
-from keras_bsgd.trainer import wrap
+# Before anything imports TensorFlow: the command line starts without its C++ logs.
+from keras_bsgd import native_logs
+
+native_logs.quiet_for_command_line()
+
+from keras_bsgd.buffer import ReplayBuffer  # noqa: E402
+from keras_bsgd.data_store import DataStore  # noqa: E402
+from keras_bsgd.optimizer import BackwardSGD  # noqa: E402
+from keras_bsgd.trainer import FunctionalModel  # noqa: E402
+from keras_bsgd.trainer import Model  # noqa: E402
+from keras_bsgd.trainer import Sequential  # noqa: E402
+from keras_bsgd.trainer import WrappedModel  # noqa: E402
+from keras_bsgd.trainer import wrap  # noqa: E402
 
 __version__ = "0.1.0"
 

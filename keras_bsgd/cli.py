@@ -1,33 +1,29 @@
-"""The `keras-bsgd` command line: `keras-bsgd compare ...`.
+"""The `keras-bsgd` command line: `keras-bsgd compare ...`, `keras-bsgd bench ...`.
 
 Example:
 
 ```
-keras-bsgd compare                                  # bsgd_digits, MLP, ~100 s on 2 CPUs
-keras-bsgd compare --dataset mnist1d --steps 300 --windows 8 32
-python -m keras_bsgd compare --steps 20 --windows 4 --output /tmp/tiny
+keras-bsgd compare                        # bsgd_digits MLP from a warm start, ~3 min on 2 CPUs
+keras-bsgd compare --weight-decay 0       # the same without weight decay
+keras-bsgd compare --forward-steps 0 --steps 300 --eval-every 20   # a cold start
+python -m keras_bsgd compare --forward-steps 20 --steps 20 --windows 4 --output /tmp/tiny
 ```
+
+TensorFlow's C++ start-up logs are hidden unless `TF_CPP_MIN_LOG_LEVEL` is set
+(e.g. `TF_CPP_MIN_LOG_LEVEL=0 keras-bsgd compare` shows them all); see
+`keras_bsgd.native_logs`.
 """
 
 import argparse
 import importlib.util
 import sys
 
-DEFAULTS = {
-    "dataset": "bsgd_digits",
-    "model": "mlp",
-    "batch_size": 16,
-    "learning_rate": 0.1,
-    "steps": 300,
-    "windows": [8, 32],
-    "seeds": [0, 1, 2],
-    "eval_every": 20,
-    "output": "bsgd_compare",
-}
-"""`keras-bsgd compare`'s defaults: about 100 s on 2 CPU cores (exact mode: 45,150 gradients)."""
-
 
 def _parser():
+    # The runner owns the defaults; importing it needs the `bench` extra,
+    # which `main` checks first.
+    from keras_bsgd.benchmarks.runner import DEFAULTS
+
     parser = argparse.ArgumentParser(
         prog="keras-bsgd",
         description="Backward-SGD (arXiv 2502.01557) for Keras: tools.",
@@ -40,42 +36,57 @@ def _parser():
     )
     compare = commands.add_parser(
         "compare",
-        help="Forward SGD vs exact and windowed backward-SGD on one batch stream.",
+        help="Backward-SGD against forward SGD, a cosine schedule and an EMA, from a warm start.",
         description=(
-            "Trains one model from the same initial weights, on the same batch "
-            "stream, with the same constant learning rate, by forward SGD, exact "
-            "backward-SGD and windowed backward-SGD; writes per-step CSV/JSON, a "
-            "summary (Markdown, JSON) and plots into --output."
+            "For each seed: one forward-SGD warm-up of --forward-steps steps from the "
+            "same initial weights, then every method runs --steps steps from that "
+            "warm start on the same batch stream at the same learning rate, momentum "
+            "and weight decay: forward_sgd (constant rate), forward_sgd_decay (cosine "
+            "decay to 0), forward_sgd_ema (Keras use_ema), backward_exact and "
+            "backward_w<w>. Writes per-step CSV/JSON, a summary (Markdown, JSON) and "
+            "plots into --output."
         ),
+        epilog="TensorFlow's C++ logs are hidden unless TF_CPP_MIN_LOG_LEVEL is set.",
     )
     d = DEFAULTS
+    windows = " ".join(map(str, d["windows"])) or "none"
     compare.add_argument("--dataset", default=d["dataset"], help=(
         "bsgd_digits or mnist1d (built offline on first use), or mnist, "
         "fashion_mnist, cifar10, cifar100 (must already be prepared in --data-dir); "
         f"default: {d['dataset']}"))
-    compare.add_argument("--model", default=d["model"],
-                         help=f"linear, mlp, mlp_fashion, resnet18 or resnet50; default: {d['model']}")
+    compare.add_argument("--model", default=d["model"], help=(
+        "linear (softmax regression), mlp (one hidden layer of 64), mlp_fashion, "
+        f"resnet18 or resnet50; default: {d['model']}"))
     compare.add_argument("--batch-size", type=int, default=d["batch_size"],
                          help=f"examples per batch; default: {d['batch_size']}")
     compare.add_argument("--learning-rate", type=float, default=d["learning_rate"],
-                         help=f"constant learning rate; default: {d['learning_rate']}")
-    compare.add_argument("--momentum", type=float, default=0.0,
-                         help="SGD momentum for every method; default: 0")
+                         help=f"learning rate of every method; default: {d['learning_rate']}")
+    compare.add_argument("--momentum", type=float, default=d["momentum"],
+                         help=f"SGD momentum of every method; default: {d['momentum']}")
+    compare.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                         help="Keras' decoupled weight decay of the warm-up and every method "
+                         f"(0: none); default: {d['weight_decay']}")
+    compare.add_argument("--forward-steps", type=int, default=d["forward_steps"],
+                         help="shared forward-SGD warm-up steps W (0: a cold start); default: "
+                         f"{d['forward_steps']}")
     compare.add_argument("--steps", type=int, default=d["steps"],
-                         help="steps per run (exact backward-SGD costs steps*(steps+1)/2 "
-                         f"gradients); default: {d['steps']}")
-    compare.add_argument("--windows", type=int, nargs="*", default=d["windows"],
-                         help="windows of windowed backward-SGD (give none to skip); default: "
-                         + " ".join(map(str, d["windows"])))
+                         help="steps N of every method after the warm-up (exact backward-SGD "
+                         f"costs N(N+E)/(2E) gradients, E dividing N); default: {d['steps']}")
+    compare.add_argument("--eval-every", type=int, default=d["eval_every"],
+                         help="steps E between evaluations, and backward-SGD's replay_every; "
+                         f"default: {d['eval_every']}")
+    compare.add_argument("--windows", type=int, nargs="*", default=list(d["windows"]),
+                         help=f"windows of windowed backward-SGD (give none to skip); default: "
+                         f"{windows}")
     compare.add_argument("--no-exact", dest="exact", action="store_false",
-                         help="skip exact backward-SGD (its cost is quadratic in --steps)")
-    compare.add_argument("--seeds", type=int, nargs="+", default=d["seeds"],
+                         help="skip exact backward-SGD")
+    compare.add_argument("--no-baselines", dest="baselines", action="store_false",
+                         help="skip forward_sgd_decay and forward_sgd_ema")
+    compare.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]),
                          help="seeds of initial weights and batch order; default: "
                          + " ".join(map(str, d["seeds"])))
-    compare.add_argument("--eval-every", type=int, default=d["eval_every"],
-                         help=f"steps between test evaluations; default: {d['eval_every']}")
     compare.add_argument("--output", default=d["output"], help=f"output folder; default: {d['output']}")
-    compare.add_argument("--data-dir", default=None,
+    compare.add_argument("--data-dir", default=d["data_dir"],
                          help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     compare.add_argument("--no-jit", dest="jit_compile", action="store_false",
                          help="do not XLA-compile the training steps")
@@ -94,11 +105,14 @@ def _compare(args):
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             momentum=args.momentum,
+            weight_decay=args.weight_decay or None,
+            forward_steps=args.forward_steps,
             steps=args.steps,
+            eval_every=args.eval_every,
             windows=args.windows,
             exact=args.exact,
+            baselines=args.baselines,
             seeds=args.seeds,
-            eval_every=args.eval_every,
             output=args.output,
             data_dir=args.data_dir,
             jit_compile=args.jit_compile,

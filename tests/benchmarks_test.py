@@ -1,4 +1,4 @@
-"""Tests of keras_bsgd.benchmarks: a tiny forward-vs-backward comparison."""
+"""Tests of keras_bsgd.benchmarks: the warm-start comparison on a tiny run."""
 
 import json
 import math
@@ -6,28 +6,33 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from keras_bsgd import benchmarks  # noqa: E402
+from keras_bsgd.benchmarks import metrics  # noqa: E402
 from keras_bsgd.benchmarks import models  # noqa: E402
+from keras_bsgd.benchmarks import runner  # noqa: E402
+from keras_bsgd.benchmarks.recorder import weights_sha256  # noqa: E402
 
-STEPS = 12
+WARMUP, STEPS, EVERY, LR = 6, 8, 3, 0.2
 WINDOWS = (1, 4)
+METHODS = ["forward_sgd", "forward_sgd_decay", "forward_sgd_ema", "backward_exact",
+           "backward_w1", "backward_w4"]
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory, data_dir):
     return benchmarks.compare(
-        dataset="bsgd_digits",
-        batch_size=16,
-        learning_rate=0.2,
-        steps=STEPS,
-        windows=WINDOWS,
-        seeds=(0,),
-        eval_every=5,
-        output=str(tmp_path_factory.mktemp("compare")),
-        data_dir=str(tmp_path_factory.mktemp("tfds")),
+        batch_size=16, learning_rate=LR, weight_decay=0.01, forward_steps=WARMUP,
+        steps=STEPS, eval_every=EVERY, windows=WINDOWS, seeds=(0,),
+        output=str(tmp_path_factory.mktemp("compare")), data_dir=data_dir,
     )
 
 
@@ -43,83 +48,206 @@ def test_files_present(result):
     for path in result.paths.values():
         assert os.path.getsize(path) > 0
     with open(result.paths["steps_csv"]) as f:
-        lines = f.read().splitlines()
-    assert len(lines) == 1 + STEPS * (2 + len(WINDOWS))
+        assert len(f.read().splitlines()) == 1 + STEPS * len(METHODS)
+    with open(result.paths["evaluations_csv"]) as f:
+        assert len(f.read().splitlines()) == 1 + 4 * len(METHODS)  # steps 0, 3, 6, 8
 
 
-def test_summary_json_keys_and_values(result):
+def test_summary_json_schema(result):
     with open(result.paths["summary_json"]) as f:
         summary = json.load(f)
-    methods = ["forward_sgd", "backward_exact", "backward_w1", "backward_w4"]
-    assert list(summary["methods"]) == methods
-    assert summary["config"]["steps"] == STEPS
-    for method in methods:
+    assert set(summary) == {"config", "methods", "runs"}
+    assert list(summary["methods"]) == METHODS
+    config = summary["config"]
+    assert (config["forward_steps"], config["steps"], config["weight_decay"]) == (
+        WARMUP, STEPS, 0.01)
+    assert config["methods"] == METHODS and config["eval_every"] == EVERY
+    for method in METHODS:
         stats = summary["methods"][method]
-        assert set(stats) == set(benchmarks.metrics.RUN_METRICS)
+        assert set(stats) == set(metrics.RUN_METRICS)
+        for value in stats.values():
+            assert set(value) == {"mean", "std"}
         assert 0.0 <= stats["final_test_accuracy"]["mean"] <= 1.0
-        assert math.isfinite(stats["final_test_loss"]["mean"])
-        assert stats["test_loss_std_last25"]["mean"] >= 0.0
-        assert stats["iterate_distance_mean_last25"]["mean"] > 0.0
+        assert stats["param_movement_last_half"]["mean"] > 0.0
         assert stats["wall_time_s"]["mean"] > 0.0
-        assert stats["peak_rss_mb"]["mean"] > 0.0
         assert stats["final_test_accuracy"]["std"] == 0.0  # one seed
+    assert [(r["method"], r["seed"]) for r in summary["runs"]] == [(m, 0) for m in METHODS]
     with open(result.paths["summary_md"]) as f:
         table = f.read()
-    assert all(f"| {m} |" in table for m in methods)
+    assert all(f"| {m} |" in table for m in METHODS)
+    assert f"Warm start: {WARMUP} shared forward-SGD steps" in table
 
 
-def test_rows_are_plausible(result):
-    for run in result.runs:
-        assert [r["step"] for r in run["steps"]] == list(range(1, STEPS + 1))
-        assert [r["step"] for r in run["evals"]] == [0, 5, 10, 12]
-        for row in run["steps"]:
-            assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
-            assert math.isfinite(row["iterate_distance"])
-        for row in run["evals"]:
-            assert 0.0 <= row["test_accuracy"] <= 1.0
-            assert math.isfinite(row["test_loss"])
+def test_every_method_starts_from_the_same_warm_start_bitwise(result, data_dir):
+    starts = {r["method"]: r["start_sha256"] for r in result.runs}
+    assert set(starts) == set(METHODS)
+    assert len(set(starts.values())) == 1, starts
+    assert all(r["start_sha256"] == r["warm_start_sha256"] for r in result.runs)
+    # The warm start is W steps of Keras SGD on the stream's first batches,
+    # from the seed's initial weights; rebuilt here independently.
+    from keras_bsgd import datasets
+
+    spec = datasets.info("bsgd_digits")
+    train = runner._as_numpy(datasets.load("bsgd_digits", "train", data_dir))
+    stream = benchmarks.BatchStream(*train, 16, WARMUP + STEPS, seed=0)
+    keras.utils.set_random_seed(0)
+    model, _ = runner._build("mlp", spec)
+    initial = weights_sha256(model.get_weights())
+    model.compile(optimizer=keras.optimizers.SGD(LR, weight_decay=0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+    x, y = stream.chunk(0, WARMUP)
+    model.fit(x, y, batch_size=16, shuffle=False, verbose=0)
+    warm = weights_sha256(model.get_weights())
+    assert warm != initial
+    assert set(starts.values()) == {warm}
+    # Every method's first evaluation is the warm start itself.
+    assert len({r["evals"][0]["test_loss"] for r in result.runs}) == 1
 
 
-def test_same_initial_weights(result):
-    initial = {r["method"]: r["evals"][0]["test_loss"] for r in result.runs}
-    assert len(set(initial.values())) == 1, initial
+def test_cold_start_starts_from_the_initial_weights(tmp_path, data_dir):
+    cold = benchmarks.compare(forward_steps=0, steps=2, eval_every=1, windows=(), exact=False,
+                              baselines=False, seeds=(1,), output=str(tmp_path),
+                              data_dir=data_dir)
+    keras.utils.set_random_seed(1)
+    from keras_bsgd import datasets
+
+    model, _ = runner._build("mlp", datasets.info("bsgd_digits"))
+    (run,) = cold.runs
+    assert run["start_sha256"] == weights_sha256(model.get_weights())
+    assert cold.summary["config"]["forward_steps"] == 0
+
+
+def test_cosine_decay_learning_rate_at_first_and_last_step(result):
+    rates = [r["learning_rate"] for r in _run(result, "forward_sgd_decay")["steps"]]
+    assert rates[0] == pytest.approx(LR)
+    # Step k uses lr * (1 + cos(pi * (k - 1) / N)) / 2: step N is the last before 0.
+    last = LR * (1 + math.cos(math.pi * (STEPS - 1) / STEPS)) / 2
+    assert rates[-1] == pytest.approx(last, rel=1e-5)  # float32
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    for method in ("forward_sgd", "forward_sgd_ema", "backward_exact", "backward_w4"):
+        assert [r["learning_rate"] for r in _run(result, method)["steps"]] == pytest.approx(
+            [LR] * STEPS)
+
+
+def test_probe_reads_the_ema_and_restores_the_training_weights():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5),
+                  loss="mse")
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(12, 2)).astype("float32")
+    probe = benchmarks.IterateProbe(model, x, batch_size=5, average=True)
+    flat = lambda: np.concatenate([v.numpy().ravel() for v in model.trainable_variables])  # noqa
+    raw, read = [], []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append(flat())
+            read.append(probe.read()[0])
+            np.testing.assert_array_equal(flat(), raw[-1])  # Restored bit for bit.
+
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[Watch()])
+    average = raw[0]  # Keras: the average starts at the first iterate.
+    for k, theta in enumerate(raw):
+        if k:
+            average = 0.5 * average + 0.5 * theta
+        np.testing.assert_allclose(read[k], average, rtol=1e-6)
+    # fit() ends by copying the average into the model: what the probe read last.
+    np.testing.assert_array_equal(flat(), read[-1])
 
 
 @pytest.mark.parametrize(
     "method, window, forward",
-    [("forward_sgd", None, True), ("backward_exact", None, False),
-     ("backward_w1", 1, False), ("backward_w4", 4, False)],
+    [("forward_sgd", None, True), ("forward_sgd_ema", None, True),
+     ("backward_exact", None, False), ("backward_w1", 1, False), ("backward_w4", 4, False)],
 )
 def test_gradient_evaluations_match_the_formulas(result, method, window, forward):
-    counted = [r["grad_evals"] for r in _run(result, method)["steps"]]
-    expected = np.cumsum(
-        [benchmarks.expected_grad_evals(k, window, forward) for k in range(1, STEPS + 1)]
-    )
+    run = _run(result, method)
+    counted = [r["grad_evals"] for r in run["steps"]]
+    expected = np.cumsum([
+        metrics.expected_grad_evals(k, window, forward, replay_every=EVERY, last_step=STEPS)
+        for k in range(1, STEPS + 1)
+    ])
     assert counted == expected.tolist()
+    if not forward:
+        assert run["library_grad_evals"] == counted[-1]  # model.gradient_evaluations
     if method == "backward_exact":
-        assert counted[-1] == STEPS * (STEPS + 1) // 2
+        assert counted[-1] == 3 + 6 + 8  # Replays at steps 3, 6 and the last, 8.
 
 
 def test_window_one_is_forward_sgd(result):
     forward, windowed = _run(result, "forward_sgd"), _run(result, "backward_w1")
-    for key in ("train_loss", "iterate_distance"):
+    for key in ("test_loss", "param_movement", "logit_rms_change"):
         np.testing.assert_allclose(
-            [r[key] for r in windowed["steps"]], [r[key] for r in forward["steps"]],
+            [r[key] for r in windowed["evals"]], [r[key] for r in forward["evals"]],
             rtol=1e-4, atol=1e-6,
         )
-    np.testing.assert_allclose(
-        [r["test_loss"] for r in windowed["evals"]], [r["test_loss"] for r in forward["evals"]],
-        rtol=1e-4,
-    )
 
 
-def test_exact_differs_from_forward(result):
-    forward, exact = _run(result, "forward_sgd"), _run(result, "backward_exact")
-    # Step 1 is the same map from the same start; later steps differ.
-    assert forward["steps"][0]["iterate_distance"] == pytest.approx(
-        exact["steps"][0]["iterate_distance"], rel=1e-4
-    )
-    assert forward["evals"][-1]["test_loss"] != exact["evals"][-1]["test_loss"]
+def test_exact_and_baselines_differ_from_forward(result):
+    forward = _run(result, "forward_sgd")["evals"][-1]["test_loss"]
+    for method in ("forward_sgd_decay", "forward_sgd_ema", "backward_exact"):
+        assert _run(result, method)["evals"][-1]["test_loss"] != forward, method
+
+
+def test_run_summary_is_its_evaluation_rows_by_formula(result):
+    for run in result.runs:
+        evals, summary = run["evals"], run["summary"]
+        assert [r["step"] for r in evals] == [0, 3, 6, 8]
+        assert math.isnan(evals[0]["param_movement"]) and evals[-1]["distance_to_final"] == 0
+        # Second half: steps >= 4, i.e. the evaluations at 6 and 8.
+        a, b = evals[2], evals[3]
+        assert summary["test_loss_std_last_half"] == pytest.approx(
+            abs(a["test_loss"] - b["test_loss"]) / 2)
+        assert summary["test_loss_mean_last_half"] == pytest.approx(
+            (a["test_loss"] + b["test_loss"]) / 2)
+        assert summary["param_movement_last_half"] == b["param_movement"]
+        assert summary["logit_rms_change_last_half"] == b["logit_rms_change"]
+        assert summary["distance_to_final_last_half"] == a["distance_to_final"]
+        # Movement between the last two evaluations is the distance to the final.
+        assert b["param_movement"] == pytest.approx(a["distance_to_final"])
+
+
+def test_evaluation_columns_by_hand():
+    iterates = [[0.0, 0.0], [3.0, 4.0], [3.0, 0.0]]
+    logits = [[[0.0, 0.0]], [[2.0, 0.0]], [[2.0, 2.0]]]
+    columns = metrics.evaluation_columns(iterates, logits)
+    assert columns["param_movement"][1:] == [5.0, 4.0]
+    assert columns["logit_rms_change"][1:] == [pytest.approx(math.sqrt(2)),
+                                               pytest.approx(math.sqrt(2))]
+    assert columns["distance_to_final"] == [3.0, 4.0, 0.0]
+    loss, accuracy = metrics.cross_entropy_and_accuracy([[0.0, math.log(3.0)]], [1])
+    assert loss == pytest.approx(math.log(4 / 3)) and accuracy == 1.0
+
+
+def test_summarize_and_aggregate_by_hand():
+    steps = [{"grad_evals": k * k, "wall_time_s": 0.5 * k} for k in range(1, 9)]
+    evals = [{"step": k, "grad_evals": k * k, "test_loss": float(k), "test_accuracy": k / 10,
+              "param_movement": 10.0 + k, "logit_rms_change": 0.1 * k,
+              "distance_to_final": 8.0 - k} for k in (0, 2, 4, 6, 8)]
+    s = metrics.summarize_run(steps, evals, forward_budget=20)
+    assert s["test_loss_std_last_half"] == pytest.approx(np.std([4.0, 6.0, 8.0]))
+    assert s["test_loss_mean_last_half"] == 6.0
+    assert s["param_movement_last_half"] == 17.0  # steps 6 and 8 (both >= 4)
+    assert s["logit_rms_change_last_half"] == pytest.approx(0.7)
+    assert s["distance_to_final_last_half"] == 3.0  # steps 4 and 6: (4 + 2) / 2
+    assert s["accuracy_at_forward_budget"] == 0.4  # step 4: 16 <= 20 < 36
+    assert s["grad_evals"] == 64 and s["wall_time_s"] == 4.0
+    assert math.isnan(metrics.summarize_run(steps, evals)["accuracy_at_forward_budget"])
+    agg = metrics.aggregate([s, {**s, "grad_evals": 66}])
+    assert agg["grad_evals"] == {"mean": 65.0, "std": pytest.approx(math.sqrt(2))}
+
+
+def test_expected_grad_evals_with_replay_every():
+    # Exact, E = 4, N = 10: replays at 4, 8 and 10.
+    assert sum(metrics.expected_grad_evals(k, replay_every=4, last_step=10)
+               for k in range(1, 11)) == 22
+    # Window 3: the anchor reaches step 7 by the last replay (7 maps), and
+    # each of the 3 replays applies 3 maps from it.
+    per_step = [metrics.expected_grad_evals(k, 3, replay_every=4, last_step=10)
+                for k in range(1, 11)]
+    assert per_step == [0, 0, 0, 4, 0, 0, 0, 7, 0, 5] and sum(per_step) == 7 + 9
 
 
 def test_batch_stream_is_seeded_and_full():
@@ -135,20 +263,6 @@ def test_batch_stream_is_seeded_and_full():
         benchmarks.BatchStream(x, y, 11, steps=1, seed=0)
 
 
-def test_summarize_and_aggregate():
-    steps = [{"step": k, "iterate_distance": float(k), "grad_evals": k * k,
-              "wall_time_s": 0.5 * k, "rss_mb": 10.0 + k} for k in range(1, 9)]
-    evals = [{"step": k, "grad_evals": k * k, "test_loss": float(k),
-              "test_accuracy": k / 10} for k in (0, 2, 4, 6, 8)]
-    s = benchmarks.summarize_run(steps, evals, forward_budget=20)
-    assert s["iterate_distance_mean_last25"] == 7.5  # steps 7 and 8
-    assert s["test_loss_std_last25"] == 1.0  # evaluations at steps 6 and 8
-    assert s["accuracy_at_forward_budget"] == 0.4  # step 4: 16 <= 20 < 36
-    assert s["grad_evals"] == 64 and s["wall_time_s"] == 4.0 and s["peak_rss_mb"] == 18.0
-    agg = benchmarks.aggregate([s, {**s, "grad_evals": 66}])
-    assert agg["grad_evals"] == {"mean": 65.0, "std": pytest.approx(math.sqrt(2))}
-
-
 def test_models_build():
     assert models.build("mlp", (8, 8, 1), 10).output_shape == (None, 10)
     assert models.resnet18(width=4).output_shape == (None, 10)
@@ -157,11 +271,16 @@ def test_models_build():
         models.build("vgg", (8,), 10)
 
 
-def test_invalid_compare_arguments(tmp_path):
-    with pytest.raises(ValueError, match="Received: windows=\\(0,\\)"):
-        benchmarks.compare(windows=(0,), output=str(tmp_path))
-    with pytest.raises(ValueError, match="Received: name='nope'"):
-        benchmarks.compare(dataset="nope", output=str(tmp_path))
+@pytest.mark.parametrize("kwargs, message", [
+    ({"windows": (0,)}, "Received: windows=\\(0,\\)"),
+    ({"forward_steps": -1}, "Received: forward_steps=-1"),
+    ({"eval_every": 0}, "Received: eval_every=0"),
+    ({"weight_decay": -0.1}, "Received: weight_decay=-0.1"),
+    ({"dataset": "nope"}, "Received: name='nope'"),
+])
+def test_invalid_compare_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        benchmarks.compare(output=str(tmp_path), **kwargs)
 
 
 def test_compare_on_a_prepared_image_dataset(tmp_path):
@@ -170,8 +289,8 @@ def test_compare_on_a_prepared_image_dataset(tmp_path):
     # tfds' mock stands in for a prepared cifar10: the real-dataset path, offline.
     with tfds.testing.mock_data(num_examples=16):
         result = benchmarks.compare(
-            dataset="cifar10", model="linear", batch_size=4, steps=4, windows=(2,),
-            eval_every=2, output=str(tmp_path),
+            dataset="cifar10", model="linear", batch_size=4, forward_steps=2, steps=4,
+            windows=(2,), baselines=False, eval_every=2, seeds=(0,), output=str(tmp_path),
         )
     assert result.summary["config"]["train_examples"] == 16
-    assert result.summary["methods"]["backward_exact"]["grad_evals"]["mean"] == 10
+    assert result.summary["methods"]["backward_exact"]["grad_evals"]["mean"] == 2 + 4

@@ -9,7 +9,12 @@ import pytest
 
 from keras_bsgd import cli
 
-ENV = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+from keras_bsgd import native_logs
+from keras_bsgd.benchmarks import runner
+
+# No TF_CPP_MIN_LOG_LEVEL: the command line must hide TensorFlow's C++ logs itself.
+ENV = {k: v for k, v in os.environ.items() if k != native_logs.LEVEL}
+ENV["KERAS_BACKEND"] = "tensorflow"
 
 
 def _run(*args, timeout=120):
@@ -22,18 +27,25 @@ def _run(*args, timeout=120):
 def test_compare_tiny_run(tmp_path):
     output = tmp_path / "out"
     done = _run(
-        "compare", "--steps", "6", "--batch-size", "8", "--windows", "2",
-        "--seeds", "0", "--eval-every", "3", "--output", str(output),
-        "--data-dir", str(tmp_path / "tfds"),
+        "compare", "--forward-steps", "4", "--steps", "6", "--batch-size", "8",
+        "--windows", "2", "--no-baselines", "--weight-decay", "0", "--seeds", "0",
+        "--eval-every", "3", "--output", str(output), "--data-dir", str(tmp_path / "tfds"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # No C++ log line (absl's "I0000 00:00:..." or its InitializeLog notice).
+    assert "absl::InitializeLog" not in done.stderr, done.stderr[-3000:]
+    assert not any(native_logs.drop_native_lines(line) == "" for line in
+                   done.stderr.splitlines(keepends=True) if line.strip()), done.stderr[-3000:]
+    assert "22/22" in done.stdout  # The progress bar: 4 warm-up steps + 3 methods x 6.
     assert f"Report:   {output / 'summary.md'}" in done.stdout
     assert f"Plots:    {output / 'comparison.png'}" in done.stdout
     assert "| backward_w2 |" in done.stdout
     with open(output / "summary.json") as f:
         summary = json.load(f)
     assert list(summary["methods"]) == ["forward_sgd", "backward_exact", "backward_w2"]
-    assert summary["methods"]["backward_exact"]["grad_evals"]["mean"] == 21  # 6*7/2
+    assert summary["methods"]["backward_exact"]["grad_evals"]["mean"] == 3 + 6  # replays
+    assert summary["config"]["forward_steps"] == 4
+    assert summary["config"]["weight_decay"] is None
     assert (output / "comparison.png").stat().st_size > 0
 
 
@@ -44,11 +56,15 @@ def test_unprepared_dataset_is_a_clean_error(tmp_path):
     assert "never downloads" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_parser_defaults_and_help(capsys):
-    args = cli._parser().parse_args(["compare"])
-    assert args.dataset == "bsgd_digits" and args.windows == [8, 32] and args.exact
-    args = cli._parser().parse_args(["compare", "--windows", "--no-exact"])
-    assert args.windows == [] and not args.exact
+def test_parser_defaults_are_the_runners(capsys):
+    args = vars(cli._parser().parse_args(["compare"]))
+    for name, default in runner.DEFAULTS.items():
+        if name == "eval_batch_size":  # Not a command-line option.
+            continue
+        expected = list(default) if isinstance(default, tuple) else default
+        assert args[name] == expected, name
+    args = cli._parser().parse_args(["compare", "--windows", "--no-exact", "--no-baselines"])
+    assert args.windows == [] and not args.exact and not args.baselines
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "compare" in capsys.readouterr().out

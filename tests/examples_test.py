@@ -30,7 +30,7 @@ def test_quickstart(window, tmp_path):
 
 
 def test_tfds_compare(tmp_path):
-    out = _run("tfds_compare.py", "--dataset", "mnist1d", "--steps", "6",
+    out = _run("tfds_compare.py", "--dataset", "mnist1d", "--forward-steps", "3", "--steps", "6",
                "--windows", "2", "--eval-every", "3", "--batch-size", "8",
                "--output", str(tmp_path / "out"), "--data-dir", str(tmp_path / "tfds"))
     assert "backward_exact: test acc" in out

@@ -8,20 +8,24 @@ import os
 from keras_bsgd.benchmarks.metrics import RUN_METRICS
 
 STEP_COLUMNS = (
-    "method", "seed", "step", "train_loss", "iterate_distance",
-    "grad_evals", "wall_time_s", "rss_mb",
+    "method", "seed", "step", "train_loss", "learning_rate", "grad_evals", "wall_time_s",
 )
-EVAL_COLUMNS = ("method", "seed", "step", "grad_evals", "wall_time_s", "test_loss", "test_accuracy")
+EVAL_COLUMNS = (
+    "method", "seed", "step", "grad_evals", "wall_time_s", "test_loss", "test_accuracy",
+    "param_movement", "logit_rms_change", "distance_to_final",
+)
 
 _HEADERS = {
     "final_test_accuracy": "final test acc",
     "final_test_loss": "final test loss",
-    "test_loss_std_last25": "test-loss std (last 25%)",
-    "iterate_distance_mean_last25": "mean ‖θk−θk−1‖ (last 25%)",
+    "test_loss_mean_last_half": "mean test loss (2nd half)",
+    "test_loss_std_last_half": "test-loss std (2nd half)",
+    "param_movement_last_half": "‖θk−θk−E‖ (2nd half)",
+    "logit_rms_change_last_half": "RMS Δ test logits (2nd half)",
+    "distance_to_final_last_half": "‖θk−θN‖ (2nd half)",
     "accuracy_at_forward_budget": "test acc at forward's grad budget",
     "grad_evals": "grad evals",
     "wall_time_s": "train time (s)",
-    "peak_rss_mb": "peak RSS (MB)",
     "peak_gpu_mb": "peak GPU memory (MB)",
 }
 
@@ -41,11 +45,19 @@ def _cell(stats, key):
         return "–"
     if key == "grad_evals":
         return f"{mean:,.0f}"
-    if key in ("wall_time_s", "peak_rss_mb", "peak_gpu_mb"):
+    if key in ("wall_time_s", "peak_gpu_mb"):
         return f"{mean:.1f} ± {std:.1f}"
-    if key == "iterate_distance_mean_last25":
+    if key.endswith("_last_half") and key != "test_loss_mean_last_half":
         return f"{mean:.2e} ± {std:.1e}"
     return f"{mean:.4f} ± {std:.4f}"
+
+
+def _start(config):
+    steps = config["forward_steps"]
+    if not steps:
+        return "Cold start (no warm-up)"
+    wall = sum(config.get("warmup_wall_time_s", ())) / max(1, len(config["seeds"]))
+    return f"Warm start: {steps} shared forward-SGD steps ({wall:.1f} s per seed)"
 
 
 def markdown_table(summary):
@@ -55,9 +67,8 @@ def markdown_table(summary):
         summary: The comparison summary (see `write`).
 
     Returns:
-        A Markdown string: cells are `mean ± std` over seeds. Peak RSS is
-        the whole process' (runs share one process, so it only grows); peak
-        GPU memory, per run, appears when a GPU was used.
+        A Markdown string: cells are `mean ± std` over seeds; peak GPU
+        memory, per run, appears when a GPU was used.
     """
     keys = list(RUN_METRICS)
     if "peak_gpu_mb" in next(iter(summary["methods"].values())):
@@ -106,10 +117,12 @@ def write(output, config, runs, summary):
     with open(paths["summary_md"], "w") as f:
         f.write(
             f"# Forward vs backward SGD: {config['dataset']}, {config['model']}\n\n"
-            f"{config['steps']} steps, batch {config['batch_size']}, constant "
-            f"learning rate {config['learning_rate']}, momentum {config['momentum']}, "
-            f"seeds {seeds}; test evaluated every {config['eval_every']} steps. "
-            "Cells: mean ± std over seeds.\n\n"
+            f"{_start(config)}, then {config['steps']} steps per method; batch "
+            f"{config['batch_size']}, learning rate {config['learning_rate']}, momentum "
+            f"{config['momentum']}, weight decay {config['weight_decay'] or 0}, seeds {seeds}; "
+            f"evaluated every {config['eval_every']} steps (backward-SGD replays there). "
+            "Cells: mean ± std over seeds; 2nd half: the evaluations at steps ≥ N/2; "
+            "gradient evaluations and train time after the warm-up.\n\n"
         )
         f.write(markdown_table(summary))
     return paths

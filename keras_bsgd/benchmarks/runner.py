@@ -1,4 +1,4 @@
-"""`compare`: forward SGD against exact and windowed backward-SGD on one batch stream."""
+"""`compare`: backward-SGD against practitioners' baselines, from one shared warm start."""
 
 import dataclasses
 import os
@@ -10,27 +10,39 @@ import tensorflow as tf
 
 import keras_bsgd
 from keras_bsgd import datasets
+from keras_bsgd.benchmarks import methods as methods_lib
 from keras_bsgd.benchmarks import metrics
 from keras_bsgd.benchmarks import models
 from keras_bsgd.benchmarks import plots
 from keras_bsgd.benchmarks import report
 from keras_bsgd.benchmarks.counter import GradientCounter
+from keras_bsgd.benchmarks.evaluation import IterateProbe
 from keras_bsgd.benchmarks.recorder import StepRecorder
+from keras_bsgd.benchmarks.recorder import weights_sha256
 from keras_bsgd.benchmarks.stream import BatchStream
 
-FORWARD = "forward_sgd"
-EXACT = "backward_exact"
-
-
-def window_method(window):
-    """The method name of windowed backward-SGD with `window`.
-
-    Example:
-
-    >>> window_method(8)
-    'backward_w8'
-    """
-    return f"backward_w{window}"
+DEFAULTS = {
+    "dataset": "bsgd_digits",
+    "model": "mlp",
+    "batch_size": 16,
+    "learning_rate": 0.1,
+    "momentum": 0.0,
+    "weight_decay": 0.01,
+    "forward_steps": 5000,
+    "steps": 1000,
+    "eval_every": 10,
+    "windows": (16, 64),
+    "seeds": (0, 1, 2),
+    "exact": True,
+    "baselines": True,
+    "output": "bsgd_compare",
+    "data_dir": None,
+    "jit_compile": True,
+    "eval_batch_size": 1000,
+}
+"""`compare`'s defaults, which the command line shows and uses (docs/results.md
+says how they were chosen: a warm start inside the basin, with weight decay so
+that the maps contract, in about 3 minutes on 2 CPU cores)."""
 
 
 @dataclasses.dataclass
@@ -42,7 +54,10 @@ class ComparisonResult:
         paths: Written files by kind (`steps_csv`, `evaluations_csv`,
             `runs_json`, `summary_json`, `summary_md`, `plot`).
         summary: The summary dict written to `summary.json`.
-        runs: Per-run dicts with `method`, `seed`, `steps`, `evals`, `summary`.
+        runs: Per-run dicts with `method`, `seed`, `steps`, `evals`,
+            `summary`, and the weight fingerprints `warm_start_sha256` (the
+            shared warm start) and `start_sha256` (what the run's first step
+            started from).
         wall_time_s: Wall time of the whole comparison.
     """
 
@@ -51,19 +66,6 @@ class ComparisonResult:
     summary: dict
     runs: list
     wall_time_s: float
-
-
-def _optimizers(learning_rate, momentum, steps, windows, exact):
-    methods = {FORWARD: lambda: keras.optimizers.SGD(learning_rate, momentum=momentum)}
-    if exact:
-        methods[EXACT] = lambda: keras_bsgd.BackwardSGD(
-            learning_rate, momentum=momentum, max_steps=steps
-        )
-    for window in windows:
-        methods[window_method(window)] = lambda w=window: keras_bsgd.BackwardSGD(
-            learning_rate, momentum=momentum, window=w
-        )
-    return methods
 
 
 def _as_numpy(ds):
@@ -79,109 +81,199 @@ def _build(model_name, spec):
     return model, counter
 
 
-def _train(method, make_optimizer, model_name, spec, initial, stream, test, config, on_step):
-    model, counter = _build(model_name, spec)
-    model.set_weights(initial)
+def _compile(model, optimizer, config):
     model.compile(
-        optimizer=make_optimizer(),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=config["jit_compile"],
     )
-    recorder = StepRecorder(counter, on_step=on_step)
+
+
+def _warm_up(model_name, spec, initial, stream, config, on_step):
+    """The shared warm-up: `forward_steps` steps of Keras SGD from `initial`.
+
+    Returns the weights it reaches (all of them, non-trainable included) and
+    its training time.
+    """
+    steps = config["forward_steps"]
+    if steps == 0:
+        return initial, 0.0
+    model, _ = _build(model_name, spec)
+    model.set_weights(initial)
+    _compile(model, keras.optimizers.SGD(
+        config["learning_rate"], momentum=config["momentum"],
+        weight_decay=config["weight_decay"],
+    ), config)
+    x, y = stream.chunk(0, steps)
+    callbacks = []
+    if on_step:
+        callbacks.append(keras.callbacks.LambdaCallback(on_batch_end=lambda *_, **__: on_step()))
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=stream.batch_size, epochs=1, shuffle=False, verbose=0,
+              callbacks=callbacks)
+    wall = time.perf_counter() - started
+    if int(model.optimizer.iterations) != steps:
+        raise RuntimeError(f"The warm-up ran {int(model.optimizer.iterations)} steps, not {steps}.")
+    return model.get_weights(), wall
+
+
+def _train(method, make_optimizer, model_name, spec, warm, stream, test, config, on_step):
+    """One method's `steps` steps from the warm start `warm`; evaluates every `eval_every`."""
+    model, counter = _build(model_name, spec)
+    model.set_weights(warm)
+    # A fresh optimizer: momentum (and the EMA) start from zero for every method.
+    _compile(model, make_optimizer(), config)
+    probe = IterateProbe(
+        model, test[0], config["eval_batch_size"],
+        average=methods_lib.evaluates_average(method), jit_compile=config["jit_compile"],
+    )
     gpu = bool(tf.config.list_physical_devices("GPU"))
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
-    eval_rows = []
+    eval_rows, iterates, logits = [], [], []
+
+    backward = isinstance(model.optimizer, keras_bsgd.BackwardSGD)
 
     def evaluate(step):
-        loss, accuracy = model.evaluate(
-            test[0], test[1], batch_size=config["eval_batch_size"], verbose=0
-        )
+        if backward and model.replayed_step != step:
+            raise RuntimeError(
+                f"{method} holds the iterate of step {model.replayed_step} at evaluation "
+                f"step {step}: it must replay at every evaluation (replay_every)."
+            )
+        weights, test_logits = probe.read()
+        loss, accuracy = metrics.cross_entropy_and_accuracy(test_logits, test[1])
         last = recorder.rows[-1] if recorder.rows else {"grad_evals": 0, "wall_time_s": 0.0}
-        eval_rows.append(
-            {
-                "step": step,
-                "grad_evals": last["grad_evals"],
-                "wall_time_s": last["wall_time_s"],
-                "test_loss": float(loss),
-                "test_accuracy": float(accuracy),
-            }
-        )
+        eval_rows.append({
+            "step": step, "grad_evals": last["grad_evals"], "wall_time_s": last["wall_time_s"],
+            "test_loss": loss, "test_accuracy": accuracy,
+        })
+        iterates.append(weights)
+        logits.append(test_logits.astype("float32"))
 
+    steps, every = config["steps"], config["eval_every"]
+    recorder = StepRecorder(counter, steps, every, evaluate, on_step=on_step)
     evaluate(0)
-    done, steps, every = 0, config["steps"], config["eval_every"]
-    while done < steps:
-        count = min(every, steps - done)
-        x, y = stream.chunk(done, count)
-        model.fit(
-            x, y, batch_size=stream.batch_size, epochs=1, shuffle=False,
-            verbose=0, callbacks=[recorder],
-        )
-        done += count
-        evaluate(done)
+    x, y = stream.chunk(config["forward_steps"], steps)
+    # One fit() of N steps: backward-SGD replays at multiples of E and at the end.
+    model.fit(x, y, batch_size=stream.batch_size, epochs=1, shuffle=False, verbose=0,
+              callbacks=[recorder])
     if int(model.optimizer.iterations) != steps:
         raise RuntimeError(
             f"{method} ran {int(model.optimizer.iterations)} steps instead of {steps}."
         )
-    run = {"method": method, "seed": stream.seed, "steps": recorder.rows, "evals": eval_rows}
+    for row, values in zip(eval_rows, _transpose(metrics.evaluation_columns(iterates, logits))):
+        row.update(values)
+    run = {
+        "method": method, "seed": stream.seed, "steps": recorder.rows, "evals": eval_rows,
+        "warm_start_sha256": weights_sha256(warm), "start_sha256": recorder.start_sha256,
+    }
+    if backward:  # The library's own count, beside the counter layer's.
+        run["library_grad_evals"] = model.gradient_evaluations
     if gpu:
         run["peak_gpu_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return run
 
 
+def _transpose(columns):
+    """`{name: [v0, v1, ...]}` to `[{name: v0}, {name: v1}, ...]`."""
+    names = list(columns)
+    return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+
+def _validate(config):
+    windows, seeds = config["windows"], config["seeds"]
+    if any(w < 1 for w in windows):
+        raise ValueError(
+            f"Every window must be a positive integer. Received: windows={tuple(windows)}"
+        )
+    if not seeds:
+        raise ValueError(f"Give at least one seed. Received: seeds={tuple(seeds)}")
+    for name in ("steps", "eval_every"):
+        if config[name] < 1:
+            raise ValueError(
+                f"`{name}` must be a positive integer. Received: {name}={config[name]}"
+            )
+    if config["forward_steps"] < 0:
+        raise ValueError(
+            "`forward_steps` must be 0 (a cold start) or a positive integer. "
+            f"Received: forward_steps={config['forward_steps']}"
+        )
+    decay = config["weight_decay"]
+    if decay is not None and decay < 0:
+        raise ValueError(f"`weight_decay` must be >= 0 or None. Received: weight_decay={decay}")
+
+
 def compare(
-    dataset="bsgd_digits",
-    model="mlp",
-    batch_size=32,
-    learning_rate=0.1,
-    steps=200,
-    windows=(8, 32),
-    seeds=(0,),
-    eval_every=10,
-    output="bsgd_compare",
-    data_dir=None,
-    momentum=0.0,
-    exact=True,
-    jit_compile=True,
-    eval_batch_size=1000,
+    dataset=DEFAULTS["dataset"],
+    model=DEFAULTS["model"],
+    batch_size=DEFAULTS["batch_size"],
+    learning_rate=DEFAULTS["learning_rate"],
+    momentum=DEFAULTS["momentum"],
+    weight_decay=DEFAULTS["weight_decay"],
+    forward_steps=DEFAULTS["forward_steps"],
+    steps=DEFAULTS["steps"],
+    eval_every=DEFAULTS["eval_every"],
+    windows=DEFAULTS["windows"],
+    seeds=DEFAULTS["seeds"],
+    exact=DEFAULTS["exact"],
+    baselines=DEFAULTS["baselines"],
+    output=DEFAULTS["output"],
+    data_dir=DEFAULTS["data_dir"],
+    jit_compile=DEFAULTS["jit_compile"],
+    eval_batch_size=DEFAULTS["eval_batch_size"],
     progress=False,
 ):
-    """Trains one model with forward SGD and backward-SGD variants, and reports.
+    """Trains one model by each method from a shared warm start, and reports.
 
-    For every seed, all methods start from the same initial weights and see
-    the same stream of `steps` batches (a seeded reshuffle per epoch) with the
-    same constant learning rate:
+    The protocol, for every seed: one initial model (`keras.utils.
+    set_random_seed(seed)`), one stream of batches (a seeded reshuffle per
+    epoch), and one forward-SGD warm-up of `forward_steps` steps
+    (`keras.optimizers.SGD` with the run's learning rate, momentum and weight
+    decay; 0 gives a cold start). Every method then starts from a copy of the
+    warm-up's weights `theta_W`, with a fresh optimizer (momentum and the
+    moving average start at zero), and runs the same `steps` following
+    batches at the same learning rate, momentum and weight decay. The
+    methods are those of `keras_bsgd.benchmarks.methods`: `forward_sgd`,
+    `forward_sgd_decay`, `forward_sgd_ema`, `backward_exact` and
+    `backward_w{w}` for each window; backward-SGD replays every `eval_every`
+    steps (`replay_every`), so the iterates evaluated are exact backward
+    iterates and the cost is what is observed.
 
-    * `forward_sgd`: `keras.optimizers.SGD`;
-    * `backward_exact`: `keras_bsgd.BackwardSGD(window=None, max_steps=steps)`
-      (cost quadratic in `steps`);
-    * `backward_w{w}`: `keras_bsgd.BackwardSGD(window=w)` for each window.
-
-    Every step records the train loss, `||theta_k - theta_{k-1}||`, the
+    Every step records the train loss Keras logs, the learning rate, the
     cumulative gradient evaluations (counted inside the compiled step) and
-    the training time; every `eval_every` steps, the test loss and accuracy.
-    The output folder receives `steps.csv`, `evaluations.csv`, `runs.json`,
-    `summary.json`, `summary.md` and `comparison.png`.
+    the training time. Every `eval_every` steps (and at the last), the
+    evaluated iterate (the EMA for `forward_sgd_ema`) gives the test loss and
+    accuracy, and the metrics of `keras_bsgd.benchmarks.metrics`. The output
+    folder receives `steps.csv`, `evaluations.csv`, `runs.json`,
+    `summary.json`, `summary.md` and `comparison.png`. A run holds its
+    evaluated iterates in memory until it ends (evaluations x weights
+    float32: 2 MB for the default MLP, about 4.5 GB for a ResNet-18 with the
+    default 101 evaluations; raise `eval_every` for large models).
 
     Args:
         dataset: A name of `keras_bsgd.datasets.DATASETS`.
-            Defaults to `"bsgd_digits"`.
         model: A name of `keras_bsgd.benchmarks.models.MODELS`.
-            Defaults to `"mlp"`.
-        batch_size: Examples per batch. Defaults to `32`.
-        learning_rate: The constant learning rate. Defaults to `0.1`.
-        steps: Training steps per run. Defaults to `200`.
-        windows: Windows of windowed backward-SGD. Defaults to `(8, 32)`.
-        seeds: Seeds (initial weights and batch order). Defaults to `(0,)`.
-        eval_every: Steps between test evaluations. Defaults to `10`.
-        output: Output folder. Defaults to `"bsgd_compare"`.
-        data_dir: TFDS data directory. Defaults to `None` (TFDS' default).
-        momentum: SGD momentum, the same for every method. Defaults to `0.0`.
-        exact: Whether to run exact backward-SGD. Defaults to `True`.
-        jit_compile: Whether to XLA-compile the steps. Defaults to `True`.
-        eval_batch_size: Batch size of evaluation. Defaults to `1000`.
+        batch_size: Examples per batch.
+        learning_rate: The learning rate (the schedule's initial value).
+        momentum: SGD momentum of the warm-up and of every method.
+        weight_decay: Keras' decoupled weight decay of the warm-up and of
+            every method, or `None`.
+        forward_steps: `W`, the shared warm-up's steps (0: a cold start).
+        steps: `N`, every method's steps after the warm-up.
+        eval_every: `E`, steps between evaluations (and backward-SGD's
+            `replay_every`).
+        windows: Windows of windowed backward-SGD.
+        seeds: Seeds (initial weights and batch order).
+        exact: Whether to run `backward_exact`.
+        baselines: Whether to run `forward_sgd_decay` and `forward_sgd_ema`.
+        output: Output folder.
+        data_dir: TFDS data directory (`None`: TFDS' default).
+        jit_compile: Whether to XLA-compile the steps.
+        eval_batch_size: Batch size of the test-set forward passes.
         progress: Whether to show a progress bar. Defaults to `False`.
+
+    Every default but `progress` is in `DEFAULTS`.
 
     Returns:
         A `ComparisonResult`.
@@ -189,46 +281,46 @@ def compare(
     Example:
 
     >>> import tempfile
-    >>> result = compare(steps=4, batch_size=8, windows=(2,), eval_every=2,
+    >>> result = compare(forward_steps=4, steps=4, batch_size=8, windows=(2,),
+    ...                  eval_every=2, seeds=(0,), baselines=False,
     ...                  output=tempfile.mkdtemp(), data_dir=tempfile.mkdtemp())
     >>> list(result.summary["methods"])
     ['forward_sgd', 'backward_exact', 'backward_w2']
     >>> result.summary["methods"]["backward_exact"]["grad_evals"]["mean"]
-    10.0
+    6.0
     """
-    windows = tuple(int(w) for w in windows)
-    seeds = tuple(int(s) for s in seeds)
-    if any(w < 1 for w in windows):
-        raise ValueError(f"Every window must be a positive integer. Received: windows={windows}")
-    if not seeds:
-        raise ValueError(f"Give at least one seed. Received: seeds={seeds}")
-    if eval_every < 1:
-        raise ValueError(f"`eval_every` must be positive. Received: eval_every={eval_every}")
-    spec = datasets.info(dataset)
+    settings = dict(locals())
+    config = {k: settings[k] for k in DEFAULTS}
+    config["windows"] = [int(w) for w in config["windows"]]
+    config["seeds"] = [int(s) for s in config["seeds"]]
+    _validate(config)
+    spec = datasets.info(config["dataset"])
     started = time.perf_counter()
-    train = _as_numpy(datasets.load(dataset, "train", data_dir))
-    test = _as_numpy(datasets.load(dataset, "test", data_dir))
-    methods = _optimizers(learning_rate, momentum, steps, windows, exact)
-    config = {
-        "dataset": dataset, "model": model, "batch_size": batch_size,
-        "learning_rate": learning_rate, "momentum": momentum, "steps": steps,
-        "windows": list(windows), "exact": exact, "seeds": list(seeds),
-        "eval_every": eval_every, "jit_compile": jit_compile,
-        "eval_batch_size": eval_batch_size, "methods": list(methods),
-        "train_examples": len(train[0]), "test_examples": len(test[0]),
-    }
-    bar = keras.utils.Progbar(steps * len(methods) * len(seeds)) if progress else None
+    train = _as_numpy(datasets.load(config["dataset"], "train", config["data_dir"]))
+    test = _as_numpy(datasets.load(config["dataset"], "test", config["data_dir"]))
+    W, N = config["forward_steps"], config["steps"]
+    methods = methods_lib.optimizers(
+        config["learning_rate"], N, config["eval_every"], config["windows"],
+        exact=config["exact"], baselines=config["baselines"],
+        momentum=config["momentum"], weight_decay=config["weight_decay"],
+    )
+    config.update(methods=list(methods), train_examples=len(train[0]),
+                  test_examples=len(test[0]), warmup_wall_time_s=[])
+    bar = keras.utils.Progbar((W + N * len(methods)) * len(config["seeds"])) if progress else None
     on_step = (lambda: bar.add(1)) if bar else None
     runs = []
-    for seed in seeds:
-        stream = BatchStream(*train, batch_size, steps, seed)
+    for seed in config["seeds"]:
+        stream = BatchStream(*train, config["batch_size"], W + N, seed)
         keras.utils.set_random_seed(seed)
-        initial = _build(model, spec)[0].get_weights()
+        initial = _build(config["model"], spec)[0].get_weights()
+        warm, wall = _warm_up(config["model"], spec, initial, stream, config, on_step)
+        config["warmup_wall_time_s"].append(wall)
         for method, make_optimizer in methods.items():
-            runs.append(
-                _train(method, make_optimizer, model, spec, initial, stream, test, config, on_step)
-            )
-    budgets = {r["seed"]: r["steps"][-1]["grad_evals"] for r in runs if r["method"] == FORWARD}
+            runs.append(_train(
+                method, make_optimizer, config["model"], spec, warm, stream, test, config, on_step
+            ))
+    budgets = {r["seed"]: r["steps"][-1]["grad_evals"] for r in runs
+               if r["method"] == methods_lib.FORWARD}
     for run in runs:
         run["summary"] = metrics.summarize_run(run["steps"], run["evals"], budgets[run["seed"]])
         if "peak_gpu_mb" in run:
@@ -241,10 +333,14 @@ def compare(
         },
         "runs": [{"method": r["method"], "seed": r["seed"], **r["summary"]} for r in runs],
     }
+    output = config["output"]
     paths = report.write(output, config, runs, summary)
+    start = f"warm start after {W} forward steps" if W else "cold start"
+    decay = config["weight_decay"] or 0
     paths["plot"] = plots.plot_comparison(
         runs, list(methods), os.path.join(output, "comparison.png"),
-        title=f"{dataset} / {model}: batch {batch_size}, lr {learning_rate}, "
-        f"{steps} steps, {len(seeds)} seed(s)",
+        title=f"{config['dataset']} / {config['model']}: {start}, then {N} steps; batch "
+        f"{config['batch_size']}, lr {config['learning_rate']}, weight decay {decay}, "
+        f"{len(config['seeds'])} seed(s)",
     )
     return ComparisonResult(output, paths, summary, runs, time.perf_counter() - started)
