@@ -24,6 +24,7 @@ import inspect
 import itertools
 import math
 import types
+import warnings
 
 import keras
 import numpy as np
@@ -973,6 +974,8 @@ class ReplayTrainer:
         strategy = self.distribute_strategy
         if optimizer is not None:
             _check_strategy(strategy)
+            if self.jit_compile:
+                _warn_random_draws_into_convolutions(self)
         if optimizer is not None and strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
             replay = self._make_replay_function(optimizer, self._replicas, jit_compile=False)
@@ -1159,14 +1162,35 @@ _CONVOLUTIONS = (
 )
 
 
+def _on_cpu():
+    devices = tf.config.list_logical_devices()
+    return not any(d.device_type in ("GPU", "TPU") for d in devices)
+
+
+def _has_convolution(model):
+    layers = model._flatten_layers(include_self=False)
+    return any(isinstance(layer, _CONVOLUTIONS) for layer in layers)
+
+
 def _xla_unit(optimizer, model):
     if optimizer.xla_unit != "auto":
         return optimizer.xla_unit
-    devices = tf.config.list_logical_devices()
-    if any(d.device_type in ("GPU", "TPU") for d in devices):
-        return "step"
-    layers = model._flatten_layers(include_self=False)
-    return "map" if any(isinstance(layer, _CONVOLUTIONS) for layer in layers) else "step"
+    return "map" if _on_cpu() and _has_convolution(model) else "step"
+
+
+def _warn_random_draws_into_convolutions(model):
+    # XLA:CPU fuses a random layer's draws into a convolution that consumes
+    # them and recomputes them inside the convolution's loops.
+    if _on_cpu() and _has_convolution(model) and model._seed_states():
+        warnings.warn(
+            "jit_compile=True on a CPU for a model with convolutions and random "
+            "layers (Dropout, noise, augmentation): XLA:CPU runs such models "
+            "many times slower than TensorFlow without XLA, in Keras itself too "
+            "(measured, Dropout before a Conv2D: 98 ms per Keras SGD step with "
+            "XLA, 14 ms without; keras_bsgd's maps alike). Compile with "
+            "`jit_compile=False` on CPUs (docs/performance.md, 'XLA on CPUs').",
+            stacklevel=3,
+        )
 
 
 def _xla_gradients(compiled):

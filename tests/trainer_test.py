@@ -1,5 +1,7 @@
 """The replaying trainer against the float64 reference, closed forms and Keras SGD."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -226,3 +228,25 @@ def test_auto_xla_unit_compiles_the_map_only_for_convolutions_on_cpu(layer, unit
     model = keras_bsgd.Sequential([keras.Input(shape), layer, keras.layers.Flatten()])
     assert trainer._xla_unit(keras_bsgd.BackwardSGD(), model) == unit
     assert trainer._xla_unit(keras_bsgd.BackwardSGD(xla_unit="step"), model) == "step"
+
+
+@pytest.mark.parametrize(
+    "layers, warns",
+    [
+        ([keras.layers.Dropout(0.2), keras.layers.Conv1D(2, 3)], True),
+        ([keras.layers.Conv1D(2, 3)], False),
+        ([keras.layers.Dropout(0.2), keras.layers.Dense(2)], False),
+    ],
+)
+def test_xla_on_cpu_warns_about_random_draws_feeding_convolutions(layers, warns):
+    # XLA:CPU recomputes fused random draws inside convolution loops
+    # (docs/performance.md): Keras' own step is 7x slower than without XLA.
+    model = keras_bsgd.Sequential([keras.Input((8, 3)), *layers, keras.layers.Flatten()])
+    model.compile(optimizer=keras_bsgd.BackwardSGD(window=2), loss="mse", jit_compile=True)
+    x = np.ones((4, 8, 3), "float32")
+    y = model.predict(x, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=4, verbose=0)
+    messages = [str(w.message) for w in caught if "XLA:CPU" in str(w.message)]
+    assert bool(messages) == warns, messages
