@@ -8,11 +8,11 @@ native_logs.quiet_for_command_line()
 from keras_bsgd.buffer import ReplayBuffer  # noqa: E402
 from keras_bsgd.data_store import DataStore  # noqa: E402
 from keras_bsgd.optimizer import BackwardSGD  # noqa: E402
-from keras_bsgd.trainer import FunctionalModel  # noqa: E402
-from keras_bsgd.trainer import Model  # noqa: E402
-from keras_bsgd.trainer import Sequential  # noqa: E402
-from keras_bsgd.trainer import WrappedModel  # noqa: E402
-from keras_bsgd.trainer import wrap  # noqa: E402
+from keras_bsgd.models import FunctionalModel  # noqa: E402
+from keras_bsgd.models import Model  # noqa: E402
+from keras_bsgd.models import Sequential  # noqa: E402
+from keras_bsgd.models import WrappedModel  # noqa: E402
+from keras_bsgd.models import wrap  # noqa: E402
 
 __version__ = "0.1.0"
 

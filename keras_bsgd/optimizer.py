@@ -269,6 +269,18 @@ class BackwardSGD(keras.optimizers.SGD):
         for variable, value, other in zip(live, anchor, keep):
             variable.assign(tf.where(when, value, other))
 
+    @property
+    def window_capacity(self):
+        """The batches windowed mode keeps: `window + replay_every - 1`, or None (exact mode).
+
+        A replay every `E` steps advances the anchor by up to `E` maps at
+        once, read from the buffer before the new batch overwrites the
+        oldest slot.
+        """
+        if self.window is None:
+            return None
+        return self.window + self.replay_every - 1
+
     def anchor_step(self, step):
         """How many maps the anchor has composed once step `step` is replayed.
 

@@ -1,42 +1,47 @@
-"""The replaying trainer: `Model`, `Sequential` and `wrap`.
+"""The replaying trainer: the `ReplayTrainer` mixin behind `Model`, `Sequential` and `wrap`.
 
 A training step `k` of backward-SGD (docs/design.md §1), all inside the one
 compiled train function (under a multi-replica strategy, one graph whose
-per-replica parts run through `keras_bsgd.replicas`):
+per-replica parts run through `keras_bsgd.replicas`). Steps count from the
+start of the current run (`ReplayBuffer.origin`); `W` is `forward_steps`:
 
 1. log the loss and metrics of the new batch `B_k` at the current weights
-   (the previous output iterate `S~_{k-1}`), as Keras' own `train_step` does,
-   and check that the batch and its loss are finite (else the step is a no-op);
-2. restore the live state (weights, momentum, non-trainable model state)
-   from the anchor;
-3. windowed mode, `k > w`: advance the anchor by the map of the batch that
-   leaves the window, `A_k = T_{k-w}(A_{k-1})`;
-4. write `B_k` (or, with index buffering, its example indices) and its
-   frozen learning rate into the ring buffer;
-5. replay `T_k, T_{k-1}, ..., T_{max(1, k-w+1)}` in a `tf.while_loop`
+   (the last output iterate), as Keras' own `train_step` does, and check
+   that the batch and its loss are finite (else the step is a no-op);
+2. if the step replays (always with `replay_every=1`; else at multiples of
+   it and in the forward phase), restore the live state (weights,
+   momentum, non-trainable model state) from the anchor;
+3. forward phase, `k <= W`: apply `T_k` to it (forward SGD);
+4. windowed mode: advance the anchor by every map that left the window
+   since the last replay, `A_k = T_{k-w}(... A)`;
+5. write `B_k` (or, with index buffering, its example indices) and its
+   frozen learning rate into the ring buffer, unless `k <= W`;
+6. replay `T_k, T_{k-1}, ..., T_{max(W, k-w)+1}` in a `tf.while_loop`
    (so the model is traced once, whatever the window), each map with its
    random layers keyed to its batch's arrival index;
-6. count one outer step.
+7. count one outer step and the gradient evaluations.
+
+Whether a step replays only sets trip counts and masks: no conditional
+holds a map. Epoch ends that are not replay steps replay through
+`replay_function`. The public model classes live in `keras_bsgd.models`,
+the errors in `keras_bsgd.errors`, the input checks in
+`keras_bsgd.fit_inputs`, the XLA unit in `keras_bsgd.xla_units`.
 """
 
 import hashlib
 import inspect
-import itertools
 import math
-import types
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-# Keras has no public name for the functional model class. Functional
-# keras_bsgd models need it as a base class: Keras' own route for subclasses
-# called with (inputs, outputs) rewrites `__bases__` of the whole class chain,
-# which would turn `keras_bsgd.Model` itself functional for every later user.
-from keras.src.models.functional import Functional
-
+from keras_bsgd import custom_code
+from keras_bsgd import errors
+from keras_bsgd import fit_inputs
 from keras_bsgd import index_feed
+from keras_bsgd import random_layers
+from keras_bsgd import xla_units
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
@@ -129,12 +134,12 @@ class ReplayTrainer:
         arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
         optimizer = arguments.get("optimizer")
         if isinstance(getattr(optimizer, "inner_optimizer", optimizer), BackwardSGD):
-            _check_no_custom_train_step(type(self))
+            custom_code.check_no_custom_train_step(type(self))
         super().compile(*args, **kwargs)
         self._own_weights = None
         self._built_before_trace = False  # new metrics, loss and optimizer
         source = self._hook_source()
-        if source is not None and _overrides(type(source), "compute_loss"):
+        if source is not None and custom_code.overrides(type(source), "compute_loss"):
             # The wrapped model's compute_loss runs as a method of that model:
             # its `super().compute_loss()` needs the compiled loss there too.
             source.compile(
@@ -158,7 +163,7 @@ class ReplayTrainer:
 
     def _source_hook(self, name):
         source = self._hook_source()
-        if source is not None and _overrides(type(source), name):
+        if source is not None and custom_code.overrides(type(source), name):
             return getattr(source, name)
         return None
 
@@ -180,7 +185,7 @@ class ReplayTrainer:
     @property
     def metrics(self):
         source = self._hook_source()
-        if source is not None and _overrides(type(source), "metrics"):
+        if source is not None and custom_code.overrides(type(source), "metrics"):
             return source.metrics
         return super().metrics
 
@@ -235,25 +240,25 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().fit(*args, **kwargs)
-        _check_no_custom_train_step(type(self))
+        custom_code.check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         self._start_run_if_weights_were_set(optimizer)
         self._plan_fit(optimizer, bound)
-        first, bound.arguments["x"] = _peek_first_batch(bound.arguments.get("x"))
-        self._first_batch = _first_batch_spec(bound.arguments, first)
+        first, bound.arguments["x"] = fit_inputs.peek_first_batch(bound.arguments.get("x"))
+        self._first_batch = fit_inputs.first_batch_spec(bound.arguments, first)
         stream_batch_size = None
         if self._array_batch_size is None and self._distribute_strategy is None:
             # Keras gives generator and PyDataset batches an unknown batch
             # dimension; the buffer needs a static one, so the first batch
             # fixes it, and the step checks every later batch against it.
-            stream_batch_size = _leading_size(first)
+            stream_batch_size = fit_inputs.leading_size(first)
             self._array_batch_size = stream_batch_size
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
         arguments["callbacks"] = _with_run_callback(arguments.get("callbacks"))
         try:
             return super().fit(**self._index_arguments(optimizer, arguments))
         except tf.errors.InvalidArgumentError as error:
-            if stream_batch_size is None or _BATCH_CHECK not in str(error):
+            if stream_batch_size is None or fit_inputs.BATCH_CHECK not in str(error):
                 raise
             raise ValueError(
                 f"{STATIC_SHAPE_HINT} The first batch of this fit() had "
@@ -346,7 +351,7 @@ class ReplayTrainer:
         x = arg.get("x")
         epochs = arg.get("epochs", 1) - arg.get("initial_epoch", 0)
         steps_per_epoch = arg.get("steps_per_epoch")
-        num_samples = _num_array_samples(x)
+        num_samples = fit_inputs.num_array_samples(x)
         if num_samples is not None:
             batch_size = arg.get("batch_size")
             batch_size = 32 if batch_size is None else batch_size
@@ -419,7 +424,7 @@ class ReplayTrainer:
             self._planned_capacity = capacity
         if steps is not None and done + steps > capacity + forward_steps:
             raise ValueError(
-                _capacity_message(capacity, capacity + forward_steps + 1, done, forward_steps)
+                errors.capacity_message(capacity, capacity + forward_steps + 1, done, forward_steps)
             )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -450,7 +455,7 @@ class ReplayTrainer:
         traces NumPy input), so that nothing in the step creates variables.
         """
         try:
-            self._symbolic_build(data_batch=keras.tree.map_structure(_symbolic, batch))
+            self._symbolic_build(data_batch=keras.tree.map_structure(fit_inputs.symbolic, batch))
         except Exception:
             if not all(layer.built for layer in self._flatten_layers()):
                 raise
@@ -471,7 +476,7 @@ class ReplayTrainer:
         spec = ReplayBuffer.spec_of(batch)
         saved = self._saved_buffer
         if optimizer.window is not None:
-            capacity = _window_capacity(optimizer)
+            capacity = optimizer.window_capacity
         else:
             capacity = self._planned_capacity
             if optimizer.max_steps is not None:
@@ -530,7 +535,7 @@ class ReplayTrainer:
                 len(optimizer.variables), "int64"
             )
         if optimizer is not None:
-            for name in _RUN_SETTINGS:
+            for name in errors.RUN_SETTINGS:
                 store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
         buffer = self._buffer_of(optimizer) if optimizer is not None else None
         saved = SavedBuffer.of(buffer) if buffer is not None else self._saved_buffer
@@ -585,8 +590,8 @@ class ReplayTrainer:
                     counter.assign(0)
             self._saved_buffer = None
             return
-        _check_run_settings(store, optimizer)
-        _check_capacity(saved, optimizer)
+        errors.check_run_settings(store, optimizer)
+        errors.check_capacity(saved, optimizer)
         data_store = DataStore.load(store)
         if buffer is not None and DataStore.same_layout(self._data_store, data_store):
             # The compiled step holds the live buffer's variables.
@@ -622,7 +627,7 @@ class ReplayTrainer:
         def fix(t):
             if t is None or t.shape.rank == 0 or t.shape[0] is not None:
                 return t
-            return tf.ensure_shape(t, [size, *t.shape[1:]], name=_BATCH_CHECK)
+            return tf.ensure_shape(t, [size, *t.shape[1:]], name=fit_inputs.BATCH_CHECK)
 
         return keras.tree.map_structure(fix, batch)
 
@@ -900,23 +905,14 @@ class ReplayTrainer:
 
     def _model_state(self):
         """The non-trainable variables that belong to the training state S."""
-        return [v for v in self.non_trainable_variables if not _is_seed_state(v)]
+        return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
 
     def _seed_states(self):
-        return [v for v in self.non_trainable_variables if _is_seed_state(v)]
+        return [v for v in self.non_trainable_variables if random_layers.is_seed_state(v)]
 
     def _seed_random_layers(self, index):
-        """Keys every random layer's draws to the batch's arrival `index`.
-
-        Keras random ops are stateless functions of a SeedGenerator's state
-        `[seed, counter]`; the counter advances by one per draw. Setting it to
-        `index * 2**20` makes the draws of map `T_index` the same at every
-        replay, while the layer's own seed (set by `keras.utils.set_random_seed`
-        or `seed=`) keeps runs reproducible and layers independent.
-        """
-        for state in self._seed_states():
-            counter = tf.cast(index, state.dtype) * (2**20)
-            state.assign(tf.stack([state[0], counter]))
+        """Keys every random layer's draws to the batch's arrival `index` (see `random_layers`)."""
+        random_layers.key_to_batch(self._seed_states(), index)
 
     def _apply_buffered(self, optimizer, buffer, slot, index, loss_scale, replicas):
         """Applies the map of the batch buffered in `slot` (arrived at step `index`)."""
@@ -931,7 +927,7 @@ class ReplayTrainer:
         variables = self.trainable_variables
         compute = self._map_gradients
         if replicas.jit_gradients:
-            compute = _xla_gradients(replicas.xla(compute))
+            compute = xla_units.xla_gradients(replicas.xla(compute))
 
         def gradients(scale=None):
             return compute(optimizer, x, y, sample_weight, scale)
@@ -973,13 +969,13 @@ class ReplayTrainer:
         optimizer = self._backward_sgd()
         strategy = self.distribute_strategy
         if optimizer is not None:
-            _check_strategy(strategy)
+            errors.check_strategy(strategy)
             if self.jit_compile:
-                _warn_random_draws_into_convolutions(self)
+                xla_units.warn_random_draws_into_convolutions(self)
         if optimizer is not None and strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
             replay = self._make_replay_function(optimizer, self._replicas, jit_compile=False)
-        elif optimizer is not None and self.jit_compile and _xla_unit(optimizer, self) == "map":
+        elif optimizer is not None and self.jit_compile and xla_units.xla_unit(optimizer, self) == "map":
             # Keras would compile the whole step with XLA; here the step is
             # a graph and each map's forward and backward pass an XLA call.
             self._replicas = LocalReplicas(jit_gradients=True)
@@ -1008,7 +1004,7 @@ class ReplayTrainer:
                 # next fit() starts a new run from there.
                 optimizer.restore_anchor(self._model_state())
                 self._start_new_run(buffer, optimizer)
-            raise _incident_error(buffer, *incident)
+            raise errors.incident_error(buffer, *incident)
 
         def train_function(iterator):
             try:
@@ -1122,100 +1118,6 @@ def _with_run_callback(callbacks):
     return [_RunCallback(), *(callbacks or [])]
 
 
-_SUPPORTED_STRATEGIES = (
-    tf.distribute.MirroredStrategy,
-    tf.distribute.MultiWorkerMirroredStrategy,
-    tf.distribute.OneDeviceStrategy,
-)
-
-
-def _check_strategy(strategy):
-    # The default (no) strategy has no public class.
-    default = type(strategy).__name__ == "_DefaultDistributionStrategy"
-    if not (default or isinstance(strategy, _SUPPORTED_STRATEGIES)):
-        raise ValueError(
-            "keras_bsgd replays batches under MirroredStrategy, "
-            "MultiWorkerMirroredStrategy, OneDeviceStrategy or no strategy. "
-            f"{type(strategy).__name__} is not supported (parameter servers "
-            "apply updates asynchronously, which breaks the order of the "
-            "maps; TPUs are untested). Received: "
-            f"strategy={type(strategy).__name__}"
-        )
-
-
-# XLA:CPU emits the gradients of these layers' convolutions as a naive loop
-# nest when they sit inside a loop or conditional (docs/performance.md, "CNN").
-_CONVOLUTIONS = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.ConvLSTM1D,
-    keras.layers.ConvLSTM2D,
-    keras.layers.ConvLSTM3D,
-)
-
-
-def _on_cpu():
-    devices = tf.config.list_logical_devices()
-    return not any(d.device_type in ("GPU", "TPU") for d in devices)
-
-
-def _has_convolution(model):
-    layers = model._flatten_layers(include_self=False)
-    return any(isinstance(layer, _CONVOLUTIONS) for layer in layers)
-
-
-def _xla_unit(optimizer, model):
-    if optimizer.xla_unit != "auto":
-        return optimizer.xla_unit
-    return "map" if _on_cpu() and _has_convolution(model) else "step"
-
-
-def _warn_random_draws_into_convolutions(model):
-    # XLA:CPU fuses a random layer's draws into a convolution that consumes
-    # them and recomputes them inside the convolution's loops.
-    if _on_cpu() and _has_convolution(model) and model._seed_states():
-        warnings.warn(
-            "jit_compile=True on a CPU for a model with convolutions and random "
-            "layers (Dropout, noise, augmentation): XLA:CPU runs such models "
-            "many times slower than TensorFlow without XLA, in Keras itself too "
-            "(measured, Dropout before a Conv2D: 98 ms per Keras SGD step with "
-            "XLA, 14 ms without; keras_bsgd's maps alike). Compile with "
-            "`jit_compile=False` on CPUs (docs/performance.md, 'XLA on CPUs').",
-            stacklevel=3,
-        )
-
-
-def _xla_gradients(compiled):
-    """`compiled`, with a clear error for a forward pass XLA cannot hold."""
-
-    def gradients(*args):
-        try:
-            return compiled(*args)
-        except RuntimeError as error:
-            if "merge_call" not in str(error):
-                raise
-            raise ValueError(
-                "With `jit_compile=True` under a multi-replica strategy, "
-                "keras_bsgd compiles each replica's forward and backward pass "
-                "with XLA, one device at a time, so the model's forward pass "
-                "cannot synchronize replicas (e.g. "
-                "`BatchNormalization(synchronized=True)`). Compile with "
-                "`jit_compile=False`, or use layers that do not synchronize in "
-                "the forward pass. Received: a forward pass that calls "
-                "merge_call"
-            ) from error
-
-    return gradients
-
-
 def _save(optimizer, model_state):
     optimizer.save_anchor(model_state)
     return _noop()
@@ -1225,378 +1127,3 @@ def _is_seed_state(variable):
     # The state variable of a keras.random.SeedGenerator (dropout, noise, ...).
     return variable.name == "seed_generator_state"
 
-
-def _incident_error(buffer, kind, step):
-    if kind == "capacity":
-        return ValueError(
-            _capacity_message(buffer.capacity, step, step - 1, step - 1 - buffer.capacity)
-        )
-    if kind == "nonfinite_batch":
-        return ValueError(
-            f"The batch of step {step} has a non-finite value or loss (NaN or "
-            "Inf). It was not buffered and the training state is unchanged. "
-            "Clean the input pipeline, or compile with "
-            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
-            f"Received: a non-finite batch at step {step}"
-        )
-    return FloatingPointError(
-        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
-        "from the anchor produced non-finite weights (the composition left "
-        "its contractive region). Lower the learning rate or the window, or "
-        "add gradient clipping (`clipnorm=...`). The model now holds the "
-        "anchor (finite): the state the replay started from. A later fit() "
-        "starts a new run from it, without the buffered batches; compile a "
-        "new BackwardSGD to change the settings. Received: non-finite weights "
-        f"at step {step}"
-    )
-
-
-def _check_capacity(saved, optimizer):
-    """Raises `ValueError` unless `optimizer` can resume from `saved`."""
-    if optimizer.window is not None and saved.capacity != _window_capacity(optimizer):
-        window = saved.capacity - optimizer.replay_every + 1
-        raise ValueError(
-            f"The file holds a replay buffer of {saved.capacity} batches, "
-            f"saved with window={window}, but this model's optimizer "
-            f"has window={optimizer.window}. Load it into a model compiled "
-            f"with the same window. Received: window={optimizer.window}"
-        )
-    if (
-        optimizer.window is None
-        and optimizer.max_steps is not None
-        and saved.capacity != optimizer.max_steps - optimizer.forward_steps
-    ):
-        max_steps = saved.capacity + optimizer.forward_steps
-        raise ValueError(
-            f"The file holds the replay buffer of an exact run of "
-            f"{max_steps} steps (max_steps={max_steps}), but this "
-            f"model's optimizer has max_steps={optimizer.max_steps}. Load it "
-            "into a model compiled with the same max_steps. Received: "
-            f"max_steps={optimizer.max_steps}"
-        )
-
-
-# Settings that define the maps a saved run composes; files written before
-# they existed hold their defaults.
-_RUN_SETTINGS = {"replay_every": 1, "forward_steps": 0}
-
-
-def _check_run_settings(store, optimizer):
-    """Raises `ValueError` unless a saved run's settings are `optimizer`'s."""
-    for name, default in _RUN_SETTINGS.items():
-        key = SavedBuffer.PREFIX + name
-        saved = int(np.asarray(store[key])) if key in store.keys() else default
-        if saved != getattr(optimizer, name):
-            raise ValueError(
-                f"The file holds a run trained with {name}={saved}, and this "
-                f"model's optimizer has {name}={getattr(optimizer, name)}: "
-                "resuming would compose other maps than the saved run. Compile "
-                f"with `BackwardSGD({name}={saved})` to resume it. Received: "
-                f"{name}={getattr(optimizer, name)}"
-            )
-
-
-def _capacity_message(capacity, step, done, forward_steps=0):
-    after = f" after {forward_steps} forward steps" if forward_steps else ""
-    return (
-        f"Exact backward-SGD's buffer holds {capacity} batches{after}, and step "
-        f"{step} would need one more. Training stopped with the state of step "
-        f"{done}, unchanged. Either compile with a larger "
-        "`BackwardSGD(max_steps=...)`, or use windowed backward-SGD with "
-        f"`window=w`. Received: step {step} with capacity={capacity}"
-    )
-
-
-def _window_capacity(optimizer):
-    # Replays every E steps advance the anchor by up to E maps at once,
-    # read from the buffer before the new batch overwrites the oldest slot.
-    return optimizer.window + optimizer.replay_every - 1
-
-
-# The name of the shape check of batches whose size only the first batch fixed.
-_BATCH_CHECK = "keras_bsgd_batch_size"
-
-
-def _peek_first_batch(x):
-    """`(first batch or None, x)`: a generator's or PyDataset's first batch, and what to pass on.
-
-    A generator is read once and restored with its first batch in front, as
-    Keras' own data adapter does.
-    """
-    if isinstance(x, types.GeneratorType):
-        try:
-            first = next(x)
-        except StopIteration:
-            return None, x  # Keras raises its own error for an empty generator.
-        # Keras accepts generators only (types.GeneratorType), not iterators.
-        return first, (batch for batch in itertools.chain([first], x))
-    if isinstance(x, keras.utils.PyDataset) and x.num_batches != 0:
-        # Keras reads the first batches itself to learn their spec.
-        first = x[0]
-        return (tuple(first) if isinstance(first, list) else first), x
-    return None, x
-
-
-def _first_batch_spec(arguments, first):
-    """A nest with the first batch's shapes and dtypes, or None where unknown."""
-    x = arguments.get("x")
-    if first is not None:
-        return first
-    if isinstance(x, tf.data.Dataset):
-        return x.element_spec
-    if _num_array_samples(x) is not None:
-        batch_size = arguments.get("batch_size") or 32
-        data = (x, arguments.get("y"), arguments.get("sample_weight"))
-        return keras.tree.map_structure(
-            lambda a: None if a is None else a[:batch_size], data
-        )
-    return None
-
-
-def _symbolic(leaf):
-    # A batch of unknown size, as Keras traces NumPy input; float arrays
-    # reach the model as floatx.
-    if leaf is None:
-        return None
-    dtype = keras.backend.standardize_dtype(
-        leaf.dtype.name if isinstance(leaf.dtype, tf.dtypes.DType) else leaf.dtype
-    )
-    if isinstance(leaf, np.ndarray) and "float" in dtype:
-        dtype = keras.backend.floatx()
-    shape = tuple(leaf.shape)
-    return keras.KerasTensor((None, *shape[1:]) if shape else shape, dtype)
-
-
-def _leading_size(batch):
-    """The shared leading dimension of every leaf of `batch`, or None."""
-    if batch is None:
-        return None
-    leaves = [t for t in keras.tree.flatten(batch) if t is not None]
-    sizes = {np.shape(t)[0] if np.ndim(t) else None for t in leaves}
-    return sizes.pop() if len(sizes) == 1 and None not in sizes else None
-
-
-def _num_array_samples(x):
-    """The sample count of array-like `x` (NumPy, tensors, their nests), else None."""
-    leaves = [t for t in keras.tree.flatten(x) if t is not None] if x is not None else []
-    if leaves and all(isinstance(t, (np.ndarray, tf.Tensor)) for t in leaves):
-        return int(leaves[0].shape[0])
-    return None
-
-
-@keras.saving.register_keras_serializable(package="keras_bsgd")
-class Model(ReplayTrainer, keras.Model):
-    """A `keras.Model` whose `fit` runs backward-SGD when compiled with `BackwardSGD`.
-
-    Use it like `keras.Model`: functional (`Model(inputs, outputs)`, which
-    returns a `FunctionalModel`) or subclassed (`class Net(keras_bsgd.Model)`
-    with a `call()`, or created with `(inputs, outputs)`). Subclasses may
-    override `compute_loss` (every replayed map and the logging pass call
-    it) and `test_step`, not `train_step`: backward-SGD defines the step.
-    With any other optimizer it trains as plain Keras.
-
-    Example:
-
-    >>> import keras, numpy as np, keras_bsgd
-    >>> inputs = keras.Input((4,))
-    >>> model = keras_bsgd.Model(inputs, keras.layers.Dense(2)(inputs))
-    >>> model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, max_steps=4), loss="mse")
-    >>> x, y = np.ones((16, 4), "float32"), np.zeros((16, 2), "float32")
-    >>> model.fit(x, y, batch_size=4, verbose=0).history["loss"][0] > 0
-    True
-    """
-
-    def __new__(cls, *args, **kwargs):
-        if _functional_arguments(args, kwargs) and not issubclass(cls, Functional):
-            functional = _functional_class(cls)
-            return functional.__new__(functional, *args, **kwargs)
-        return super().__new__(cls, *args, **kwargs)
-
-    def __init__(self, *args, **kwargs):
-        if isinstance(self, Functional):
-            Functional.__init__(self, *args, **kwargs)
-        else:
-            keras.Model.__init__(self, *args, **kwargs)
-
-
-@keras.saving.register_keras_serializable(package="keras_bsgd")
-class FunctionalModel(Model, Functional):
-    """The functional `keras_bsgd.Model`: what `keras_bsgd.Model(inputs, outputs)` returns."""
-
-
-_FUNCTIONAL_CLASSES = {}
-
-
-def _functional_class(cls):
-    """The functional form of `keras_bsgd.Model` or of a subclass of it.
-
-    `class CustomModel(keras_bsgd.Model)` created with `(inputs, outputs)`
-    (keras.io, "Customizing what happens in fit()") becomes an instance of
-    a subclass of both `CustomModel` and `FunctionalModel`, so that its own
-    methods (`__init__`, `compute_loss`, `test_step`, ...) come first. Keras
-    does this by rewriting the `__bases__` of the class chain, which would
-    make `keras_bsgd.Model` itself functional.
-    """
-    if cls is Model:
-        return FunctionalModel
-    if cls not in _FUNCTIONAL_CLASSES:
-        _FUNCTIONAL_CLASSES[cls] = type(
-            cls.__name__,
-            (cls, FunctionalModel),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
-    return _FUNCTIONAL_CLASSES[cls]
-
-
-def _overrides(cls, name):
-    """Whether `cls` defines its own `name` (a training hook) over Keras' default."""
-    ours = getattr(ReplayTrainer, name, None)
-    mine = getattr(cls, name, None)
-    return mine is not getattr(keras.Model, name) and mine is not ours
-
-
-def _check_no_custom_train_step(cls):
-    """Refuses a `train_step` override of a keras_bsgd model that replaces the step.
-
-    One that calls `super().train_step(data)` (to count traces, say) runs
-    the backward-SGD step and is kept. One that does not, and calls the
-    optimizer anyway, would also fail at its first step (`BackwardSGD.apply`
-    raises); this says why before anything runs.
-    """
-    method = getattr(cls, "train_step")
-    code = getattr(method, "__code__", None)
-    if _overrides(cls, "train_step") and (code is None or "train_step" not in code.co_names):
-        raise ValueError(_custom_step_message(cls, "train_step"))
-
-
-def _custom_step_message(cls, name):
-    if name == "train_step":
-        why = (
-            "keras_bsgd defines the training step itself: every step replays "
-            "the buffered batches through the model's loss, so a custom "
-            "`train_step` cannot run (it would update the weights once per "
-            "batch, which is forward SGD)."
-        )
-    else:
-        why = (
-            f"`keras_bsgd.wrap` calls the model's layers from a new model, "
-            f"where the wrapped class's `{name}` would not see its own "
-            "metrics and compiled loss."
-        )
-    return (
-        f"{why} Put the custom loss in `compute_loss(x, y, y_pred, "
-        "sample_weight, training)`, which the logging pass and every "
-        "replayed map call; or derive the class from `keras_bsgd.Model` "
-        "instead of `keras.Model` (created with `(inputs, outputs)` or with "
-        "a `call()`), where `compute_loss` and `test_step` overrides run as "
-        "written; or train with a Keras optimizer. Received: a model of "
-        f"class {cls.__name__} that overrides `{name}`"
-    )
-
-
-def _functional_arguments(args, kwargs):
-    return (
-        len(args) == 2
-        or (len(args) == 1 and "outputs" in kwargs)
-        or ("inputs" in kwargs and "outputs" in kwargs)
-    )
-
-
-@keras.saving.register_keras_serializable(package="keras_bsgd")
-class Sequential(ReplayTrainer, keras.Sequential):
-    """A `keras.Sequential` whose `fit` runs backward-SGD with `BackwardSGD`.
-
-    Example:
-
-    >>> import keras, keras_bsgd
-    >>> model = keras_bsgd.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> model.compile(optimizer=keras_bsgd.BackwardSGD(window=8), loss="mse")
-    """
-
-
-@keras.saving.register_keras_serializable(package="keras_bsgd")
-class WrappedModel(Model):
-    """A `keras_bsgd.Model` that calls an existing model (made by `wrap`).
-
-    Args:
-        model: The wrapped Keras model; its weights are shared, not copied.
-    """
-
-    def __init__(self, model, **kwargs):
-        super().__init__(**kwargs)
-        self.model = model
-
-    def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "model": keras.saving.serialize_keras_object(self.model),
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        return cls(**config)
-
-
-def wrap(model):
-    """Returns a `keras_bsgd.Model` that trains `model`'s own weights by backward-SGD.
-
-    Functional and `Sequential` models are rebuilt as a functional
-    `keras_bsgd.Model` over the same layers; subclassed models are called
-    through a `WrappedModel`. Either way the weights are shared: training the
-    result trains `model`. Overrides of `compute_loss`, `metrics` and
-    `reset_metrics` in `model`'s class are called (as methods of `model`);
-    overrides of `train_step`, `test_step` and `compute_metrics` are refused.
-
-    Args:
-        model: A built `keras.Model`.
-
-    Returns:
-        A `keras_bsgd.Model`, or `model` itself if it already is one.
-
-    Raises:
-        ValueError: if `model` is unbuilt, or its class overrides
-            `train_step`, `test_step` or `compute_metrics`.
-
-    Example:
-
-    >>> import keras, keras_bsgd
-    >>> plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    >>> model = keras_bsgd.wrap(plain)
-    >>> model.trainable_variables[0] is plain.trainable_variables[0]
-    True
-    """
-    if isinstance(model, ReplayTrainer):
-        return model
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "`keras_bsgd.wrap` expects a keras.Model. "
-            f"Received: model of type {type(model).__name__}"
-        )
-    if not model.built:
-        raise ValueError(
-            "`keras_bsgd.wrap` needs a built model, so that the wrapper can "
-            "share its weights: call the model on a batch, or build it with "
-            f"`model.build(input_shape)`, first. Received: unbuilt model "
-            f"'{model.name}'"
-        )
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        inputs = outputs = None
-    for name in ("train_step", "test_step", "compute_metrics"):
-        if _overrides(type(model), name):
-            raise ValueError(_custom_step_message(type(model), name))
-    if inputs and outputs:
-        wrapper = Model(inputs=inputs, outputs=outputs, name=model.name)
-    else:
-        wrapper = WrappedModel(model, name=model.name)
-    if any(_overrides(type(model), n) for n in ("compute_loss", "metrics", "reset_metrics")):
-        # The wrapper computes the loss and keeps the metrics with the
-        # model's own methods, run as methods of the model.
-        wrapper._hook_source = lambda: model
-    return wrapper

@@ -3,7 +3,7 @@
 For every step k it resets a plain `keras.Model` to S_0 and applies Keras'
 own SGD step to the batches in the composition order of docs/design.md §1, with
 each random layer keyed to the batch's arrival index exactly as documented
-in `keras_bsgd.trainer` (SeedGenerator counter = index * 2**20). No code of
+in `keras_bsgd.random_layers` (SeedGenerator counter = index * 2**20). No code of
 keras_bsgd runs here.
 """
 

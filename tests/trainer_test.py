@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_bsgd
-from keras_bsgd import trainer
+from keras_bsgd import xla_units
 from tests import reference
 from tests.trajectories import EXECUTION_MODES
 from tests.trajectories import as_dataset
@@ -226,8 +226,8 @@ def test_auto_xla_unit_compiles_the_map_only_for_convolutions_on_cpu(layer, unit
     # XLA:CPU emits as naive loops inside a loop (docs/performance.md).
     shape = (8, 8, 3) if isinstance(layer, keras.layers.SeparableConv2D) else (8, 3)
     model = keras_bsgd.Sequential([keras.Input(shape), layer, keras.layers.Flatten()])
-    assert trainer._xla_unit(keras_bsgd.BackwardSGD(), model) == unit
-    assert trainer._xla_unit(keras_bsgd.BackwardSGD(xla_unit="step"), model) == "step"
+    assert xla_units.xla_unit(keras_bsgd.BackwardSGD(), model) == unit
+    assert xla_units.xla_unit(keras_bsgd.BackwardSGD(xla_unit="step"), model) == "step"
 
 
 @pytest.mark.parametrize(

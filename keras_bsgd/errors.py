@@ -1,0 +1,108 @@
+"""The trainer's errors: incidents the compiled step reports, refused settings and files."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_bsgd.buffer import SavedBuffer
+
+
+SUPPORTED_STRATEGIES = (
+    tf.distribute.MirroredStrategy,
+    tf.distribute.MultiWorkerMirroredStrategy,
+    tf.distribute.OneDeviceStrategy,
+)
+
+
+def check_strategy(strategy):
+    # The default (no) strategy has no public class.
+    default = type(strategy).__name__ == "_DefaultDistributionStrategy"
+    if not (default or isinstance(strategy, SUPPORTED_STRATEGIES)):
+        raise ValueError(
+            "keras_bsgd replays batches under MirroredStrategy, "
+            "MultiWorkerMirroredStrategy, OneDeviceStrategy or no strategy. "
+            f"{type(strategy).__name__} is not supported (parameter servers "
+            "apply updates asynchronously, which breaks the order of the "
+            "maps; TPUs are untested). Received: "
+            f"strategy={type(strategy).__name__}"
+        )
+
+
+def incident_error(buffer, kind, step):
+    if kind == "capacity":
+        return ValueError(
+            capacity_message(buffer.capacity, step, step - 1, step - 1 - buffer.capacity)
+        )
+    if kind == "nonfinite_batch":
+        return ValueError(
+            f"The batch of step {step} has a non-finite value or loss (NaN or "
+            "Inf). It was not buffered and the training state is unchanged. "
+            "Clean the input pipeline, or compile with "
+            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
+            f"Received: a non-finite batch at step {step}"
+        )
+    return FloatingPointError(
+        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
+        "from the anchor produced non-finite weights (the composition left "
+        "its contractive region). Lower the learning rate or the window, or "
+        "add gradient clipping (`clipnorm=...`). The model now holds the "
+        "anchor (finite): the state the replay started from. A later fit() "
+        "starts a new run from it, without the buffered batches; compile a "
+        "new BackwardSGD to change the settings. Received: non-finite weights "
+        f"at step {step}"
+    )
+
+
+def check_capacity(saved, optimizer):
+    """Raises `ValueError` unless `optimizer` can resume from `saved`."""
+    if optimizer.window is not None and saved.capacity != optimizer.window_capacity:
+        window = saved.capacity - optimizer.replay_every + 1
+        raise ValueError(
+            f"The file holds a replay buffer of {saved.capacity} batches, "
+            f"saved with window={window}, but this model's optimizer "
+            f"has window={optimizer.window}. Load it into a model compiled "
+            f"with the same window. Received: window={optimizer.window}"
+        )
+    if (
+        optimizer.window is None
+        and optimizer.max_steps is not None
+        and saved.capacity != optimizer.max_steps - optimizer.forward_steps
+    ):
+        max_steps = saved.capacity + optimizer.forward_steps
+        raise ValueError(
+            f"The file holds the replay buffer of an exact run of "
+            f"{max_steps} steps (max_steps={max_steps}), but this "
+            f"model's optimizer has max_steps={optimizer.max_steps}. Load it "
+            "into a model compiled with the same max_steps. Received: "
+            f"max_steps={optimizer.max_steps}"
+        )
+
+
+# Settings that define the maps a saved run composes; files written before
+# they existed hold their defaults.
+RUN_SETTINGS = {"replay_every": 1, "forward_steps": 0}
+
+
+def check_run_settings(store, optimizer):
+    """Raises `ValueError` unless a saved run's settings are `optimizer`'s."""
+    for name, default in RUN_SETTINGS.items():
+        key = SavedBuffer.PREFIX + name
+        saved = int(np.asarray(store[key])) if key in store.keys() else default
+        if saved != getattr(optimizer, name):
+            raise ValueError(
+                f"The file holds a run trained with {name}={saved}, and this "
+                f"model's optimizer has {name}={getattr(optimizer, name)}: "
+                "resuming would compose other maps than the saved run. Compile "
+                f"with `BackwardSGD({name}={saved})` to resume it. Received: "
+                f"{name}={getattr(optimizer, name)}"
+            )
+
+
+def capacity_message(capacity, step, done, forward_steps=0):
+    after = f" after {forward_steps} forward steps" if forward_steps else ""
+    return (
+        f"Exact backward-SGD's buffer holds {capacity} batches{after}, and step "
+        f"{step} would need one more. Training stopped with the state of step "
+        f"{done}, unchanged. Either compile with a larger "
+        "`BackwardSGD(max_steps=...)`, or use windowed backward-SGD with "
+        f"`window=w`. Received: step {step} with capacity={capacity}"
+    )

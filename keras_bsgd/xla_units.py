@@ -1,0 +1,79 @@
+"""What one XLA program covers on this device (`BackwardSGD(xla_unit=...)`), and XLA:CPU's pitfalls."""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+
+# XLA:CPU emits the gradients of these layers' convolutions as a naive loop
+# nest when they sit inside a loop or conditional (docs/performance.md, "CNN").
+CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+    keras.layers.ConvLSTM1D,
+    keras.layers.ConvLSTM2D,
+    keras.layers.ConvLSTM3D,
+)
+
+
+def on_cpu():
+    devices = tf.config.list_logical_devices()
+    return not any(d.device_type in ("GPU", "TPU") for d in devices)
+
+
+def has_convolution(model):
+    layers = model._flatten_layers(include_self=False)
+    return any(isinstance(layer, CONVOLUTIONS) for layer in layers)
+
+
+def xla_unit(optimizer, model):
+    if optimizer.xla_unit != "auto":
+        return optimizer.xla_unit
+    return "map" if on_cpu() and has_convolution(model) else "step"
+
+
+def warn_random_draws_into_convolutions(model):
+    # XLA:CPU fuses a random layer's draws into a convolution that consumes
+    # them and recomputes them inside the convolution's loops.
+    if on_cpu() and has_convolution(model) and model._seed_states():
+        warnings.warn(
+            "jit_compile=True on a CPU for a model with convolutions and random "
+            "layers (Dropout, noise, augmentation): XLA:CPU runs such models "
+            "many times slower than TensorFlow without XLA, in Keras itself too "
+            "(measured, Dropout before a Conv2D: 98 ms per Keras SGD step with "
+            "XLA, 14 ms without; keras_bsgd's maps alike). Compile with "
+            "`jit_compile=False` on CPUs (docs/performance.md, 'XLA on CPUs').",
+            stacklevel=3,
+        )
+
+
+def xla_gradients(compiled):
+    """`compiled`, with a clear error for a forward pass XLA cannot hold."""
+
+    def gradients(*args):
+        try:
+            return compiled(*args)
+        except RuntimeError as error:
+            if "merge_call" not in str(error):
+                raise
+            raise ValueError(
+                "With `jit_compile=True` under a multi-replica strategy, "
+                "keras_bsgd compiles each replica's forward and backward pass "
+                "with XLA, one device at a time, so the model's forward pass "
+                "cannot synchronize replicas (e.g. "
+                "`BatchNormalization(synchronized=True)`). Compile with "
+                "`jit_compile=False`, or use layers that do not synchronize in "
+                "the forward pass. Received: a forward pass that calls "
+                "merge_call"
+            ) from error
+
+    return gradients
