@@ -31,6 +31,7 @@ the errors in `keras_bsgd.errors`, the input checks in
 import hashlib
 import inspect
 import math
+import weakref
 
 import keras
 import numpy as np
@@ -68,7 +69,9 @@ class ReplayTrainer:
     """
 
     _replay_buffer = None
-    _replay_buffer_owner = None  # id() of the optimizer the buffer serves
+    # The optimizer whose run the buffer serves, weakly: a new compile() is
+    # a new run, and ids of collected optimizers are reused.
+    _replay_buffer_owner = None
     _saved_buffer = None  # a loaded SavedBuffer, until the first step
     _array_batch_size = None
     _planned_capacity = None
@@ -77,7 +80,7 @@ class ReplayTrainer:
     _first_batch = None
     _built_before_trace = False  # whether no variable is created in the step
     # The DataStore of an index-buffered run (its buffer holds example
-    # indices), the id() of the optimizer whose run it serves, and the
+    # indices), a weak reference to the optimizer whose run it serves, and the
     # (store, version) the train function was traced with.
     _data_store = None
     _data_store_owner = None
@@ -313,7 +316,7 @@ class ReplayTrainer:
         in_memory = index_feed.in_memory((x, y, sample_weight))
         in_memory = in_memory and self._distribute_strategy is None
         if self._buffer_of(optimizer) is not None:
-            mine = self._data_store_owner == id(optimizer)
+            mine = _owned_by(self._data_store_owner, optimizer)
             store = self._data_store if mine else None
         elif self._saved_buffer is not None:
             store = self._data_store  # loaded with the buffer, or None
@@ -321,7 +324,7 @@ class ReplayTrainer:
             store = DataStore()
         else:
             store = None
-        self._data_store, self._data_store_owner = store, id(optimizer)
+        self._data_store, self._data_store_owner = store, weakref.ref(optimizer)
         if store is not None and not in_memory:
             raise ValueError(
                 "This run's replay buffer holds example indices into in-memory "
@@ -464,7 +467,7 @@ class ReplayTrainer:
 
     def _buffer_of(self, optimizer):
         # A newly compiled optimizer starts a new run, with a new buffer.
-        if self._replay_buffer_owner == id(optimizer):
+        if _owned_by(self._replay_buffer_owner, optimizer):
             return self._replay_buffer
         return None
 
@@ -496,7 +499,7 @@ class ReplayTrainer:
         if saved is not None and saved.replayed_step is None:
             # Saved before `replay_every` existed: every step was replayed.
             self._replay_buffer.replayed_step.assign(optimizer.iterations)
-        self._replay_buffer_owner = id(optimizer)
+        self._replay_buffer_owner = weakref.ref(optimizer)
         self._saved_buffer = None
         return self._replay_buffer
 
@@ -1116,6 +1119,11 @@ def _with_run_callback(callbacks):
         callbacks.callbacks.insert(0, _RunCallback())
         return callbacks
     return [_RunCallback(), *(callbacks or [])]
+
+
+def _owned_by(owner, optimizer):
+    """Whether the weak reference `owner` (or None) refers to `optimizer`."""
+    return owner is not None and owner() is optimizer
 
 
 def _save(optimizer, model_state):
