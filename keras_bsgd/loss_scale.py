@@ -12,6 +12,8 @@ underflow or overflow: `T_i` stays the float32 map up to float16 rounding.
 
 import tensorflow as tf
 
+from keras_bsgd import finiteness
+
 # A map whose gradient still overflows after this many halvings is left
 # non-finite; the replay's divergence check then stops the run.
 MAX_HALVINGS = 32
@@ -75,7 +77,7 @@ class ReplayLossScale:
             return scale, dense(scaled_gradients(scale))
 
         scale, grads = tf.while_loop(
-            lambda scale, grads: tf.logical_not(_all_finite(grads)),
+            lambda scale, grads: tf.logical_not(finiteness.all_finite(grads)),
             retry,
             (scale, dense(first)),
             maximum_iterations=MAX_HALVINGS,
@@ -112,6 +114,3 @@ class ReplayLossScale:
             )
         )
 
-
-def _all_finite(grads):
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from keras_bsgd import custom_code
 from keras_bsgd import errors
+from keras_bsgd import finiteness
 from keras_bsgd import fit_inputs
 from keras_bsgd import index_feed
 from keras_bsgd import random_layers
@@ -843,11 +844,7 @@ class ReplayTrainer:
         return advances + replayed
 
     def _diverged(self):
-        return tf.logical_not(
-            tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
-            )
-        )
+        return tf.logical_not(finiteness.all_finite(self.trainable_variables))
 
     def _replay_step(self, optimizer, replicas):
         """Replays up to the current step (epoch ends with `replay_every > 1`)."""
@@ -889,14 +886,8 @@ class ReplayTrainer:
         after = [tf.identity(v) for v in self.metrics_variables]
         # A batch with a non-finite value or loss must never enter the buffer:
         # it would poison every later step.
-        finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(loss))]
-            + [
-                tf.reduce_all(tf.math.is_finite(t))
-                for t in keras.tree.flatten(batch)
-                if t is not None and t.dtype.is_floating
-            ]
-        )
+        floats = [t for t in keras.tree.flatten(batch) if t is not None and t.dtype.is_floating]
+        finite = finiteness.all_finite([loss] + floats)
         return finite, before, after
 
     def _keep_metrics(self, finite, before, after):
