@@ -847,21 +847,21 @@ class ReplayTrainer:
         return tf.logical_not(finiteness.all_finite(self.trainable_variables))
 
     def _replay_step(self, optimizer, replicas):
-        """Replays up to the current step (epoch ends with `replay_every > 1`)."""
+        """Replays up to the current step (epoch ends with `replay_every > 1`).
+
+        Called only when the model does not hold that step's iterate yet
+        (`replay_function` checks on the host), so nothing here is masked.
+        """
         buffer = self._replay_buffer
         step = tf.cast(optimizer.iterations, "int64")
-        replay = tf.not_equal(step, buffer.replayed_step)
-        local = step - buffer.origin
         first = tf.equal(buffer.replayed_step, 0)
-        optimizer.restore_anchor(
-            self._model_state(),
-            when=replay,
-            model_state_otherwise=[tf.identity(v) for v in self._model_state()],
+        optimizer.restore_anchor(self._model_state())
+        maps = self._replay(
+            optimizer, buffer, step - buffer.origin, None, self._loss_scale(), replicas
         )
-        maps = self._replay(optimizer, buffer, local, replay, self._loss_scale(), replicas)
         buffer.gradient_evaluations.assign_add(maps)
-        optimizer.average_iterate(replay, first)
-        buffer.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
+        optimizer.average_iterate(True, first)
+        buffer.report("diverged", step, when=self._diverged())
         return maps
 
     def _log_batch(self, batch):
