@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_bsgd import structures
+
 STATIC_SHAPE_HINT = (
     "Backward-SGD keeps past batches in fixed-size buffers, so every batch "
     "must have the same static shape and dtype. Batch a tf.data pipeline "
@@ -56,10 +58,10 @@ class ReplayBuffer:
                 else tf.Variable(
                     tf.zeros((self.capacity, *s.shape), s.dtype),
                     trainable=False,
-                    name=f"replay_{path or 'batch'}",
+                    name=f"replay_{name}",
                     **sync,
                 )
-                for path, s in _flatten_with_names(spec)
+                for name, s in structures.flatten_with_names(spec)
             ]
             self.learning_rates = tf.Variable(
                 tf.zeros((self.capacity,), "float32"),
@@ -139,14 +141,12 @@ class ReplayBuffer:
     @property
     def nbytes(self):
         """Bytes held by the batch slots (all leaves, all slots)."""
-        return sum(
-            v.shape.num_elements() * v.dtype.size for v in self._slots if v is not None
-        )
+        return structures.nbytes(self._slots)
 
     @property
     def batch_size(self):
         """The leading dimension shared by every buffered batch."""
-        return next(s.shape[0] for s in keras.tree.flatten(self.spec) if s is not None)
+        return structures.num_examples(self.spec)
 
     @staticmethod
     def spec_of(batch):
@@ -156,36 +156,22 @@ class ReplayBuffer:
             ValueError: if any leaf has an unknown dimension.
         """
         spec = _spec(batch)
-        for path, s in _flatten_with_names(spec):
+        for name, s in structures.flatten_with_names(spec):
             if s is not None and not s.shape.is_fully_defined():
                 raise ValueError(
                     f"{STATIC_SHAPE_HINT} Received: a batch whose element "
-                    f"'{path or 'batch'}' has shape {tuple(s.shape)}{_NONE_NOTE}"
+                    f"'{name}' has shape {tuple(s.shape)}{_NONE_NOTE}"
                 )
         return spec
 
     def check(self, batch):
         """Raises `ValueError` unless `batch` matches the buffer's structure."""
         spec = _spec(batch)
-        try:
-            keras.tree.assert_same_structure(spec, self.spec)
-            same = all(
-                (a is None and b is None)
-                or (
-                    a is not None
-                    and b is not None
-                    and a.shape == b.shape
-                    and a.dtype == b.dtype
-                )
-                for a, b in zip(keras.tree.flatten(spec), keras.tree.flatten(self.spec))
-            )
-        except (ValueError, TypeError):
-            same = False
-        if not same:
+        if not structures.same_specs(spec, self.spec):
             raise ValueError(
                 f"{STATIC_SHAPE_HINT} The replay buffer holds batches of "
-                f"{_describe(self.spec)}. Received: a batch of "
-                f"{_describe(spec)}{_NONE_NOTE}"
+                f"{structures.describe(self.spec)}. Received: a batch of "
+                f"{structures.describe(spec)}{_NONE_NOTE}"
             )
 
     def write(self, slot, batch, learning_rate, when=True):
@@ -397,21 +383,4 @@ def _load_leaf(store, key):
 def _spec(batch):
     return keras.tree.map_structure(
         lambda t: None if t is None else tf.TensorSpec.from_tensor(t), batch
-    )
-
-
-def _flatten_with_names(spec):
-    """`(name, leaf)` pairs, names like "0/1" or "0/image", in tree order."""
-    return [
-        ("/".join(str(p) for p in path), leaf)
-        for path, leaf in keras.tree.flatten_with_path(spec)
-    ]
-
-
-def _describe(spec):
-    leaves = _flatten_with_names(spec)
-    return ", ".join(
-        f"{path or 'batch'}: "
-        + ("None" if s is None else f"{tuple(s.shape)} {s.dtype.name}")
-        for path, s in leaves
     )

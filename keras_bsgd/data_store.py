@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_bsgd import structures
+
 
 class DataStore:
     """The in-memory datasets of a run, kept once each, gathered by global example index.
@@ -60,9 +62,7 @@ class DataStore:
         """Bytes held on the device (all leaves of all datasets)."""
         if self._variables is None:
             return 0
-        return sum(
-            v.shape.num_elements() * v.dtype.size for v in self._variables if v is not None
-        )
+        return structures.nbytes(self._variables)
 
     @property
     def fingerprints(self):
@@ -127,9 +127,9 @@ class DataStore:
                 f"receive: {_describe(pending)}. Resume with the arrays the "
                 "saved run trained on (train on other data in a later fit() "
                 f"call). Received: data with fingerprint {fingerprint} "
-                f"({num_examples(data)} examples)"
+                f"({structures.num_examples(data)} examples)"
             )
-        size = num_examples(data)
+        size = structures.num_examples(data)
         if self.size + size > np.iinfo(np.int32).max:
             raise ValueError(
                 "Index buffering numbers examples with int32, and this run's "
@@ -164,18 +164,13 @@ class DataStore:
         if self._structure is None:
             self._structure = structure
             return
-        try:
-            keras.tree.assert_same_structure(structure, self._structure)
-            same = keras.tree.flatten(structure) == keras.tree.flatten(self._structure)
-        except (ValueError, TypeError):
-            same = False
-        if not same:
+        if not structures.same_specs(structure, self._structure):
             raise ValueError(
                 "Every fit() of a run must get examples of the same structure, "
                 "shapes and dtypes: the replay buffer keeps example indices "
                 "into all of them. The stored examples are "
-                f"{_describe_structure(self._structure)}. Received: examples "
-                f"of {_describe_structure(structure)}"
+                f"{structures.describe(self._structure, root='')}. Received: "
+                f"examples of {structures.describe(structure, root='')}"
             )
 
     def _build(self):
@@ -244,20 +239,7 @@ class DataStore:
 _ON_DEVICE = "on device"
 
 
-def num_examples(data):
-    """The number of examples in a nest of arrays (None leaves allowed)."""
-    return next(int(a.shape[0]) for a in keras.tree.flatten(data) if a is not None)
-
-
 def _describe(entries):
     return ", ".join(
         f"fingerprint {fingerprint} ({size} examples)" for fingerprint, _, size, _ in entries
-    )
-
-
-def _describe_structure(structure):
-    return ", ".join(
-        f"{'/'.join(str(p) for p in path)}: "
-        + ("None" if s is None else f"{tuple(s.shape)} {s.dtype.name}")
-        for path, s in keras.tree.flatten_with_path(structure)
     )

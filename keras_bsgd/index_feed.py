@@ -17,7 +17,7 @@ from keras.src.trainers.data_adapters.data_adapter_utils import (
     class_weight_to_sample_weights,
 )
 
-from keras_bsgd.data_store import num_examples
+from keras_bsgd.structures import num_examples
 
 
 def in_memory(data):

@@ -1,0 +1,102 @@
+"""Nests of tensors, arrays and specs: their leaves' names, sizes and bytes, compared and described."""
+
+import keras
+
+
+def flatten_with_names(nest, root="batch"):
+    """The leaves of a nest with their names, in `keras.tree.flatten` order.
+
+    Args:
+        nest: A nest (None leaves allowed).
+        root: The name of a nest that is a single leaf.
+
+    Returns:
+        A list of `(name, leaf)` pairs, names like `"0/1"` or `"0/image"`.
+
+    Example:
+
+    >>> flatten_with_names(({"image": 1}, None))
+    [('0/image', 1), ('1', None)]
+    >>> flatten_with_names(1)
+    [('batch', 1)]
+    """
+    return [
+        ("/".join(str(p) for p in path) or root, leaf)
+        for path, leaf in keras.tree.flatten_with_path(nest)
+    ]
+
+
+def describe(spec, root="batch"):
+    """The leaves of a nest of `tf.TensorSpec` as error messages show them.
+
+    Args:
+        spec: A nest of `tf.TensorSpec` (None leaves allowed).
+        root: The name of a nest that is a single leaf.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> describe((tf.TensorSpec((2, 3), "uint8"), None))
+    '0: (2, 3) uint8, 1: None'
+    """
+    return ", ".join(
+        f"{name}: " + ("None" if s is None else f"{tuple(s.shape)} {s.dtype.name}")
+        for name, s in flatten_with_names(spec, root)
+    )
+
+
+def same_specs(a, b):
+    """Whether two nests of `tf.TensorSpec` have the same structure, shapes and dtypes.
+
+    Spec names do not count (a traced tensor's spec is named after its op),
+    and a None leaf matches only None.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> same_specs((tf.TensorSpec((2,), "int32", name="x"), None),
+    ...            (tf.TensorSpec((2,), "int32"), None))
+    True
+    >>> same_specs((tf.TensorSpec((2,), "int32"),), (None,))
+    False
+    """
+    try:
+        keras.tree.assert_same_structure(a, b)
+        return all(
+            (x is None and y is None)
+            or (
+                x is not None
+                and y is not None
+                and x.shape == y.shape
+                and x.dtype == y.dtype
+            )
+            for x, y in zip(keras.tree.flatten(a), keras.tree.flatten(b))
+        )
+    except (ValueError, TypeError):
+        return False
+
+
+def num_examples(nest):
+    """The leading dimension of a nest's first leaf that is not None.
+
+    For a batch this is its size, for a dataset its number of examples.
+
+    Example:
+
+    >>> import numpy as np
+    >>> num_examples((None, np.zeros((5, 2)), np.zeros(5)))
+    5
+    """
+    return next(int(a.shape[0]) for a in keras.tree.flatten(nest) if a is not None)
+
+
+def nbytes(tensors):
+    """Bytes held by a sequence of tensors or variables (None entries hold nothing).
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> nbytes([tf.zeros((4, 3), "uint8"), None, tf.zeros((4,), "int32")])
+    28
+    """
+    return sum(v.shape.num_elements() * v.dtype.size for v in tensors if v is not None)
