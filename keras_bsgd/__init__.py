@@ -14,7 +14,7 @@ from keras_bsgd.models import Sequential  # noqa: E402
 from keras_bsgd.models import WrappedModel  # noqa: E402
 from keras_bsgd.models import wrap  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BackwardSGD",

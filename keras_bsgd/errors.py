@@ -77,16 +77,54 @@ def check_capacity(saved, optimizer):
         )
 
 
-# Settings that define the maps a saved run composes; files written before
-# they existed hold their defaults.
-RUN_SETTINGS = {"replay_every": 1, "forward_steps": 0}
+# The layout of the saved training state. 1: keras_bsgd 0.1.0, where
+# BackwardSGD subclassed Keras SGD; 2: it holds an inner SGD, whose counter
+# and momentum slots follow the optimizer's own variables (and move under
+# `inner_optimizer` in a `tf.train.Checkpoint`).
+FORMAT_VERSION = 2
+_FORMAT_KEY = SavedBuffer.PREFIX + "format_version"
+# Keys only a BackwardSGD's state leaves in a file.
+_OPTIMIZER_KEYS = tuple(
+    SavedBuffer.PREFIX + k for k in ("optimizer_variables", "replay_every", "capacity")
+)
+
+
+def save_format(store):
+    """Records `FORMAT_VERSION` in a Keras saving `store`."""
+    store[_FORMAT_KEY] = np.array(FORMAT_VERSION, "int64")
+
+
+def check_format(store):
+    """Raises `ValueError` if `store` holds backward-SGD state of another format.
+
+    The optimizer's variables of format 1 would load by position into other
+    variables of format 2 (a momentum slot into an anchor), resuming from a
+    mix of two states, so such a file is refused rather than converted.
+    """
+    keys = set(store.keys())
+    saved = int(np.asarray(store[_FORMAT_KEY])) if _FORMAT_KEY in keys else 1
+    if saved == FORMAT_VERSION or not keys.intersection(_OPTIMIZER_KEYS):
+        return
+    raise ValueError(
+        f"The file holds backward-SGD training state of format {saved}, and "
+        f"this keras_bsgd reads format {FORMAT_VERSION}: the optimizer's "
+        "variables are laid out differently (format 2 composes BackwardSGD "
+        "over an inner Keras SGD), and loading them would resume from a mix "
+        "of two states. Resume the run with the keras_bsgd that wrote it "
+        "(format 1: keras-bsgd 0.1.0); to start a new run from its weights, "
+        "read them there (`model.get_weights()`) and `set_weights()` them "
+        f"into a model here. Received: a file of format {saved}"
+    )
+
+
+# Settings that define the maps a saved run composes.
+RUN_SETTINGS = ("replay_every", "forward_steps")
 
 
 def check_run_settings(store, optimizer):
     """Raises `ValueError` unless a saved run's settings are `optimizer`'s."""
-    for name, default in RUN_SETTINGS.items():
-        key = SavedBuffer.PREFIX + name
-        saved = int(np.asarray(store[key])) if key in store.keys() else default
+    for name in RUN_SETTINGS:
+        saved = int(np.asarray(store[SavedBuffer.PREFIX + name]))
         if saved != getattr(optimizer, name):
             raise ValueError(
                 f"The file holds a run trained with {name}={saved}, and this "

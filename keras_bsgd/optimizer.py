@@ -22,7 +22,7 @@ def _is_int(value):
 
 
 @keras.saving.register_keras_serializable(package="keras_bsgd")
-class BackwardSGD(keras.optimizers.SGD):
+class BackwardSGD(keras.optimizers.Optimizer):
     """Backward-SGD: SGD whose per-batch updates are composed newest-first.
 
     Ordinary (forward) SGD applies the update map `T_i` of batch `i` to the
@@ -52,6 +52,14 @@ class BackwardSGD(keras.optimizers.SGD):
     SGD with other, equally distributed masks. A window at least as long as
     the run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
     plus one to advance the anchor once `k > w` (exact mode: `k`).
+
+    Each map is applied by a Keras `SGD` this optimizer holds,
+    `inner_optimizer`, the way `keras.optimizers.LossScaleOptimizer` holds
+    the optimizer it wraps: its `apply()` runs every part of Keras' update
+    (loss-scale unscaling, clipping, weight decay, the SGD rule, constraints).
+    `variables` are this optimizer's own (iteration counter, learning rate,
+    EMA, anchor) followed by the inner SGD's (its counter of applied maps
+    and its momentum slots).
 
     This optimizer only holds settings and state; the replay itself runs in the
     trainer of `keras_bsgd.Model`, `keras_bsgd.Sequential` or
@@ -173,13 +181,9 @@ class BackwardSGD(keras.optimizers.SGD):
                 "what one XLA program covers under `jit_compile=True`. "
                 f"Received: xla_unit={xla_unit!r}"
             )
-        super().__init__(
-            learning_rate=learning_rate,
-            momentum=float(momentum),
-            nesterov=bool(nesterov),
-            name=name,
-            **kwargs,
-        )
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
         self.window = None if window is None else int(window)
         self.max_steps = None if max_steps is None else int(max_steps)
         self.on_nonfinite = on_nonfinite
@@ -187,14 +191,64 @@ class BackwardSGD(keras.optimizers.SGD):
         self.xla_unit = xla_unit
         self.replay_every = int(replay_every)
         self.forward_steps = int(forward_steps)
+        # The rate of the map being applied: a map's rate is frozen when its
+        # batch arrives, not read from the schedule when it is replayed.
         self._map_learning_rate = None
+        self.inner_optimizer = keras.optimizers.SGD(
+            learning_rate=self._frozen_learning_rate, name=f"{name}_map"
+        )
+        self._configure_inner()
         # Set by the trainer at compile(): returns the model's non-trainable
-        # state (BatchNorm statistics, ...) that belongs to S.
+        # state (BatchNorm statistics, ...) that belongs to S. Keras builds
+        # optimizers from the trainable variables alone, in places keras_bsgd
+        # does not call (`_symbolic_build`, a user's `optimizer.build()`
+        # before `load_weights`, `LossScaleOptimizer.build`), and the anchor
+        # of that state must exist at every one of them.
         self.model_state_source = None
         self._pending_state = None
         self._expected_variables = None
-        # What an unbuilt BackwardSGD saves: its counter and learning rate.
-        self._unbuilt_variables = len(self.variables)
+        # What an unbuilt BackwardSGD saves: its counter and learning rate,
+        # then the inner SGD's counter.
+        self._unbuilt_variables = (len(super().variables), len(self.inner_optimizer.variables))
+
+    def _frozen_learning_rate(self):
+        if self._map_learning_rate is None:
+            raise TypeError(
+                f"{WRAP_HINT} Received: a call to the inner SGD of "
+                f"'{self.name}' outside `BackwardSGD.apply_map()`."
+            )
+        return self._map_learning_rate
+
+    def _configure_inner(self):
+        """Gives the inner SGD this optimizer's update settings, as they are now.
+
+        Keras reads them when it traces an update, so settings changed after
+        construction (`optimizer.clipnorm = 1.0`) reach the maps too.
+        """
+        inner = self.inner_optimizer
+        for name in (
+            "momentum", "nesterov", "weight_decay", "clipnorm", "clipvalue",
+            "global_clipnorm", "loss_scale_factor",
+        ):
+            setattr(inner, name, getattr(self, name))
+        return inner
+
+    @property
+    def variables(self):
+        inner = getattr(self, "inner_optimizer", None)
+        return super().variables + (inner.variables if inner is not None else [])
+
+    @property
+    def momentums(self):
+        """The momentum slots of the live state (the inner SGD's); empty without momentum."""
+        return self.inner_optimizer.momentums
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        # The inner SGD applies the weight decay.
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        self.inner_optimizer.exclude_from_weight_decay(
+            var_list=var_list, var_names=var_names
+        )
 
     def build(self, var_list):
         """Creates the momentum slots and the anchor state, in a fixed order.
@@ -205,6 +259,8 @@ class BackwardSGD(keras.optimizers.SGD):
         if self.built:
             return
         super().build(var_list)
+        with keras.name_scope(self.inner_optimizer.name, caller=self.inner_optimizer):
+            self.inner_optimizer.build(var_list)
         # Anchor: the state S (weights, then momentum) that every step restarts
         # from. Saved with the optimizer, so its order here is the file layout.
         self.anchor_weights = [
@@ -225,7 +281,7 @@ class BackwardSGD(keras.optimizers.SGD):
             count, self._expected_variables = self._expected_variables, None
             self._check_layout(count)
 
-    def _live_and_anchor(self, model_state):
+    def _live_and_anchor(self, trainable_variables, model_state):
         if len(model_state) != len(self.anchor_model_state):
             raise ValueError(
                 "The model's non-trainable state changed after the optimizer "
@@ -233,26 +289,30 @@ class BackwardSGD(keras.optimizers.SGD):
                 f"{len(model_state)} now. Compile the model again with a new "
                 f"BackwardSGD. Received: {len(model_state)} state variables"
             )
-        live = list(self._trainable_variables) + list(self.momentums)
+        live = list(trainable_variables) + list(self.momentums)
         anchor = self.anchor_weights + self.anchor_momentums
         return live + list(model_state), anchor + self.anchor_model_state
 
-    def save_anchor(self, model_state=(), when=None):
+    def save_anchor(self, trainable_variables, model_state=(), when=None):
         """Copies the live training state into the anchor.
 
         Args:
+            trainable_variables: The variables the optimizer was built with.
             model_state: The model's non-trainable state variables, in the
                 order `model_state_source` gave them at `build()`.
             when: Optional boolean tensor: copy only where it is true (a
                 step decides without a branch).
         """
-        for live, anchor in zip(*self._live_and_anchor(model_state)):
+        for live, anchor in zip(*self._live_and_anchor(trainable_variables, model_state)):
             anchor.assign(live if when is None else tf.where(when, live, anchor))
 
-    def restore_anchor(self, model_state=(), when=None, model_state_otherwise=None):
+    def restore_anchor(
+        self, trainable_variables, model_state=(), when=None, model_state_otherwise=None
+    ):
         """Copies the anchor into the live training state (see `save_anchor`).
 
         Args:
+            trainable_variables: As for `save_anchor`.
             model_state: As for `save_anchor`.
             when: Optional boolean tensor: where it is false, the weights and
                 momentum keep their live values and `model_state` gets
@@ -260,7 +320,7 @@ class BackwardSGD(keras.optimizers.SGD):
             model_state_otherwise: Values for `model_state` where `when` is
                 false (a snapshot taken before a logging pass moved them).
         """
-        live, anchor = self._live_and_anchor(model_state)
+        live, anchor = self._live_and_anchor(trainable_variables, model_state)
         if when is None:
             for variable, value in zip(live, anchor):
                 variable.assign(value)
@@ -307,53 +367,43 @@ class BackwardSGD(keras.optimizers.SGD):
             A scalar float32 tensor: the schedule (or callable, or value)
             evaluated at `iterations`, i.e. before the current step is counted.
         """
-        return tf.cast(super()._get_current_learning_rate(), "float32")
-
-    def _get_current_learning_rate(self):
-        # Inside a replayed map, everything that reads `self.learning_rate`
-        # (weight decay too) must see the map's frozen rate.
-        if self._map_learning_rate is not None:
-            return self._map_learning_rate
-        return super()._get_current_learning_rate()
+        return tf.cast(self.learning_rate, "float32")
 
     def apply_map(self, grads, trainable_variables, learning_rate):
-        """Applies one map `T_i`: a base SGD step with a frozen learning rate.
+        """Applies one map `T_i`: a step of the inner Keras SGD at a frozen learning rate.
 
-        Runs the same sequence as `Optimizer.apply` (loss-scale unscaling,
-        clipping, weight decay, the SGD rule, constraints) but neither counts
-        an iteration nor updates the EMA: inner replays are not steps.
+        The inner SGD's `apply()` counts its own iterations (maps applied);
+        this optimizer's `iterations` and EMA are untouched: inner replays
+        are not steps.
 
         Args:
             grads: Gradients, one per trainable variable.
             trainable_variables: The variables the optimizer was built with.
             learning_rate: Scalar tensor, the rate frozen for this map.
         """
-        if self.loss_scale_factor is not None:
-            grads = [g / self.loss_scale_factor for g in grads]
+        inner = self._configure_inner()
         self._map_learning_rate = learning_rate
         try:
-            grads = self._clip_gradients(grads)
-            self._apply_weight_decay(trainable_variables)
-            if tf.distribute.get_strategy().num_replicas_in_sync == 1:
-                # One replica has nothing to all-reduce. Keras' path would
-                # all-reduce anyway, and each all-reduce registers a
+            context = tf.distribute.get_replica_context()
+            if context is not None and not tf.distribute.has_strategy():
+                # Without a strategy there is nothing to all-reduce, and Keras
+                # skips the all-reduce in cross-replica context, which
+                # `merge_call` enters. Each all-reduce registers a
                 # `tf.custom_gradient` that TensorFlow never frees, pinning
                 # the traced graph (tensorflow/tensorflow#97697): memory grew
-                # with every compiled model in a process.
-                for grad, variable in zip(grads, trainable_variables):
-                    self.update_step(grad, variable, learning_rate)
+                # with every compiled model in a process. Under a strategy
+                # Keras' update needs the replica context it runs in here.
+                context.merge_call(lambda _: inner.apply(grads, trainable_variables))
             else:
-                self._backend_update_step(grads, trainable_variables, learning_rate)
+                inner.apply(grads, trainable_variables)
         finally:
             self._map_learning_rate = None
-        for variable in trainable_variables:
-            if variable.constraint is not None:
-                variable.assign(variable.constraint(variable))
 
-    def finish_step(self, when=True, replayed=None, first=None):
+    def finish_step(self, trainable_variables, when=True, replayed=None, first=None):
         """Counts one outer step, if `when`, and averages the output iterate.
 
         Args:
+            trainable_variables: The variables the optimizer was built with.
             when: Boolean tensor: whether the step counts (a dropped batch
                 does not).
             replayed: Boolean tensor: whether the model now holds a new
@@ -363,13 +413,17 @@ class BackwardSGD(keras.optimizers.SGD):
                 iterate (see `average_iterate`). Defaults to
                 `iterations == 0`.
         """
-        self.average_iterate(when if replayed is None else replayed, first)
-        self._iterations.assign_add(tf.cast(when, self._iterations.dtype))
+        self.average_iterate(
+            trainable_variables, when if replayed is None else replayed, first
+        )
+        self.iterations.assign_add(tf.cast(when, self.iterations.dtype))
 
-    def average_iterate(self, when=True, first=None):
+    def average_iterate(self, trainable_variables, when=True, first=None):
         """Updates the EMA (`use_ema=True`) with the model's weights, if `when`.
 
-        As in Keras, `ema = m * ema + (1 - m) * w`, and the first update
+        The averages are the ones Keras' `Optimizer.build` creates, so that
+        `finalize_variable_values` and `keras.callbacks.SwapEMAWeights` see
+        them; Keras has no public accessor for them. As in Keras, `ema = m * ema + (1 - m) * w`, and the first update
         (`first`) copies the weights. Keras keys "first" to
         `iterations == 0`; with `replay_every > 1` the first output iterate
         comes later, so the trainer says which one is first.
@@ -382,7 +436,7 @@ class BackwardSGD(keras.optimizers.SGD):
 
         def update_ema():
             for variable, average in zip(
-                self._trainable_variables, self._model_variables_moving_average
+                trainable_variables, self._model_variables_moving_average
             ):
                 if average is not None:
                     m = tf.cast(momentum, variable.dtype)
@@ -413,15 +467,17 @@ class BackwardSGD(keras.optimizers.SGD):
         self._assign_state(values)
 
     def _assign_state(self, values):
-        if len(values) == self._unbuilt_variables < len(self.variables):
-            # Saved compiled but never trained: only the counter and learning
-            # rate existed. The rest is built fresh, as for a new run (the
-            # first step sets the anchor from the model).
-            for variable, value in zip(self.variables, values):
-                variable.assign(value)
-            return
-        self._check_layout(len(values))
-        for variable, value in zip(self.variables, values):
+        own, inner = self._unbuilt_variables
+        if len(values) == own + inner < len(self.variables):
+            # Saved compiled but never trained: only the counters and the
+            # learning rate existed. The rest is built fresh, as for a new run
+            # (the first step sets the anchor from the model).
+            pairs = list(zip(super().variables, values[:own]))
+            pairs += zip(self.inner_optimizer.variables, values[own:])
+        else:
+            self._check_layout(len(values))
+            pairs = zip(self.variables, values)
+        for variable, value in pairs:
             variable.assign(value)
 
     def expect_variables(self, count):
@@ -449,8 +505,8 @@ class BackwardSGD(keras.optimizers.SGD):
                 f"Cannot load the state of optimizer '{self.name}': the file "
                 f"holds {count} optimizer variables and this "
                 f"BackwardSGD has {len(self.variables)} (iterations, learning "
-                "rate, momentum slots and the anchor of weights, momentum and "
-                "model state). Load into a model with the same architecture "
+                "rate, the anchor of weights, momentum and model state, and "
+                "the inner SGD's counter and momentum slots). Load into a model with the same architecture "
                 "compiled with the same momentum setting. Received: "
                 f"{count} variables"
             )
@@ -459,6 +515,8 @@ class BackwardSGD(keras.optimizers.SGD):
         config = super().get_config()
         config.update(
             {
+                "momentum": self.momentum,
+                "nesterov": self.nesterov,
                 "window": self.window,
                 "max_steps": self.max_steps,
                 "on_nonfinite": self.on_nonfinite,

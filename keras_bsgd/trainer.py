@@ -137,7 +137,7 @@ class ReplayTrainer:
     def compile(self, *args, **kwargs):
         arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
         optimizer = arguments.get("optimizer")
-        if isinstance(getattr(optimizer, "inner_optimizer", optimizer), BackwardSGD):
+        if _backward_sgd_of(optimizer) is not None:
             custom_code.check_no_custom_train_step(type(self))
         super().compile(*args, **kwargs)
         self._own_weights = None
@@ -151,8 +151,8 @@ class ReplayTrainer:
                 loss=arguments.get("loss"),
                 loss_weights=arguments.get("loss_weights"),
             )
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        if isinstance(optimizer, BackwardSGD):
+        optimizer = self._backward_sgd()
+        if optimizer is not None:
             optimizer.model_state_source = self._model_state
         if self._replay_state is None:
             # Assigned after compile so that a restore the checkpoint deferred
@@ -231,8 +231,7 @@ class ReplayTrainer:
 
     def _backward_sgd(self):
         """The `BackwardSGD` this model trains with (inside a loss-scale wrapper too), or None."""
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        return optimizer if isinstance(optimizer, BackwardSGD) else None
+        return _backward_sgd_of(self.optimizer)
 
     def _loss_scale(self):
         # `mixed_float16` wraps the optimizer in a LossScaleOptimizer at compile().
@@ -539,6 +538,7 @@ class ReplayTrainer:
                 len(optimizer.variables), "int64"
             )
         if optimizer is not None:
+            errors.save_format(store)
             for name in errors.RUN_SETTINGS:
                 store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
         buffer = self._buffer_of(optimizer) if optimizer is not None else None
@@ -562,6 +562,7 @@ class ReplayTrainer:
                 not fit this model and its optimizer (an unbuilt optimizer
                 checks its layout when it builds).
         """
+        errors.check_format(store)
         # The loaded weights are the saved run's own.
         self._own_weights = None
         seed_key = SavedBuffer.PREFIX + "seeds"
@@ -686,7 +687,11 @@ class ReplayTrainer:
 
         # S_0 is the state at the run's first step, taken before the logging
         # pass below moves BatchNorm statistics.
-        tf.cond(tf.equal(local, 1), lambda: _save(optimizer, model_state), _noop)
+        tf.cond(
+            tf.equal(local, 1),
+            lambda: _save(optimizer, self.trainable_variables, model_state),
+            _noop,
+        )
         every_step = optimizer.replay_every == 1
         if not every_step:
             # A step that does not replay keeps the model at the last output
@@ -716,10 +721,11 @@ class ReplayTrainer:
         # the common one's speed. With `replay_every > 1` most steps do not
         # replay, and masks keep the model at the last replayed iterate.
         if every_step:
-            optimizer.restore_anchor(model_state)
+            optimizer.restore_anchor(self.trainable_variables, model_state)
             target = tf.where(ok, local, local - 1)
         else:
             optimizer.restore_anchor(
+                self.trainable_variables,
                 model_state, when=replay, model_state_otherwise=before_logging
             )
             target = None
@@ -754,7 +760,9 @@ class ReplayTrainer:
         else:
             maps = self._replay(optimizer, buffer, local, replay, loss_scale, replicas, write)
         buffer.gradient_evaluations.assign_add(forward_maps + maps)
-        optimizer.finish_step(when=ok, replayed=replay, first=first)
+        optimizer.finish_step(
+            self.trainable_variables, when=ok, replayed=replay, first=first
+        )
         if loss_scale is not None:
             loss_scale.finish_step(start_scale, when=ok)
         buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
@@ -820,7 +828,7 @@ class ReplayTrainer:
                 maximum_iterations=optimizer.replay_every,
             )
         if optimizer.window is not None or forward_steps:
-            optimizer.save_anchor(model_state, when=replay)  # when=None: always
+            optimizer.save_anchor(self.trainable_variables, model_state, when=replay)  # when=None: always
         if write is not None:
             write()
         count = step - optimizer.anchor_step(step)
@@ -855,12 +863,12 @@ class ReplayTrainer:
         buffer = self._replay_buffer
         step = tf.cast(optimizer.iterations, "int64")
         first = tf.equal(buffer.replayed_step, 0)
-        optimizer.restore_anchor(self._model_state())
+        optimizer.restore_anchor(self.trainable_variables, self._model_state())
         maps = self._replay(
             optimizer, buffer, step - buffer.origin, None, self._loss_scale(), replicas
         )
         buffer.gradient_evaluations.assign_add(maps)
-        optimizer.average_iterate(True, first)
+        optimizer.average_iterate(self.trainable_variables, True, first)
         buffer.report("diverged", step, when=self._diverged())
         return maps
 
@@ -996,7 +1004,7 @@ class ReplayTrainer:
             if incident[0] == "diverged":
                 # The anchor is finite: the model goes back to it, and the
                 # next fit() starts a new run from there.
-                optimizer.restore_anchor(self._model_state())
+                optimizer.restore_anchor(self.trainable_variables, self._model_state())
                 self._start_new_run(buffer, optimizer)
             raise errors.incident_error(buffer, *incident)
 
@@ -1112,13 +1120,20 @@ def _with_run_callback(callbacks):
     return [_RunCallback(), *(callbacks or [])]
 
 
+def _backward_sgd_of(optimizer):
+    """The `BackwardSGD` that `optimizer` is or (mixed_float16) wraps, or None."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer if isinstance(optimizer, BackwardSGD) else None
+
+
 def _owned_by(owner, optimizer):
     """Whether the weak reference `owner` (or None) refers to `optimizer`."""
     return owner is not None and owner() is optimizer
 
 
-def _save(optimizer, model_state):
-    optimizer.save_anchor(model_state)
+def _save(optimizer, trainable_variables, model_state):
+    optimizer.save_anchor(trainable_variables, model_state)
     return _noop()
 
 

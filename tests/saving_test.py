@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -248,8 +249,23 @@ def test_loading_another_optimizer_layout_is_a_clear_error(tmp_path):
         tmp_path / "w.weights.h5"
     )
     other = compiled_model(keras_bsgd.BackwardSGD(0.05, window=3))
-    with pytest.raises(ValueError, match="holds 22 optimizer variables and this BackwardSGD has 10"):
+    with pytest.raises(ValueError, match="holds 23 optimizer variables and this BackwardSGD has 11"):
         other.load_weights(tmp_path / "w.weights.h5")
+
+
+def test_files_of_the_older_state_format_are_refused(tmp_path):
+    # Format 1 (keras-bsgd 0.1.0) wrote no format version; its optimizer
+    # variables would load by position into other ones.
+    path = tmp_path / "w.weights.h5"
+    trained_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3)).save_weights(path)
+    with h5py.File(path, "r+") as file:
+        names = []
+        file.visit(names.append)
+        (key,) = [n for n in names if n.endswith("replay_buffer:format_version")]
+        del file[key]
+    other = compiled_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3))
+    with pytest.raises(ValueError, match="of format 1, and this keras_bsgd reads format 2"):
+        other.load_weights(path)
 
 
 def test_pickle():
