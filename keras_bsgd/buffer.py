@@ -111,8 +111,7 @@ class ReplayBuffer:
             else:
                 self._restore_shard(saved)
             self.skipped_batches.assign(saved.skipped_batches)
-            if saved.replayed_step is not None:
-                self.replayed_step.assign(saved.replayed_step)
+            self.replayed_step.assign(saved.replayed_step)
             self.gradient_evaluations.assign(saved.gradient_evaluations)
             self.origin.assign(saved.origin)
 
@@ -240,9 +239,7 @@ class SavedBuffer:
             empty leaves), in `keras.tree.flatten` order.
         learning_rates: Array `[capacity]` of frozen learning rates.
         skipped_batches: How many non-finite batches the run has dropped.
-        replayed_step: The step whose output iterate the model holds, or
-            None (files written before `replay_every` existed: every step
-            was replayed, so it is the step count).
+        replayed_step: The step whose output iterate the model holds.
         gradient_evaluations: The gradient evaluations counted so far.
         origin: The step count at which the current run started.
     """
@@ -255,7 +252,7 @@ class SavedBuffer:
         leaves,
         learning_rates,
         skipped_batches=0,
-        replayed_step=None,
+        replayed_step=0,
         gradient_evaluations=0,
         origin=0,
     ):
@@ -263,7 +260,7 @@ class SavedBuffer:
         self.leaves = leaves
         self.learning_rates = np.asarray(learning_rates, "float32")
         self.skipped_batches = int(skipped_batches)
-        self.replayed_step = None if replayed_step is None else int(replayed_step)
+        self.replayed_step = int(replayed_step)
         self.gradient_evaluations = int(gradient_evaluations)
         self.origin = int(origin)
 
@@ -319,19 +316,17 @@ class SavedBuffer:
             for i, p in enumerate(present)
         ]
 
-        def optional(key, default):
-            # Files written before a counter was saved resume it from `default`.
-            key = cls.PREFIX + key
-            return np.asarray(store[key]) if key in store.keys() else default
+        def read(key):
+            return np.asarray(store[cls.PREFIX + key])
 
         return cls(
-            np.asarray(store[cls.PREFIX + "capacity"]),
+            read("capacity"),
             leaves,
-            np.asarray(store[cls.PREFIX + "learning_rates"]),
-            optional("skipped_batches", 0),
-            optional("replayed_step", None),
-            optional("gradient_evaluations", 0),
-            optional("origin", 0),
+            read("learning_rates"),
+            read("skipped_batches"),
+            read("replayed_step"),
+            read("gradient_evaluations"),
+            read("origin"),
         )
 
     def check(self, capacity, spec, num_replicas=1):

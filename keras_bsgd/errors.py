@@ -135,6 +135,17 @@ def check_run_settings(store, optimizer):
             )
 
 
+def unknown_capacity():
+    """The error for an exact run whose buffer capacity nothing determines."""
+    return ValueError(
+        "Exact backward-SGD (window=None) keeps every batch, so it needs the "
+        "number of steps in advance, and nothing gives it here (the data's "
+        "length is unknown, or the step runs outside `fit()`). Pass "
+        "`BackwardSGD(max_steps=...)`, `fit(steps_per_epoch=...)`, or use "
+        "`window=w`. Received: max_steps=None"
+    )
+
+
 def capacity_message(capacity, step, done, forward_steps=0):
     after = f" after {forward_steps} forward steps" if forward_steps else ""
     return (

@@ -31,7 +31,6 @@ the errors in `keras_bsgd.errors`, the input checks in
 import hashlib
 import inspect
 import math
-import weakref
 
 import keras
 import numpy as np
@@ -53,6 +52,7 @@ from keras_bsgd.loss_scale import ReplayLossScale
 from keras_bsgd.optimizer import BackwardSGD
 from keras_bsgd.replicas import LocalReplicas
 from keras_bsgd.replicas import MirroredReplicas
+from keras_bsgd.run import Run
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 _COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
@@ -69,33 +69,22 @@ class ReplayTrainer:
     the Keras class it extends.
     """
 
-    _replay_buffer = None
-    # The optimizer whose run the buffer serves, weakly: a new compile() is
-    # a new run, and ids of collected optimizers are reused.
-    _replay_buffer_owner = None
-    _saved_buffer = None  # a loaded SavedBuffer, until the first step
+    _run = None  # the current `Run`: buffer, data store, loaded state
     _array_batch_size = None
-    _planned_capacity = None
     # The first batch of this fit() (its shapes build a lazily built model),
     # or None where fit() cannot see it without consuming it.
     _first_batch = None
     _built_before_trace = False  # whether no variable is created in the step
-    # The DataStore of an index-buffered run (its buffer holds example
-    # indices), a weak reference to the optimizer whose run it serves, and the
-    # (store, version) the train function was traced with.
-    _data_store = None
-    _data_store_owner = None
-    _data_store_traced = None
+    # The (DataStore, version) the train function was traced with: the
+    # store's variables, and whether the buffer holds indices, are baked in.
+    _traced_store = None
     _replay_state = None  # a ReplayState, from the first compile()
     _replicas = None  # the LocalReplicas of the current train function
-    # A digest of the weights the trainer last left in the model (at an
-    # epoch's or fit()'s end), to tell weights set from outside.
-    _own_weights = None
 
     @property
     def replay_buffer(self):
         """The `ReplayBuffer` of past batches, or `None` before the first step."""
-        return self._replay_buffer
+        return None if self._run is None else self._run.buffer
 
     @property
     def data_store(self):
@@ -104,7 +93,7 @@ class ReplayTrainer:
         `None` unless this run buffers indices (exact mode on NumPy arrays,
         see `BackwardSGD(index_buffering=...)`).
         """
-        return self._data_store
+        return None if self._run is None else self._run.data_store
 
     @property
     def gradient_evaluations(self):
@@ -116,7 +105,7 @@ class ReplayTrainer:
         recomputed at a smaller loss scale counts once. 0 before the first
         step.
         """
-        buffer = self._replay_buffer
+        buffer = self.replay_buffer
         return 0 if buffer is None else int(buffer.gradient_evaluations.numpy())
 
     @property
@@ -127,10 +116,11 @@ class ReplayTrainer:
         `replay_every=1`; with `replay_every=E` it is the last multiple of
         `E`, epoch end or forward step reached.
         """
-        buffer, saved = self._replay_buffer, self._saved_buffer
+        buffer = self.replay_buffer
+        saved = None if self._run is None else self._run.saved
         if buffer is not None:
             return int(buffer.replayed_step.numpy())
-        if saved is not None and saved.replayed_step is not None:
+        if saved is not None:
             return saved.replayed_step  # loaded, until the first step
         return 0
 
@@ -140,7 +130,8 @@ class ReplayTrainer:
         if _backward_sgd_of(optimizer) is not None:
             custom_code.check_no_custom_train_step(type(self))
         super().compile(*args, **kwargs)
-        self._own_weights = None
+        if self._run is not None:
+            self._run.left_weights = None
         self._built_before_trace = False  # new metrics, loss and optimizer
         source = self._hook_source()
         if source is not None and custom_code.overrides(type(source), "compute_loss"):
@@ -284,8 +275,9 @@ class ReplayTrainer:
 
     def _record_weights(self):
         # What the trainer left in the model; see `_start_run_if_weights_were_set`.
-        if self._backward_sgd() is not None and self._replay_buffer is not None:
-            self._own_weights = self._weights_digest()
+        run = self._run_of(self._backward_sgd())
+        if run is not None and run.buffer is not None:
+            run.left_weights = self._weights_digest()
 
     def _start_run_if_weights_were_set(self, optimizer):
         """Starts a new run from the model's weights if they were set from outside.
@@ -298,33 +290,41 @@ class ReplayTrainer:
         slots as they are), while `optimizer.iterations` and schedules go on
         counting.
         """
-        buffer = self._buffer_of(optimizer)
-        if buffer is None or self._own_weights is None:
+        run = self._run_of(optimizer)
+        if run is None or run.buffer is None or run.left_weights is None:
             return
-        if self._weights_digest() != self._own_weights:
-            self._start_new_run(buffer, optimizer)
+        if self._weights_digest() != run.left_weights:
+            run.start_over(optimizer.iterations)
 
-    def _start_new_run(self, buffer, optimizer):
-        iterations = tf.cast(optimizer.iterations, "int64")
-        buffer.origin.assign(iterations)
-        buffer.replayed_step.assign(iterations)
-        self._own_weights = None
+    def _run_of(self, optimizer):
+        """The run `optimizer` trains, or None."""
+        run = self._run
+        return run if run is not None and run.serves(optimizer) else None
+
+    def _run_for(self, optimizer):
+        """`optimizer`'s run: its current one, loaded state it adopts, or a new one."""
+        run = self._run
+        if run is not None and run.serves(optimizer):
+            return run
+        if run is not None and run.adoptable():
+            run.adopt(optimizer)
+            return run
+        self._run = Run(optimizer)
+        return self._run
 
     def _index_arguments(self, optimizer, arguments):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
         x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
         in_memory = index_feed.in_memory((x, y, sample_weight))
         in_memory = in_memory and self._distribute_strategy is None
-        if self._buffer_of(optimizer) is not None:
-            mine = _owned_by(self._data_store_owner, optimizer)
-            store = self._data_store if mine else None
-        elif self._saved_buffer is not None:
-            store = self._data_store  # loaded with the buffer, or None
+        run = self._run_for(optimizer)
+        if run.buffer is not None or run.saved is not None:
+            store = run.data_store  # the run's own, or loaded with the buffer
         elif optimizer.index_buffering and optimizer.window is None and in_memory:
             store = DataStore()
         else:
             store = None
-        self._data_store, self._data_store_owner = store, weakref.ref(optimizer)
+        run.data_store = store
         if store is not None and not in_memory:
             raise ValueError(
                 "This run's replay buffer holds example indices into in-memory "
@@ -343,9 +343,9 @@ class ReplayTrainer:
         # The step is traced for one store (or none): its data variables, and
         # whether the buffer holds indices, are baked into the graph.
         traced = None if store is None else (store, store.version)
-        if traced != self._data_store_traced:
+        if traced != self._traced_store:
             self.train_function = None
-            self._data_store_traced = traced
+            self._traced_store = traced
         return arguments
 
     def _plan_fit(self, optimizer, bound):
@@ -377,7 +377,7 @@ class ReplayTrainer:
                     f"samples with batch_size={batch_size}, which leaves a "
                     f"partial last batch of {num_samples % batch_size}."
                 )
-            buffer = self._buffer_of(optimizer)
+            buffer = self._run_for(optimizer).buffer
             if buffer is not None and buffer.batch_size != batch_size:
                 raise ValueError(
                     f"{STATIC_SHAPE_HINT} This model's replay buffer holds "
@@ -400,31 +400,14 @@ class ReplayTrainer:
             steps_per_epoch = len(x)  # keras.utils.PyDataset and sequences
         if optimizer.window is not None:
             return
-        done = int(keras.ops.convert_to_numpy(optimizer.iterations))
-        buffer = self._buffer_of(optimizer)
-        if buffer is not None:
-            done -= int(buffer.origin.numpy())  # steps of the current run
+        run = self._run_for(optimizer)
+        done = run.steps_done(optimizer)
         steps = None if steps_per_epoch is None else steps_per_epoch * epochs
+        run.planned_steps = None if steps is None else done + steps
+        capacity = run.capacity(optimizer)
+        if capacity is None:
+            raise errors.unknown_capacity()
         forward_steps = optimizer.forward_steps
-        if self._buffer_of(optimizer) is not None:
-            capacity = self._replay_buffer.capacity
-        elif self._saved_buffer is not None:
-            capacity = self._saved_buffer.capacity
-        elif optimizer.max_steps is not None:
-            capacity = optimizer.max_steps - forward_steps
-        elif steps is None:
-            raise ValueError(
-                "Exact backward-SGD (window=None) keeps every batch, so it "
-                "needs the number of steps in advance, and this fit() does not "
-                "know it (the dataset's length is unknown). Pass "
-                "`BackwardSGD(max_steps=...)`, `fit(steps_per_epoch=...)`, or "
-                "use `window=w`. Received: x of unknown length"
-            )
-        else:
-            # A run that ends inside the forward phase buffers nothing; the
-            # buffer still needs a slot for its batch spec.
-            capacity = max(done + steps - forward_steps, 1)
-            self._planned_capacity = capacity
         if steps is not None and done + steps > capacity + forward_steps:
             raise ValueError(
                 errors.capacity_message(capacity, capacity + forward_steps + 1, done, forward_steps)
@@ -465,43 +448,22 @@ class ReplayTrainer:
             return  # a built model that only runs on tensors: the step builds the rest
         self._built_before_trace = True
 
-    def _buffer_of(self, optimizer):
-        # A newly compiled optimizer starts a new run, with a new buffer.
-        if _owned_by(self._replay_buffer_owner, optimizer):
-            return self._replay_buffer
-        return None
-
     def _buffer_for(self, optimizer, batch, replicas):
-        """The replay buffer, created from the first batch's static spec."""
-        if self._buffer_of(optimizer) is not None:
-            self._replay_buffer.check(batch)
-            return self._replay_buffer
-        spec = ReplayBuffer.spec_of(batch)
-        saved = self._saved_buffer
-        if optimizer.window is not None:
-            capacity = optimizer.window_capacity
-        else:
-            capacity = self._planned_capacity
-            if optimizer.max_steps is not None:
-                capacity = optimizer.max_steps - optimizer.forward_steps
-            if saved is not None and optimizer.max_steps is None:
-                capacity = saved.capacity
-            if capacity is None:
-                raise ValueError(
-                    "Exact backward-SGD (window=None) needs its buffer capacity: "
-                    "pass `BackwardSGD(max_steps=...)`, or train with `fit()` on "
-                    "data of known length. Received: max_steps=None"
-                )
+        """The run's replay buffer, created at its first step from the batch's static spec."""
+        run = self._run_for(optimizer)
+        if run.buffer is not None:
+            run.buffer.check(batch)
+            return run.buffer
+        capacity = run.capacity(optimizer)
+        if capacity is None:
+            raise errors.unknown_capacity()
         with replicas.scope():
-            self._replay_buffer = ReplayBuffer(
-                capacity, spec, saved=saved, per_replica=replicas.distributed
+            run.buffer = ReplayBuffer(
+                capacity, ReplayBuffer.spec_of(batch), saved=run.saved,
+                per_replica=replicas.distributed,
             )
-        if saved is not None and saved.replayed_step is None:
-            # Saved before `replay_every` existed: every step was replayed.
-            self._replay_buffer.replayed_step.assign(optimizer.iterations)
-        self._replay_buffer_owner = weakref.ref(optimizer)
-        self._saved_buffer = None
-        return self._replay_buffer
+        run.saved = None
+        return run.buffer
 
     def save_own_variables(self, store):
         """Saves the model's own variables and the replay state.
@@ -541,14 +503,16 @@ class ReplayTrainer:
             errors.save_format(store)
             for name in errors.RUN_SETTINGS:
                 store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
-        buffer = self._buffer_of(optimizer) if optimizer is not None else None
-        saved = SavedBuffer.of(buffer) if buffer is not None else self._saved_buffer
+        run = self._run
+        if run is None or not (run.serves(optimizer) or run.adoptable()):
+            return  # no run, or one another optimizer trained
+        saved = run.saved if run.buffer is None else SavedBuffer.of(run.buffer)
         if saved is not None:
             saved.save(store)
             # Indices are saved, the data they point into is not: the file
             # records which arrays a resumed fit() must get.
-            if self._data_store is not None:
-                self._data_store.save(store)
+            if run.data_store is not None:
+                run.data_store.save(store)
 
     def _load_replay_state(self, store):
         """Reads what `_save_replay_state` wrote.
@@ -563,8 +527,6 @@ class ReplayTrainer:
                 checks its layout when it builds).
         """
         errors.check_format(store)
-        # The loaded weights are the saved run's own.
-        self._own_weights = None
         seed_key = SavedBuffer.PREFIX + "seeds"
         if seed_key in store.keys():
             seeds = np.asarray(store[seed_key])
@@ -583,33 +545,32 @@ class ReplayTrainer:
         if optimizer is not None and count_key in store.keys():
             optimizer.expect_variables(int(np.asarray(store[count_key])))
         if optimizer is None:
-            self._saved_buffer = saved
+            # The next optimizer to train adopts the loaded run.
+            self._run = None if saved is None else Run(saved=saved, data_store=DataStore.load(store))
             return
-        buffer = self._buffer_of(optimizer)
+        run = self._run_for(optimizer)
+        run.left_weights = None  # the loaded weights are the saved run's own
         if saved is None:
             # Saved before the first step: a live buffer's slots are
-            # rewritten before the run reads them, its counter restarts.
-            if buffer is not None:
+            # rewritten before the run reads them, its counters restart.
+            if run.buffer is not None:
+                buffer = run.buffer
                 for counter in (buffer.skipped_batches, buffer.replayed_step,
                                 buffer.gradient_evaluations, buffer.origin):
                     counter.assign(0)
-            self._saved_buffer = None
+            run.saved = None
             return
         errors.check_run_settings(store, optimizer)
         errors.check_capacity(saved, optimizer)
         data_store = DataStore.load(store)
-        if buffer is not None and DataStore.same_layout(self._data_store, data_store):
+        if run.buffer is not None and DataStore.same_layout(run.data_store, data_store):
             # The compiled step holds the live buffer's variables.
-            buffer.restore(saved)
-            self._saved_buffer = None
+            run.buffer.restore(saved)
+            run.saved = None
         else:
             # Buffered indices point into other data (or none): the next fit()
             # rebuilds the buffer and retraces the step.
-            self._saved_buffer = saved
-            self._replay_buffer = None
-            self._replay_buffer_owner = None
-            self._data_store = data_store
-            self._data_store_owner = None
+            self._run = Run(optimizer, saved=saved, data_store=data_store)
 
     def _static_batch(self, batch):
         # NumPy inputs reach the step with an unknown batch dimension (fit()
@@ -661,10 +622,11 @@ class ReplayTrainer:
         )
         # What the buffer keeps: the batch, or (index buffering) the
         # batch's example indices, from which the batch is gathered.
+        data_store = self._run_for(optimizer).data_store
         item = batch
-        if self._data_store is not None:
+        if data_store is not None:
             item = batch[0]
-            batch = self._data_store.gather(item)
+            batch = data_store.gather(item)
         buffer = self._buffer_for(optimizer, replicas.first(item), replicas)
         if not self.trainable_variables:
             raise ValueError(
@@ -860,7 +822,7 @@ class ReplayTrainer:
         Called only when the model does not hold that step's iterate yet
         (`replay_function` checks on the host), so nothing here is masked.
         """
-        buffer = self._replay_buffer
+        buffer = self._run.buffer
         step = tf.cast(optimizer.iterations, "int64")
         first = tf.equal(buffer.replayed_step, 0)
         optimizer.restore_anchor(self.trainable_variables, self._model_state())
@@ -923,9 +885,8 @@ class ReplayTrainer:
 
     def _apply_map(self, optimizer, item, learning_rate, index, loss_scale, replicas):
         """Applies the map `T_index` of a batch (or its example indices, `item`)."""
-        x, y, sample_weight = (
-            item if self._data_store is None else self._data_store.gather(item)
-        )
+        data_store = self._run.data_store
+        x, y, sample_weight = item if data_store is None else data_store.gather(item)
         variables = self.trainable_variables
         compute = self._map_gradients
         if replicas.jit_gradients:
@@ -997,7 +958,7 @@ class ReplayTrainer:
             )
 
         def raise_incident():
-            buffer = self._replay_buffer
+            buffer = self.replay_buffer
             incident = buffer.pop_incident() if buffer is not None else None
             if incident is None:
                 return
@@ -1005,7 +966,7 @@ class ReplayTrainer:
                 # The anchor is finite: the model goes back to it, and the
                 # next fit() starts a new run from there.
                 optimizer.restore_anchor(self.trainable_variables, self._model_state())
-                self._start_new_run(buffer, optimizer)
+                self._run.start_over(optimizer.iterations)
             raise errors.incident_error(buffer, *incident)
 
         def train_function(iterator):
@@ -1021,7 +982,7 @@ class ReplayTrainer:
             return logs
 
         def replay_function():
-            buffer = self._replay_buffer
+            buffer = self.replay_buffer
             if replay is None or buffer is None:
                 return
             if int(buffer.replayed_step.numpy()) != int(optimizer.iterations.numpy()):
@@ -1125,11 +1086,6 @@ def _backward_sgd_of(optimizer):
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer
     return optimizer if isinstance(optimizer, BackwardSGD) else None
-
-
-def _owned_by(owner, optimizer):
-    """Whether the weak reference `owner` (or None) refers to `optimizer`."""
-    return owner is not None and owner() is optimizer
 
 
 def _save(optimizer, trainable_variables, model_state):
