@@ -92,6 +92,34 @@ def test_window_one_equals_keras_sgd(momentum):
         assert max_relative_error(a, b) <= 1e-6
 
 
+@pytest.mark.parametrize(
+    "settings, after_construction",
+    [
+        (dict(momentum=0.9, weight_decay=0.05, clipnorm=0.1), {}),
+        (dict(momentum=0.5, nesterov=True, global_clipnorm=0.2), dict(clipvalue=0.01)),
+        (dict(weight_decay=0.1, loss_scale_factor=4.0), dict(weight_decay=0.3)),
+    ],
+)
+def test_window_one_applies_keras_sgd_update_bitwise(settings, after_construction):
+    # Every map goes through Keras SGD's own apply(): unscaling, clipping,
+    # weight decay (with its exclusions) and the rule, with settings changed
+    # after construction too.
+    batches, params = make_stream(seed=4, num_batches=12)
+    states = []
+    for model, optimizer in [
+        (make_mlp(params), keras_bsgd.BackwardSGD(LEARNING_RATE, window=1, **settings)),
+        (make_mlp(params, keras.Sequential), keras.optimizers.SGD(LEARNING_RATE, **settings)),
+    ]:
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        for name, value in after_construction.items():
+            setattr(optimizer, name, value)
+        states.append(run(model, optimizer, batches))
+    for a, b in zip(*states, strict=True):
+        for key in ("params", "momentum"):
+            for x, y in zip(a[key], b[key], strict=True):
+                np.testing.assert_array_equal(x, y)
+
+
 def test_long_window_equals_exact_mode():
     batches, params = make_stream(seed=3, num_batches=NUM_STEPS)
     windowed = run(make_mlp(params), keras_bsgd.BackwardSGD(0.1, window=NUM_STEPS), batches)
