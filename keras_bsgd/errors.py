@@ -80,7 +80,7 @@ def check_capacity(saved, optimizer):
 # The layout of the saved training state. 1: keras_bsgd 0.1.0, where
 # BackwardSGD subclassed Keras SGD; 2: it holds an inner SGD, whose counter
 # and momentum slots follow the optimizer's own variables (and move under
-# `inner_optimizer` in a `tf.train.Checkpoint`).
+# `map_optimizer` in a `tf.train.Checkpoint`).
 FORMAT_VERSION = 2
 _FORMAT_KEY = SavedBuffer.PREFIX + "format_version"
 # Keys only a BackwardSGD's state leaves in a file.

@@ -54,9 +54,12 @@ class BackwardSGD(keras.optimizers.Optimizer):
     plus one to advance the anchor once `k > w` (exact mode: `k`).
 
     Each map is applied by a Keras `SGD` this optimizer holds,
-    `inner_optimizer`, the way `keras.optimizers.LossScaleOptimizer` holds
+    `map_optimizer`, the way `keras.optimizers.LossScaleOptimizer` holds
     the optimizer it wraps: its `apply()` runs every part of Keras' update
     (loss-scale unscaling, clipping, weight decay, the SGD rule, constraints).
+    (Not named `inner_optimizer`: Keras' `TensorBoard` and `SwapEMAWeights`
+    take an optimizer with that attribute for a loss-scale wrapper and read
+    the learning rate and EMA there.)
     `variables` are this optimizer's own (iteration counter, learning rate,
     EMA, anchor) followed by the inner SGD's (its counter of applied maps
     and its momentum slots).
@@ -194,7 +197,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
         # The rate of the map being applied: a map's rate is frozen when its
         # batch arrives, not read from the schedule when it is replayed.
         self._map_learning_rate = None
-        self.inner_optimizer = keras.optimizers.SGD(
+        self.map_optimizer = _MapSGD(
             learning_rate=self._frozen_learning_rate, name=f"{name}_map"
         )
         self._configure_inner()
@@ -209,7 +212,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
         self._expected_variables = None
         # What an unbuilt BackwardSGD saves: its counter and learning rate,
         # then the inner SGD's counter.
-        self._unbuilt_variables = (len(super().variables), len(self.inner_optimizer.variables))
+        self._unbuilt_variables = (len(super().variables), len(self.map_optimizer.variables))
 
     def _frozen_learning_rate(self):
         if self._map_learning_rate is None:
@@ -225,7 +228,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
         Keras reads them when it traces an update, so settings changed after
         construction (`optimizer.clipnorm = 1.0`) reach the maps too.
         """
-        inner = self.inner_optimizer
+        inner = self.map_optimizer
         for name in (
             "momentum", "nesterov", "weight_decay", "clipnorm", "clipvalue",
             "global_clipnorm", "loss_scale_factor",
@@ -235,18 +238,18 @@ class BackwardSGD(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        inner = getattr(self, "inner_optimizer", None)
+        inner = getattr(self, "map_optimizer", None)
         return super().variables + (inner.variables if inner is not None else [])
 
     @property
     def momentums(self):
         """The momentum slots of the live state (the inner SGD's); empty without momentum."""
-        return self.inner_optimizer.momentums
+        return self.map_optimizer.momentums
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         # The inner SGD applies the weight decay.
         super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
-        self.inner_optimizer.exclude_from_weight_decay(
+        self.map_optimizer.exclude_from_weight_decay(
             var_list=var_list, var_names=var_names
         )
 
@@ -259,8 +262,8 @@ class BackwardSGD(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        with keras.name_scope(self.inner_optimizer.name, caller=self.inner_optimizer):
-            self.inner_optimizer.build(var_list)
+        with keras.name_scope(self.map_optimizer.name, caller=self.map_optimizer):
+            self.map_optimizer.build(var_list)
         # Anchor: the state S (weights, then momentum) that every step restarts
         # from. Saved with the optimizer, so its order here is the file layout.
         self.anchor_weights = [
@@ -473,7 +476,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             # learning rate existed. The rest is built fresh, as for a new run
             # (the first step sets the anchor from the model).
             pairs = list(zip(super().variables, values[:own]))
-            pairs += zip(self.inner_optimizer.variables, values[own:])
+            pairs += zip(self.map_optimizer.variables, values[own:])
         else:
             self._check_layout(len(values))
             pairs = zip(self.variables, values)
@@ -527,6 +530,22 @@ class BackwardSGD(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+class _MapSGD(keras.optimizers.SGD):
+    """The Keras SGD a `BackwardSGD` applies its maps with.
+
+    Its variables are saved and loaded by position as part of the
+    `BackwardSGD`'s `variables` (which checks their layout); Keras' saving
+    would also save them on their own, and on loading warn about, and skip,
+    a compiled-but-untrained file's single counter.
+    """
+
+    def save_own_variables(self, store):
+        pass
+
+    def load_own_variables(self, store):
+        pass
 
 
 def _validate_schedule(replay_every, forward_steps, max_steps):

@@ -30,7 +30,6 @@ the errors in `keras_bsgd.errors`, the input checks in
 
 import hashlib
 import inspect
-import math
 
 import keras
 import numpy as np
@@ -40,8 +39,11 @@ from keras_bsgd import custom_code
 from keras_bsgd import errors
 from keras_bsgd import finiteness
 from keras_bsgd import fit_inputs
+from keras_bsgd import fit_plan
 from keras_bsgd import index_feed
 from keras_bsgd import random_layers
+from keras_bsgd import run_callback
+from keras_bsgd import run_saving
 from keras_bsgd import xla_units
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
 from keras_bsgd.buffer import ReplayBuffer
@@ -237,7 +239,9 @@ class ReplayTrainer:
         custom_code.check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         self._start_run_if_weights_were_set(optimizer)
-        self._plan_fit(optimizer, bound)
+        self._array_batch_size = fit_plan.plan(
+            self._run_for(optimizer), optimizer, bound.arguments
+        )
         first, bound.arguments["x"] = fit_inputs.peek_first_batch(bound.arguments.get("x"))
         self._first_batch = fit_inputs.first_batch_spec(bound.arguments, first)
         stream_batch_size = None
@@ -248,7 +252,7 @@ class ReplayTrainer:
             stream_batch_size = fit_inputs.leading_size(first)
             self._array_batch_size = stream_batch_size
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
-        arguments["callbacks"] = _with_run_callback(arguments.get("callbacks"))
+        arguments["callbacks"] = run_callback.with_run_callback(arguments.get("callbacks"))
         try:
             return super().fit(**self._index_arguments(optimizer, arguments))
         except tf.errors.InvalidArgumentError as error:
@@ -314,30 +318,9 @@ class ReplayTrainer:
 
     def _index_arguments(self, optimizer, arguments):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
-        x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
-        in_memory = index_feed.in_memory((x, y, sample_weight))
-        in_memory = in_memory and self._distribute_strategy is None
         run = self._run_for(optimizer)
-        if run.buffer is not None or run.saved is not None:
-            store = run.data_store  # the run's own, or loaded with the buffer
-        elif optimizer.index_buffering and optimizer.window is None and in_memory:
-            store = DataStore()
-        else:
-            store = None
+        store = fit_plan.data_store(run, optimizer, arguments, self._distribute_strategy)
         run.data_store = store
-        if store is not None and not in_memory:
-            raise ValueError(
-                "This run's replay buffer holds example indices into in-memory "
-                "arrays (index buffering), so every fit() of the run must get "
-                "NumPy arrays, on one device. To mix arrays with other input, "
-                "compile with `BackwardSGD(index_buffering=False)`. Received: "
-                f"x of type {type(x).__name__}"
-                + (
-                    f" under {type(self._distribute_strategy).__name__}"
-                    if self._distribute_strategy is not None
-                    else ""
-                )
-            )
         if store is not None:
             arguments = index_feed.feed_indices(store, arguments)
         # The step is traced for one store (or none): its data variables, and
@@ -347,71 +330,6 @@ class ReplayTrainer:
             self.train_function = None
             self._traced_store = traced
         return arguments
-
-    def _plan_fit(self, optimizer, bound):
-        """Checks batch sizes and sizes exact mode's buffer before any step."""
-        arg = bound.arguments
-        x = arg.get("x")
-        epochs = arg.get("epochs", 1) - arg.get("initial_epoch", 0)
-        steps_per_epoch = arg.get("steps_per_epoch")
-        num_samples = fit_inputs.num_array_samples(x)
-        if num_samples is not None:
-            batch_size = arg.get("batch_size")
-            batch_size = 32 if batch_size is None else batch_size
-            if not isinstance(batch_size, int) or batch_size < 1:
-                raise ValueError(
-                    "`batch_size` must be a positive integer. Received: "
-                    f"batch_size={batch_size!r}"
-                )
-            if num_samples == 0:
-                raise ValueError(
-                    "The training data is empty: backward-SGD has no batch to "
-                    "buffer. Received: 0 samples"
-                )
-            split = arg.get("validation_split") or 0.0
-            if split and arg.get("validation_data") is None:
-                num_samples = int(math.floor(num_samples * (1.0 - split)))
-            if num_samples % batch_size:
-                raise ValueError(
-                    f"{STATIC_SHAPE_HINT} Received: {num_samples} training "
-                    f"samples with batch_size={batch_size}, which leaves a "
-                    f"partial last batch of {num_samples % batch_size}."
-                )
-            buffer = self._run_for(optimizer).buffer
-            if buffer is not None and buffer.batch_size != batch_size:
-                raise ValueError(
-                    f"{STATIC_SHAPE_HINT} This model's replay buffer holds "
-                    f"batches of {buffer.batch_size}. Received: "
-                    f"batch_size={batch_size}"
-                )
-            self._array_batch_size = batch_size
-            steps_per_epoch = steps_per_epoch or num_samples // batch_size
-        else:
-            self._array_batch_size = None
-        if steps_per_epoch is None and isinstance(x, tf.data.Dataset):
-            cardinality = int(x.cardinality())
-            if cardinality == 0:
-                raise ValueError(
-                    "The training data is empty: backward-SGD has no batch to "
-                    "buffer. Received: a dataset of 0 batches"
-                )
-            steps_per_epoch = cardinality if cardinality > 0 else None
-        elif steps_per_epoch is None and hasattr(x, "__len__"):
-            steps_per_epoch = len(x)  # keras.utils.PyDataset and sequences
-        if optimizer.window is not None:
-            return
-        run = self._run_for(optimizer)
-        done = run.steps_done(optimizer)
-        steps = None if steps_per_epoch is None else steps_per_epoch * epochs
-        run.planned_steps = None if steps is None else done + steps
-        capacity = run.capacity(optimizer)
-        if capacity is None:
-            raise errors.unknown_capacity()
-        forward_steps = optimizer.forward_steps
-        if steps is not None and done + steps > capacity + forward_steps:
-            raise ValueError(
-                errors.capacity_message(capacity, capacity + forward_steps + 1, done, forward_steps)
-            )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if self._distribute_strategy is None and self._backward_sgd() is not None:
@@ -482,95 +400,14 @@ class ReplayTrainer:
         self._load_replay_state(store)
 
     def _save_replay_state(self, store):
-        """Writes the training state that lives outside Keras variables to `store`.
-
-        The replay buffer is part of the training state: without it a resumed
-        run would replay different batches. Keras does not save SeedGenerator
-        states either, and the seeds of random layers key every replayed draw.
-        The optimizer's variable count lets a restore refuse another layout.
-        `.keras` files and `tf.train.Checkpoint` (through `ReplayState`) both
-        store this.
-        """
-        seeds = [np.array(v.numpy()) for v in self._seed_states()]
-        if seeds:
-            store[SavedBuffer.PREFIX + "seeds"] = np.stack(seeds)
-        optimizer = self._backward_sgd()
-        if optimizer is not None and optimizer.built:
-            store[SavedBuffer.PREFIX + "optimizer_variables"] = np.array(
-                len(optimizer.variables), "int64"
-            )
-        if optimizer is not None:
-            errors.save_format(store)
-            for name in errors.RUN_SETTINGS:
-                store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
-        run = self._run
-        if run is None or not (run.serves(optimizer) or run.adoptable()):
-            return  # no run, or one another optimizer trained
-        saved = run.saved if run.buffer is None else SavedBuffer.of(run.buffer)
-        if saved is not None:
-            saved.save(store)
-            # Indices are saved, the data they point into is not: the file
-            # records which arrays a resumed fit() must get.
-            if run.data_store is not None:
-                run.data_store.save(store)
+        """Writes the training state outside Keras variables (see `keras_bsgd.run_saving`)."""
+        run_saving.save(store, self._run, self._backward_sgd(), self._seed_states())
 
     def _load_replay_state(self, store):
-        """Reads what `_save_replay_state` wrote.
-
-        A live buffer of the current run is overwritten in place (the compiled
-        train function holds its variables); otherwise the saved buffer
-        becomes the buffer at the next training step.
-
-        Raises:
-            ValueError: if the seeds, the buffer or the optimizer layout do
-                not fit this model and its optimizer (an unbuilt optimizer
-                checks its layout when it builds).
-        """
-        errors.check_format(store)
-        seed_key = SavedBuffer.PREFIX + "seeds"
-        if seed_key in store.keys():
-            seeds = np.asarray(store[seed_key])
-            states = self._seed_states()
-            if len(states) != len(seeds):
-                raise ValueError(
-                    f"The file holds the seeds of {len(seeds)} random layers "
-                    f"and this model has {len(states)}. Received: "
-                    f"{len(seeds)} seeds"
-                )
-            for state, seed in zip(states, seeds):
-                state.assign(seed)
-        saved = SavedBuffer.load(store)
+        """Reads what `_save_replay_state` wrote (see `keras_bsgd.run_saving`)."""
         optimizer = self._backward_sgd()
-        count_key = SavedBuffer.PREFIX + "optimizer_variables"
-        if optimizer is not None and count_key in store.keys():
-            optimizer.expect_variables(int(np.asarray(store[count_key])))
-        if optimizer is None:
-            # The next optimizer to train adopts the loaded run.
-            self._run = None if saved is None else Run(saved=saved, data_store=DataStore.load(store))
-            return
-        run = self._run_for(optimizer)
-        run.left_weights = None  # the loaded weights are the saved run's own
-        if saved is None:
-            # Saved before the first step: a live buffer's slots are
-            # rewritten before the run reads them, its counters restart.
-            if run.buffer is not None:
-                buffer = run.buffer
-                for counter in (buffer.skipped_batches, buffer.replayed_step,
-                                buffer.gradient_evaluations, buffer.origin):
-                    counter.assign(0)
-            run.saved = None
-            return
-        errors.check_run_settings(store, optimizer)
-        errors.check_capacity(saved, optimizer)
-        data_store = DataStore.load(store)
-        if run.buffer is not None and DataStore.same_layout(run.data_store, data_store):
-            # The compiled step holds the live buffer's variables.
-            run.buffer.restore(saved)
-            run.saved = None
-        else:
-            # Buffered indices point into other data (or none): the next fit()
-            # rebuilds the buffer and retraces the step.
-            self._run = Run(optimizer, saved=saved, data_store=data_store)
+        run = None if optimizer is None else self._run_for(optimizer)
+        self._run = run_saving.load(store, run, optimizer, self._seed_states())
 
     def _static_batch(self, batch):
         # NumPy inputs reach the step with an unknown batch dimension (fit()
@@ -1044,43 +881,6 @@ class ReplayTrainer:
         return function
 
 
-class _RunCallback(keras.callbacks.Callback):
-    """The trainer's host-side part of a backward-SGD `fit()`; runs first.
-
-    With `replay_every > 1` it replays at the last step of every epoch, so
-    that the other callbacks, validation and everything after `fit()` see the
-    output iterate of the last step (a dataset of unknown length ends its
-    epoch by running out, which the train function catches instead). At
-    every epoch's end and at `fit()`'s end it records the weights the trainer
-    left, before other callbacks can change them (`EarlyStopping` restoring
-    its best weights), and at the next epoch's start a change starts a new
-    run from the weights as they are.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model._start_run_if_weights_were_set(self.model._backward_sgd())
-
-    def on_train_batch_end(self, batch, logs=None):
-        steps = self.params.get("steps")
-        if steps is not None and batch + 1 >= steps:
-            self.model.replay_function()
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Also the end of an epoch that a callback stopped early.
-        self.model.replay_function()
-        self.model._record_weights()
-
-    def on_train_end(self, logs=None):
-        self.model._record_weights()
-
-
-def _with_run_callback(callbacks):
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks.callbacks.insert(0, _RunCallback())
-        return callbacks
-    return [_RunCallback(), *(callbacks or [])]
-
-
 def _backward_sgd_of(optimizer):
     """The `BackwardSGD` that `optimizer` is or (mixed_float16) wraps, or None."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -1091,9 +891,3 @@ def _backward_sgd_of(optimizer):
 def _save(optimizer, trainable_variables, model_state):
     optimizer.save_anchor(trainable_variables, model_state)
     return _noop()
-
-
-def _is_seed_state(variable):
-    # The state variable of a keras.random.SeedGenerator (dropout, noise, ...).
-    return variable.name == "seed_generator_state"
-

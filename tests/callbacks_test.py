@@ -72,3 +72,23 @@ def test_tf_data_pipeline_and_numpy_give_the_same_run():
         finals.append(model.get_weights())
     for a, b in zip(*finals, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_swap_ema_weights_validates_on_the_average_and_leaves_the_run_alone(tmp_path):
+    # Keras' SwapEMAWeights (and TensorBoard) look for an `inner_optimizer`
+    # to unwrap; the EMA of the output iterates lives on BackwardSGD itself.
+    x, y = data()
+    model = small_model()
+    model.compile(
+        optimizer=keras_bsgd.BackwardSGD(0.05, window=3, use_ema=True, ema_momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    history = model.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0,
+                        callbacks=[swap, keras.callbacks.TensorBoard(log_dir=tmp_path / "tb")])
+    # fit() ends with the EMA in the model, which validation also used.
+    np.testing.assert_allclose(history.history["val_loss"][-1], model.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
+    # The swaps in and out were not taken for weights set from outside.
+    assert int(model.replay_buffer.origin.numpy()) == 0
+    assert model.replayed_step == int(model.optimizer.iterations) == 16

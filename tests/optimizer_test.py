@@ -86,7 +86,7 @@ def test_build_creates_all_state_in_a_fixed_order():
     assert len(optimizer.anchor_weights) == 2 and len(optimizer.anchor_momentums) == 2
     # Format 2: the optimizer's own variables, then the inner SGD's.
     assert len(names) == 2 + 3 * 2 + 1
-    inner = optimizer.inner_optimizer.variables
+    inner = optimizer.map_optimizer.variables
     assert optimizer.variables[-3:] == inner
     assert [v.name for v in inner] == ["iteration", "variable_momentum", "variable_1_momentum"]
     optimizer.build(variables)  # idempotent

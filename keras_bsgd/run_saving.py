@@ -1,0 +1,114 @@
+"""Saving and loading the training state that is not a Keras variable.
+
+The replay buffer is part of the training state: without it a resumed run
+would replay different batches. Keras does not save `SeedGenerator` states
+either, and the seeds of random layers key every replayed draw. Both go
+under `SavedBuffer.PREFIX` keys of the model's own entry in `.keras` and
+`.weights.h5` files, and into `tf.train.Checkpoint` through `ReplayState`,
+with the same code. So do the state format, the optimizer's variable count
+(a restore refuses another layout instead of mixing two states) and the
+settings that define the run's maps.
+"""
+
+import numpy as np
+
+from keras_bsgd import errors
+from keras_bsgd.buffer import SavedBuffer
+from keras_bsgd.data_store import DataStore
+from keras_bsgd.run import Run
+
+_SEEDS = SavedBuffer.PREFIX + "seeds"
+_OPTIMIZER_VARIABLES = SavedBuffer.PREFIX + "optimizer_variables"
+
+
+def save(store, run, optimizer, seed_states):
+    """Writes the training state outside Keras variables to a Keras saving `store`.
+
+    Args:
+        store: A dict-like Keras saving store.
+        run: The model's current `Run`, or None.
+        optimizer: The model's `BackwardSGD`, or None.
+        seed_states: The state variables of the model's random layers.
+    """
+    seeds = [np.array(v.numpy()) for v in seed_states]
+    if seeds:
+        store[_SEEDS] = np.stack(seeds)
+    if optimizer is None:
+        return
+    if optimizer.built:
+        store[_OPTIMIZER_VARIABLES] = np.array(len(optimizer.variables), "int64")
+    errors.save_format(store)
+    for name in errors.RUN_SETTINGS:
+        store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
+    if run is None or not (run.serves(optimizer) or run.adoptable()):
+        return  # no run, or one another optimizer trained
+    saved = run.saved if run.buffer is None else SavedBuffer.of(run.buffer)
+    if saved is not None:
+        saved.save(store)
+        # Indices are saved, the data they point into is not: the file
+        # records which arrays a resumed fit() must get.
+        if run.data_store is not None:
+            run.data_store.save(store)
+
+
+def load(store, run, optimizer, seed_states):
+    """Reads what `save` wrote.
+
+    A live buffer of the current run is overwritten in place (the compiled
+    train function holds its variables); otherwise the saved buffer
+    becomes the buffer at the next training step.
+
+    Args:
+        store: A dict-like Keras saving store.
+        run: `optimizer`'s `Run` (None if `optimizer` is None).
+        optimizer: The model's `BackwardSGD`, or None.
+        seed_states: The state variables of the model's random layers.
+
+    Returns:
+        The model's run from now on: `run`, a new one holding the loaded
+        state, or None.
+
+    Raises:
+        ValueError: if the format, the seeds, the buffer or the optimizer
+            layout do not fit this model and its optimizer (an unbuilt
+            optimizer checks its layout when it builds).
+    """
+    errors.check_format(store)
+    if _SEEDS in store.keys():
+        seeds = np.asarray(store[_SEEDS])
+        if len(seed_states) != len(seeds):
+            raise ValueError(
+                f"The file holds the seeds of {len(seeds)} random layers "
+                f"and this model has {len(seed_states)}. Received: "
+                f"{len(seeds)} seeds"
+            )
+        for state, seed in zip(seed_states, seeds):
+            state.assign(seed)
+    saved = SavedBuffer.load(store)
+    if optimizer is None:
+        # The next optimizer to train adopts the loaded run.
+        return None if saved is None else Run(saved=saved, data_store=DataStore.load(store))
+    if _OPTIMIZER_VARIABLES in store.keys():
+        optimizer.expect_variables(int(np.asarray(store[_OPTIMIZER_VARIABLES])))
+    run.left_weights = None  # the loaded weights are the saved run's own
+    if saved is None:
+        # Saved before the first step: a live buffer's slots are rewritten
+        # before the run reads them, its counters restart.
+        if run.buffer is not None:
+            buffer = run.buffer
+            for counter in (buffer.skipped_batches, buffer.replayed_step,
+                            buffer.gradient_evaluations, buffer.origin):
+                counter.assign(0)
+        run.saved = None
+        return run
+    errors.check_run_settings(store, optimizer)
+    errors.check_capacity(saved, optimizer)
+    data_store = DataStore.load(store)
+    if run.buffer is not None and DataStore.same_layout(run.data_store, data_store):
+        # The compiled step holds the live buffer's variables.
+        run.buffer.restore(saved)
+        run.saved = None
+        return run
+    # Buffered indices point into other data (or none): the next fit()
+    # rebuilds the buffer and retraces the step.
+    return Run(optimizer, saved=saved, data_store=data_store)
