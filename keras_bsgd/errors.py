@@ -78,9 +78,9 @@ def check_capacity(saved, optimizer):
 
 
 # The layout of the saved training state. 1: keras_bsgd 0.1.0, where
-# BackwardSGD subclassed Keras SGD; 2: it holds an inner SGD, whose counter
-# and momentum slots follow the optimizer's own variables (and move under
-# `map_optimizer` in a `tf.train.Checkpoint`).
+# BackwardSGD subclassed Keras SGD; 2: it holds a map optimizer (a Keras
+# SGD), whose counter and momentum slots follow the optimizer's own
+# variables (and move under `map_optimizer` in a `tf.train.Checkpoint`).
 FORMAT_VERSION = 2
 _FORMAT_KEY = SavedBuffer.PREFIX + "format_version"
 # Keys only a BackwardSGD's state leaves in a file.
@@ -109,7 +109,7 @@ def check_format(store):
         f"The file holds backward-SGD training state of format {saved}, and "
         f"this keras_bsgd reads format {FORMAT_VERSION}: the optimizer's "
         "variables are laid out differently (format 2 composes BackwardSGD "
-        "over an inner Keras SGD), and loading them would resume from a mix "
+        "over a Keras SGD), and loading them would resume from a mix "
         "of two states. Resume the run with the keras_bsgd that wrote it "
         "(format 1: keras-bsgd 0.1.0); to start a new run from its weights, "
         "read them there (`model.get_weights()`) and `set_weights()` them "

@@ -61,7 +61,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
     take an optimizer with that attribute for a loss-scale wrapper and read
     the learning rate and EMA there.)
     `variables` are this optimizer's own (iteration counter, learning rate,
-    EMA, anchor) followed by the inner SGD's (its counter of applied maps
+    EMA, anchor) followed by the map optimizer's (its counter of applied maps
     and its momentum slots).
 
     This optimizer only holds settings and state; the replay itself runs in the
@@ -200,7 +200,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
         self.map_optimizer = _MapSGD(
             learning_rate=self._frozen_learning_rate, name=f"{name}_map"
         )
-        self._configure_inner()
+        self._configured_map_optimizer()
         # Set by the trainer at compile(): returns the model's non-trainable
         # state (BatchNorm statistics, ...) that belongs to S. Keras builds
         # optimizers from the trainable variables alone, in places keras_bsgd
@@ -211,19 +211,19 @@ class BackwardSGD(keras.optimizers.Optimizer):
         self._pending_state = None
         self._expected_variables = None
         # What an unbuilt BackwardSGD saves: its counter and learning rate,
-        # then the inner SGD's counter.
+        # then the map optimizer's counter.
         self._unbuilt_variables = (len(super().variables), len(self.map_optimizer.variables))
 
     def _frozen_learning_rate(self):
         if self._map_learning_rate is None:
             raise TypeError(
-                f"{WRAP_HINT} Received: a call to the inner SGD of "
+                f"{WRAP_HINT} Received: a call to the map optimizer of "
                 f"'{self.name}' outside `BackwardSGD.apply_map()`."
             )
         return self._map_learning_rate
 
-    def _configure_inner(self):
-        """Gives the inner SGD this optimizer's update settings, as they are now.
+    def _configured_map_optimizer(self):
+        """Gives the map optimizer this optimizer's update settings, as they are now.
 
         Keras reads them when it traces an update, so settings changed after
         construction (`optimizer.clipnorm = 1.0`) reach the maps too.
@@ -243,11 +243,11 @@ class BackwardSGD(keras.optimizers.Optimizer):
 
     @property
     def momentums(self):
-        """The momentum slots of the live state (the inner SGD's); empty without momentum."""
+        """The momentum slots of the live state (the map optimizer's); empty without momentum."""
         return self.map_optimizer.momentums
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
-        # The inner SGD applies the weight decay.
+        # The map optimizer applies the weight decay.
         super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
         self.map_optimizer.exclude_from_weight_decay(
             var_list=var_list, var_names=var_names
@@ -373,9 +373,9 @@ class BackwardSGD(keras.optimizers.Optimizer):
         return tf.cast(self.learning_rate, "float32")
 
     def apply_map(self, grads, trainable_variables, learning_rate):
-        """Applies one map `T_i`: a step of the inner Keras SGD at a frozen learning rate.
+        """Applies one map `T_i`: one `apply()` of the map optimizer at a frozen learning rate.
 
-        The inner SGD's `apply()` counts its own iterations (maps applied);
+        The map optimizer's `apply()` counts its own iterations (maps applied);
         this optimizer's `iterations` and EMA are untouched: inner replays
         are not steps.
 
@@ -384,7 +384,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             trainable_variables: The variables the optimizer was built with.
             learning_rate: Scalar tensor, the rate frozen for this map.
         """
-        inner = self._configure_inner()
+        inner = self._configured_map_optimizer()
         self._map_learning_rate = learning_rate
         try:
             context = tf.distribute.get_replica_context()
@@ -509,7 +509,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 f"holds {count} optimizer variables and this "
                 f"BackwardSGD has {len(self.variables)} (iterations, learning "
                 "rate, the anchor of weights, momentum and model state, and "
-                "the inner SGD's counter and momentum slots). Load into a model with the same architecture "
+                "the map optimizer's counter and momentum slots). Load into a model with the same architecture "
                 "compiled with the same momentum setting. Received: "
                 f"{count} variables"
             )
