@@ -69,11 +69,7 @@ class ReplayBuffer:
                 name="replay_learning_rates",
                 **sync,
             )
-            # [kind, step] of the last incident the host must raise (kind 0:
-            # none; see INCIDENTS), and the number of dropped batches.
-            self.incident = tf.Variable(
-                tf.zeros((2,), "int64"), trainable=False, name="replay_incident"
-            )
+            # The number of dropped batches.
             self.skipped_batches = tf.Variable(
                 tf.constant(0, "int64"), trainable=False, name="replay_skipped"
             )
@@ -193,28 +189,12 @@ class ReplayBuffer:
                 var.scatter_update(tf.IndexedSlices(leaf[None], slot))
         return tf.constant(0)
 
-    def report(self, kind, step, when=True):
-        """Records an incident (`INCIDENTS` key) at `step`, if `when`, for the host to raise."""
-        incident = tf.stack([INCIDENTS[kind], tf.cast(step, "int64")])
-        self.incident.assign(tf.where(when, incident, self.incident))
-        return tf.constant(0)
-
-    def pop_incident(self):
-        """Returns (on the host) and clears the last incident: `(kind, step)` or None."""
-        kind, step = (int(v) for v in self.incident.numpy())
-        if not kind:
-            return None
-        self.incident.assign(tf.zeros((2,), "int64"))
-        return next(k for k, v in INCIDENTS.items() if v == kind), step
-
     def read(self, slot):
         """Returns `(batch, learning_rate)` stored in `slot`."""
         leaves = [None if v is None else tf.gather(v, slot) for v in self._slots]
         batch = keras.tree.pack_sequence_as(self.spec, leaves)
         return batch, tf.gather(self.learning_rates, slot)
 
-
-INCIDENTS = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
 
 _NONE_NOTE = (
     " (None is a dimension that varies, e.g. a partial last batch, or one that "

@@ -1,4 +1,4 @@
-"""The trainer's errors: incidents the compiled step reports, refused settings and files."""
+"""The trainer's errors: refused strategies, settings, capacities and files."""
 
 import numpy as np
 import tensorflow as tf
@@ -25,31 +25,6 @@ def check_strategy(strategy):
             "maps; TPUs are untested). Received: "
             f"strategy={type(strategy).__name__}"
         )
-
-
-def incident_error(buffer, kind, step):
-    if kind == "capacity":
-        return ValueError(
-            capacity_message(buffer.capacity, step, step - 1, step - 1 - buffer.capacity)
-        )
-    if kind == "nonfinite_batch":
-        return ValueError(
-            f"The batch of step {step} has a non-finite value or loss (NaN or "
-            "Inf). It was not buffered and the training state is unchanged. "
-            "Clean the input pipeline, or compile with "
-            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
-            f"Received: a non-finite batch at step {step}"
-        )
-    return FloatingPointError(
-        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
-        "from the anchor produced non-finite weights (the composition left "
-        "its contractive region). Lower the learning rate or the window, or "
-        "add gradient clipping (`clipnorm=...`). The model now holds the "
-        "anchor (finite): the state the replay started from. A later fit() "
-        "starts a new run from it, without the buffered batches; compile a "
-        "new BackwardSGD to change the settings. Received: non-finite weights "
-        f"at step {step}"
-    )
 
 
 def check_capacity(saved, optimizer):

@@ -17,6 +17,8 @@ class Run:
     Attributes:
         buffer: The `ReplayBuffer`, created at the run's first step; None
             before it.
+        incidents: The `Incidents` its steps report to the host, created
+            with the buffer.
         saved: A `SavedBuffer` loaded from a file, which becomes the buffer
             at the first step; None otherwise.
         data_store: The `DataStore` the buffered example indices point into
@@ -42,6 +44,7 @@ class Run:
     def __init__(self, optimizer=None, saved=None, data_store=None):
         self._optimizer = None if optimizer is None else weakref.ref(optimizer)
         self.buffer = None
+        self.incidents = None
         self.saved = saved
         self.data_store = data_store
         self.planned_steps = None

@@ -40,6 +40,8 @@ from keras_bsgd import errors
 from keras_bsgd import finiteness
 from keras_bsgd import fit_inputs
 from keras_bsgd import fit_plan
+from keras_bsgd import incidents
+from keras_bsgd.incidents import Incidents
 from keras_bsgd import index_feed
 from keras_bsgd import random_layers
 from keras_bsgd import run_callback
@@ -380,6 +382,7 @@ class ReplayTrainer:
                 capacity, ReplayBuffer.spec_of(batch), saved=run.saved,
                 per_replica=replicas.distributed,
             )
+            run.incidents = Incidents()
         run.saved = None
         return run.buffer
 
@@ -565,10 +568,11 @@ class ReplayTrainer:
         if loss_scale is not None:
             loss_scale.finish_step(start_scale, when=ok)
         buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
-        buffer.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
-        buffer.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(ok)))
+        reports = self._run.incidents
+        reports.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
+        reports.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(ok)))
         if optimizer.on_nonfinite == "raise":
-            buffer.report("nonfinite_batch", step, when=tf.logical_not(finite))
+            reports.report("nonfinite_batch", step, when=tf.logical_not(finite))
         replicas.run(self._keep_metrics, (finite, metrics_before, metrics_after))
         logs = self.get_metrics_result()
         logs["skipped_batches"] = buffer.skipped_batches.value()
@@ -668,7 +672,7 @@ class ReplayTrainer:
         )
         buffer.gradient_evaluations.assign_add(maps)
         optimizer.average_iterate(self.trainable_variables, True, first)
-        buffer.report("diverged", step, when=self._diverged())
+        self._run.incidents.report("diverged", step, when=self._diverged())
         return maps
 
     def _log_batch(self, batch):
@@ -795,16 +799,17 @@ class ReplayTrainer:
             )
 
         def raise_incident():
-            buffer = self.replay_buffer
-            incident = buffer.pop_incident() if buffer is not None else None
+            run = self._run
+            has_incidents = run is not None and run.incidents is not None
+            incident = run.incidents.pop() if has_incidents else None
             if incident is None:
                 return
             if incident[0] == "diverged":
                 # The anchor is finite: the model goes back to it, and the
                 # next fit() starts a new run from there.
                 optimizer.restore_anchor(self.trainable_variables, self._model_state())
-                self._run.start_over(optimizer.iterations)
-            raise errors.incident_error(buffer, *incident)
+                run.start_over(optimizer.iterations)
+            raise incidents.error(*incident, run.buffer.capacity)
 
         def train_function(iterator):
             try:
