@@ -1,31 +1,13 @@
 """The replaying trainer: the `ReplayTrainer` mixin behind `Model`, `Sequential` and `wrap`.
 
-A training step `k` of backward-SGD (docs/design.md §1), all inside the one
-compiled train function (under a multi-replica strategy, one graph whose
-per-replica parts run through `keras_bsgd.replicas`). Steps count from the
-start of the current run (`ReplayBuffer.origin`); `W` is `forward_steps`:
-
-1. log the loss and metrics of the new batch `B_k` at the current weights
-   (the last output iterate), as Keras' own `train_step` does, and check
-   that the batch and its loss are finite (else the step is a no-op);
-2. if the step replays (always with `replay_every=1`; else at multiples of
-   it and in the forward phase), restore the live state (weights,
-   momentum, non-trainable model state) from the anchor;
-3. forward phase, `k <= W`: apply `T_k` to it (forward SGD);
-4. windowed mode: advance the anchor by every map that left the window
-   since the last replay, `A_k = T_{k-w}(... A)`;
-5. write `B_k` (or, with index buffering, its example indices) and its
-   frozen learning rate into the ring buffer, unless `k <= W`;
-6. replay `T_k, T_{k-1}, ..., T_{max(W, k-w)+1}` in a `tf.while_loop`
-   (so the model is traced once, whatever the window), each map with its
-   random layers keyed to its batch's arrival index;
-7. count one outer step and the gradient evaluations.
-
-Whether a step replays only sets trip counts and masks: no conditional
-holds a map. Epoch ends that are not replay steps replay through
-`replay_function`. The public model classes live in `keras_bsgd.models`,
-the errors in `keras_bsgd.errors`, the input checks in
-`keras_bsgd.fit_inputs`, the XLA unit in `keras_bsgd.xla_units`.
+It keeps Keras' `compile()`/`fit()` and adds what backward-SGD needs around
+them: the run (`keras_bsgd.run`) a `fit()` continues or starts, the checks
+and buffer planning before any step (`keras_bsgd.fit_plan`), the train
+functions that run the step (`keras_bsgd.step`) and raise its incidents
+(`keras_bsgd.incidents`), the host-side callback (`keras_bsgd.run_callback`)
+and saving (`keras_bsgd.run_saving`). The public model classes live in
+`keras_bsgd.models`, the input checks in `keras_bsgd.fit_inputs`, the XLA
+unit in `keras_bsgd.xla_units`.
 """
 
 import hashlib
@@ -37,18 +19,14 @@ import tensorflow as tf
 
 from keras_bsgd import custom_code
 from keras_bsgd import errors
-from keras_bsgd import finiteness
 from keras_bsgd import fit_inputs
 from keras_bsgd import fit_plan
 from keras_bsgd import incidents
-from keras_bsgd.incidents import Incidents
 from keras_bsgd import index_feed
-from keras_bsgd import random_layers
 from keras_bsgd import run_callback
 from keras_bsgd import run_saving
 from keras_bsgd import xla_units
 from keras_bsgd.buffer import STATIC_SHAPE_HINT
-from keras_bsgd.buffer import ReplayBuffer
 from keras_bsgd.buffer import SavedBuffer
 from keras_bsgd.checkpoint import ReplayState
 from keras_bsgd.data_store import DataStore
@@ -57,16 +35,13 @@ from keras_bsgd.optimizer import BackwardSGD
 from keras_bsgd.replicas import LocalReplicas
 from keras_bsgd.replicas import MirroredReplicas
 from keras_bsgd.run import Run
+from keras_bsgd.step import BackwardStep
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 _COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
 
 
-def _noop():
-    return tf.constant(0)
-
-
-class ReplayTrainer:
+class ReplayTrainer(BackwardStep):
     """Mixin that turns a Keras model's `fit` into backward-SGD.
 
     With any optimizer other than `BackwardSGD` the model trains exactly as
@@ -368,24 +343,6 @@ class ReplayTrainer:
             return  # a built model that only runs on tensors: the step builds the rest
         self._built_before_trace = True
 
-    def _buffer_for(self, optimizer, batch, replicas):
-        """The run's replay buffer, created at its first step from the batch's static spec."""
-        run = self._run_for(optimizer)
-        if run.buffer is not None:
-            run.buffer.check(batch)
-            return run.buffer
-        capacity = run.capacity(optimizer)
-        if capacity is None:
-            raise errors.unknown_capacity()
-        with replicas.scope():
-            run.buffer = ReplayBuffer(
-                capacity, ReplayBuffer.spec_of(batch), saved=run.saved,
-                per_replica=replicas.distributed,
-            )
-            run.incidents = Incidents()
-        run.saved = None
-        return run.buffer
-
     def save_own_variables(self, store):
         """Saves the model's own variables and the replay state.
 
@@ -412,31 +369,6 @@ class ReplayTrainer:
         run = None if optimizer is None else self._run_for(optimizer)
         self._run = run_saving.load(store, run, optimizer, self._seed_states())
 
-    def _static_batch(self, batch):
-        # NumPy inputs reach the step with an unknown batch dimension (fit()
-        # has already checked that every batch is full), and so do generator
-        # and PyDataset batches (the first batch fixed the size; a later one
-        # of another size fails this check). A tf.data map after batch() can
-        # lose the static size of some leaves (a TextVectorization layer does)
-        # while the others keep it: every leaf of a batch shares it.
-        size = self._array_batch_size
-        if size is None:
-            known = [
-                t.shape[0]
-                for t in keras.tree.flatten(batch)
-                if t is not None and t.shape.rank and t.shape[0] is not None
-            ]
-            size = known[0] if known and len(set(known)) == 1 else None
-        if size is None:
-            return batch
-
-        def fix(t):
-            if t is None or t.shape.rank == 0 or t.shape[0] is not None:
-                return t
-            return tf.ensure_shape(t, [size, *t.shape[1:]], name=fit_inputs.BATCH_CHECK)
-
-        return keras.tree.map_structure(fix, batch)
-
     def train_step(self, data):
         optimizer = self._backward_sgd()
         if optimizer is None:
@@ -453,319 +385,6 @@ class ReplayTrainer:
             return self._backward_step(
                 optimizer, data, self._replicas or LocalReplicas()
             )
-
-    def _backward_step(self, optimizer, data, replicas):
-        """One backward-SGD step on `data` (per replica under a strategy)."""
-        batch = replicas.run(
-            lambda d: self._static_batch(keras.utils.unpack_x_y_sample_weight(d)),
-            (data,),
-        )
-        # What the buffer keeps: the batch, or (index buffering) the
-        # batch's example indices, from which the batch is gathered.
-        data_store = self._run_for(optimizer).data_store
-        item = batch
-        if data_store is not None:
-            item = batch[0]
-            batch = data_store.gather(item)
-        buffer = self._buffer_for(optimizer, replicas.first(item), replicas)
-        if not self.trainable_variables:
-            raise ValueError(
-                "Backward-SGD needs trainable weights to replay updates on, "
-                f"and model '{self.name}' has none (all layers frozen?). "
-                "Received: 0 trainable variables"
-            )
-        if not self.optimizer.built:
-            # Keras builds optimizers lazily in `apply()`, which replay skips.
-            # A LossScaleOptimizer builds the BackwardSGD it wraps.
-            with keras.name_scope(self.optimizer.name, caller=self.optimizer):
-                self.optimizer.build(self.trainable_variables)
-        loss_scale = self._loss_scale()
-        model_state = self._model_state()
-        step = tf.cast(optimizer.iterations, "int64") + 1
-        # Steps of the current run (weights set from outside start a new one).
-        local = step - buffer.origin
-        learning_rate = optimizer.current_learning_rate()
-        forward_steps = tf.constant(optimizer.forward_steps, "int64")
-
-        # S_0 is the state at the run's first step, taken before the logging
-        # pass below moves BatchNorm statistics.
-        tf.cond(
-            tf.equal(local, 1),
-            lambda: _save(optimizer, self.trainable_variables, model_state),
-            _noop,
-        )
-        every_step = optimizer.replay_every == 1
-        if not every_step:
-            # A step that does not replay keeps the model at the last output
-            # iterate: the logging pass must not move its BatchNorm statistics.
-            before_logging = [tf.identity(v) for v in model_state]
-        self._seed_random_layers(step)
-        finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
-        finite = replicas.all_true(finite)
-        forward = local <= forward_steps
-        room = True if optimizer.window is not None else local - forward_steps <= buffer.capacity
-        ok = tf.logical_and(finite, tf.logical_or(forward, room))
-        # Forward steps always move the model; backward ones at multiples
-        # of `replay_every` (epoch ends replay through `replay_function`).
-        replay = tf.logical_and(
-            ok,
-            tf.logical_or(forward, tf.equal(local % optimizer.replay_every, 0)),
-        )
-        start_scale = None if loss_scale is None else loss_scale.start_step()
-
-        # The step is straight-line code, without a conditional around the
-        # maps: XLA runs conditionals that hold the replay far slower (a
-        # windowed MLP step lost about one SGD step's time to three of them),
-        # and masked copies of the state cost about as much. With
-        # `replay_every=1` a batch that may not enter (non-finite, or no room
-        # left) therefore replays the previous step's maps instead, which
-        # recomputes the previous iterate exactly: the rare case pays for
-        # the common one's speed. With `replay_every > 1` most steps do not
-        # replay, and masks keep the model at the last replayed iterate.
-        if every_step:
-            optimizer.restore_anchor(self.trainable_variables, model_state)
-            target = tf.where(ok, local, local - 1)
-        else:
-            optimizer.restore_anchor(
-                self.trainable_variables,
-                model_state, when=replay, model_state_otherwise=before_logging
-            )
-            target = None
-
-        def forward_map(i):
-            self._seed_random_layers(step)
-            replicas.run(
-                self._apply_map,
-                (optimizer, item, learning_rate, step, loss_scale, replicas),
-            )
-            return (i + 1,)
-
-        forward_maps = tf.constant(0, "int64")
-        if optimizer.forward_steps:
-            (forward_maps,) = tf.while_loop(
-                lambda i: i < tf.cast(tf.logical_and(replay, forward), "int64"),
-                forward_map,
-                (forward_maps,),
-                maximum_iterations=1,
-            )
-
-        def write():
-            slot = (local - forward_steps - 1) % buffer.capacity
-            replicas.run(
-                buffer.write,
-                (slot, item, learning_rate, tf.logical_and(ok, tf.logical_not(forward))),
-            )
-
-        first = tf.equal(buffer.replayed_step, 0)
-        if every_step:
-            maps = self._replay(optimizer, buffer, target, None, loss_scale, replicas, write)
-        else:
-            maps = self._replay(optimizer, buffer, local, replay, loss_scale, replicas, write)
-        buffer.gradient_evaluations.assign_add(forward_maps + maps)
-        optimizer.finish_step(
-            self.trainable_variables, when=ok, replayed=replay, first=first
-        )
-        if loss_scale is not None:
-            loss_scale.finish_step(start_scale, when=ok)
-        buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
-        reports = self._run.incidents
-        reports.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
-        reports.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(ok)))
-        if optimizer.on_nonfinite == "raise":
-            reports.report("nonfinite_batch", step, when=tf.logical_not(finite))
-        replicas.run(self._keep_metrics, (finite, metrics_before, metrics_after))
-        logs = self.get_metrics_result()
-        logs["skipped_batches"] = buffer.skipped_batches.value()
-        return logs
-
-    def _replay(self, optimizer, buffer, step, replay, loss_scale, replicas, write=None):
-        """Brings the anchor to step `step` of the run and replays the maps after it, if `replay`.
-
-        `replay` is a boolean tensor, or None for always (unmasked copies).
-        The live state must hold the anchor where it is true. Windowed
-        mode advances the anchor by every map that has left the window since
-        the last replay (one per step, taken in a batch), from the buffer;
-        then `write()` (if given) stores the new batch in the slot the
-        oldest of them left; then the maps of batches `anchor_step(step) + 1
-        ... step` run newest-first.
-
-        Returns:
-            The number of maps applied (gradient evaluations), a scalar
-            int64 tensor.
-        """
-        forward_steps = optimizer.forward_steps
-        capacity = buffer.capacity
-        model_state = self._model_state()
-        origin = buffer.origin
-
-        def apply_buffered(index):
-            # Random layers are keyed to the batch's arrival step.
-            arrival = origin + index
-            self._seed_random_layers(arrival)
-            slot = (index - forward_steps - 1) % capacity
-            replicas.run(
-                self._apply_buffered,
-                (optimizer, buffer, slot, arrival, loss_scale, replicas),
-            )
-
-        # The anchor's maps up to `forward_steps` ran on the batch of their
-        # own step; those after it come from the buffer.
-        first = tf.maximum(
-            optimizer.anchor_step(buffer.replayed_step - origin), forward_steps
-        )
-        target = tf.maximum(optimizer.anchor_step(step), forward_steps)
-        zero = tf.zeros_like(step)
-        always = replay is None
-        advances = zero
-        if optimizer.window is not None:
-            bound = target - first if always else tf.where(replay, target - first, zero)
-
-            def advance_anchor(i):
-                apply_buffered(first + 1 + i)
-                return (i + 1,)
-
-            (advances,) = tf.while_loop(
-                lambda i: i < bound,
-                advance_anchor,
-                (zero,),
-                maximum_iterations=optimizer.replay_every,
-            )
-        if optimizer.window is not None or forward_steps:
-            optimizer.save_anchor(self.trainable_variables, model_state, when=replay)  # when=None: always
-        if write is not None:
-            write()
-        count = step - optimizer.anchor_step(step)
-        if not always:
-            count = tf.where(replay, count, zero)
-
-        def replay_map(i):
-            apply_buffered(step - i)
-            return (i + 1,)
-
-        (replayed,) = tf.while_loop(
-            lambda i: i < count,
-            replay_map,
-            (zero,),
-            maximum_iterations=capacity,
-        )
-        replayed_step = origin + step
-        if not always:
-            replayed_step = tf.where(replay, replayed_step, buffer.replayed_step)
-        buffer.replayed_step.assign(replayed_step)
-        return advances + replayed
-
-    def _diverged(self):
-        return tf.logical_not(finiteness.all_finite(self.trainable_variables))
-
-    def _replay_step(self, optimizer, replicas):
-        """Replays up to the current step (epoch ends with `replay_every > 1`).
-
-        Called only when the model does not hold that step's iterate yet
-        (`replay_function` checks on the host), so nothing here is masked.
-        """
-        buffer = self._run.buffer
-        step = tf.cast(optimizer.iterations, "int64")
-        first = tf.equal(buffer.replayed_step, 0)
-        optimizer.restore_anchor(self.trainable_variables, self._model_state())
-        maps = self._replay(
-            optimizer, buffer, step - buffer.origin, None, self._loss_scale(), replicas
-        )
-        buffer.gradient_evaluations.assign_add(maps)
-        optimizer.average_iterate(self.trainable_variables, True, first)
-        self._run.incidents.report("diverged", step, when=self._diverged())
-        return maps
-
-    def _log_batch(self, batch):
-        """Updates loss and metrics with the new batch at the current weights.
-
-        Returns:
-            `(finite, metrics_before, metrics_after)`: whether the batch and its
-            loss are finite, and the metric variables' values around the update.
-        """
-        x, y, sample_weight = batch
-        before = [tf.identity(v) for v in self.metrics_variables]
-        y_pred = self(x, training=True)
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
-        batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(
-            loss * tf.distribute.get_strategy().num_replicas_in_sync,
-            sample_weight=batch_size,
-        )
-        self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        after = [tf.identity(v) for v in self.metrics_variables]
-        # A batch with a non-finite value or loss must never enter the buffer:
-        # it would poison every later step.
-        floats = [t for t in keras.tree.flatten(batch) if t is not None and t.dtype.is_floating]
-        finite = finiteness.all_finite([loss] + floats)
-        return finite, before, after
-
-    def _keep_metrics(self, finite, before, after):
-        # Replayed losses must not reach the metrics (per-output loss trackers
-        # are updated by compute_loss itself), nor may a dropped batch.
-        for variable, old, new in zip(self.metrics_variables, before, after):
-            variable.assign(tf.where(finite, new, old))
-        return tf.constant(0)
-
-    def _model_state(self):
-        """The non-trainable variables that belong to the training state S."""
-        return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
-
-    def _seed_states(self):
-        return [v for v in self.non_trainable_variables if random_layers.is_seed_state(v)]
-
-    def _seed_random_layers(self, index):
-        """Keys every random layer's draws to the batch's arrival `index` (see `random_layers`)."""
-        random_layers.key_to_batch(self._seed_states(), index)
-
-    def _apply_buffered(self, optimizer, buffer, slot, index, loss_scale, replicas):
-        """Applies the map of the batch buffered in `slot` (arrived at step `index`)."""
-        item, learning_rate = buffer.read(slot)
-        return self._apply_map(optimizer, item, learning_rate, index, loss_scale, replicas)
-
-    def _apply_map(self, optimizer, item, learning_rate, index, loss_scale, replicas):
-        """Applies the map `T_index` of a batch (or its example indices, `item`)."""
-        data_store = self._run.data_store
-        x, y, sample_weight = item if data_store is None else data_store.gather(item)
-        variables = self.trainable_variables
-        compute = self._map_gradients
-        if replicas.jit_gradients:
-            compute = xla_units.xla_gradients(replicas.xla(compute))
-
-        def gradients(scale=None):
-            return compute(optimizer, x, y, sample_weight, scale)
-
-        if loss_scale is None:
-            grads = gradients()
-        else:
-            model_state = self._model_state()
-            before = [tf.identity(v) for v in model_state]
-
-            def restart():
-                # A retry must see the state and random draws of the first try.
-                for variable, value in zip(model_state, before):
-                    variable.assign(value)
-                self._seed_random_layers(index)
-
-            grads = loss_scale.gradients(gradients, restart)
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        optimizer.apply_map(
-            [g for g, _ in pairs], [v for _, v in pairs], learning_rate
-        )
-        return tf.constant(0)
-
-    def _map_gradients(self, optimizer, x, y, sample_weight, scale=None):
-        """The gradients of a map's loss (times `scale`, if given) at the live state."""
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            loss = optimizer.scale_loss(loss)
-            if scale is not None:
-                loss = loss * scale
-        return tape.gradient(loss, self.trainable_variables)
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
@@ -891,8 +510,3 @@ def _backward_sgd_of(optimizer):
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer
     return optimizer if isinstance(optimizer, BackwardSGD) else None
-
-
-def _save(optimizer, trainable_variables, model_state):
-    optimizer.save_anchor(trainable_variables, model_state)
-    return _noop()
