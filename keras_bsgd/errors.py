@@ -87,8 +87,9 @@ def check_format(store):
         "over a Keras SGD), and loading them would resume from a mix "
         "of two states. Resume the run with the keras_bsgd that wrote it "
         "(format 1: keras-bsgd 0.1.0); to start a new run from its weights, "
-        "read them there (`model.get_weights()`) and `set_weights()` them "
-        f"into a model here. Received: a file of format {saved}"
+        "load them without an optimizer (`keras.models.load_model(path, "
+        "compile=False)`, or `load_weights` into an uncompiled model) and "
+        f"compile a new BackwardSGD. Received: a file of format {saved}"
     )
 
 

@@ -61,8 +61,8 @@ class BackwardSGD(keras.optimizers.Optimizer):
     take an optimizer with that attribute for a loss-scale wrapper and read
     the learning rate and EMA there.)
     `variables` are this optimizer's own (iteration counter, learning rate,
-    EMA, anchor) followed by the map optimizer's (its counter of applied maps
-    and its momentum slots).
+    EMA, anchor) followed by the map optimizer's (its Keras counter and its
+    momentum slots).
 
     This optimizer only holds settings and state; the replay itself runs in the
     trainer of `keras_bsgd.Model`, `keras_bsgd.Sequential` or
@@ -198,7 +198,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
         # batch arrives, not read from the schedule when it is replayed.
         self._map_learning_rate = None
         self.map_optimizer = _MapSGD(
-            learning_rate=self._frozen_learning_rate, name=f"{name}_map"
+            learning_rate=self._frozen_learning_rate, name=f"{self.name}_map"
         )
         self._configured_map_optimizer()
         # Set by the trainer at compile(): returns the model's non-trainable
@@ -262,8 +262,10 @@ class BackwardSGD(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        with keras.name_scope(self.map_optimizer.name, caller=self.map_optimizer):
-            self.map_optimizer.build(var_list)
+        # Momentum slots exist only if momentum is set, as it is now.
+        inner = self._configured_map_optimizer()
+        with keras.name_scope(inner.name, caller=inner):
+            inner.build(var_list)
         # Anchor: the state S (weights, then momentum) that every step restarts
         # from. Saved with the optimizer, so its order here is the file layout.
         self.anchor_weights = [
@@ -375,9 +377,9 @@ class BackwardSGD(keras.optimizers.Optimizer):
     def apply_map(self, grads, trainable_variables, learning_rate):
         """Applies one map `T_i`: one `apply()` of the map optimizer at a frozen learning rate.
 
-        The map optimizer's `apply()` counts its own iterations (maps applied);
-        this optimizer's `iterations` and EMA are untouched: inner replays
-        are not steps.
+        This optimizer's `iterations` and EMA are untouched: inner replays
+        are not steps. (The map optimizer's own counter is Keras' and means
+        nothing here.)
 
         Args:
             grads: Gradients, one per trainable variable.
@@ -394,11 +396,14 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 # `merge_call` enters. Each all-reduce registers a
                 # `tf.custom_gradient` that TensorFlow never frees, pinning
                 # the traced graph (tensorflow/tensorflow#97697): memory grew
-                # with every compiled model in a process. Under a strategy
-                # Keras' update needs the replica context it runs in here.
+                # with every compiled model in a process.
                 context.merge_call(lambda _: inner.apply(grads, trainable_variables))
-            else:
+            elif tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                # Each map is its own `strategy.run` (keras_bsgd.replicas):
+                # Keras all-reduces the gradients and updates every replica.
                 inner.apply(grads, trainable_variables)
+            else:
+                _apply_on_one_replica(inner, grads, trainable_variables, learning_rate)
         finally:
             self._map_learning_rate = None
 
@@ -426,7 +431,8 @@ class BackwardSGD(keras.optimizers.Optimizer):
 
         The averages are the ones Keras' `Optimizer.build` creates, so that
         `finalize_variable_values` and `keras.callbacks.SwapEMAWeights` see
-        them; Keras has no public accessor for them. As in Keras, `ema = m * ema + (1 - m) * w`, and the first update
+        them; Keras has no public accessor for them. As in Keras,
+        `ema = m * ema + (1 - m) * w`, and the first update
         (`first`) copies the weights. Keras keys "first" to
         `iterations == 0`; with `replay_every > 1` the first output iterate
         comes later, so the trainer says which one is first.
@@ -508,9 +514,10 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 f"Cannot load the state of optimizer '{self.name}': the file "
                 f"holds {count} optimizer variables and this "
                 f"BackwardSGD has {len(self.variables)} (iterations, learning "
-                "rate, the anchor of weights, momentum and model state, and "
-                "the map optimizer's counter and momentum slots). Load into a model with the same architecture "
-                "compiled with the same momentum setting. Received: "
+                "rate, EMA, the anchor of weights, momentum and model state, "
+                "and the map optimizer's counter and momentum slots). Load "
+                "into a model with the same architecture compiled with the "
+                "same momentum and use_ema settings. Received: "
                 f"{count} variables"
             )
 
@@ -530,6 +537,29 @@ class BackwardSGD(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _apply_on_one_replica(optimizer, grads, variables, learning_rate):
+    # One replica of a strategy (a one-device MirroredStrategy): the replay
+    # loop runs inside Keras' `strategy.run`, where `optimizer.apply()` would
+    # `merge_call` (for the all-reduce and for weight decay) from a
+    # `tf.while_loop`, which TensorFlow refuses. So this runs `apply()`'s
+    # parts without them, in Keras' order and arithmetic; with one replica
+    # the update is the same.
+    if optimizer.loss_scale_factor is not None:
+        grads = [g / optimizer.loss_scale_factor for g in grads]
+    grads = optimizer._clip_gradients(grads)
+    if optimizer.weight_decay is not None:
+        for variable in variables:
+            if optimizer._use_weight_decay(variable):
+                rate = tf.cast(learning_rate, variable.dtype)
+                decay = tf.cast(optimizer.weight_decay, variable.dtype)
+                variable.assign_sub(variable * decay * rate)
+    for grad, variable in zip(grads, variables):
+        optimizer.update_step(grad, variable, learning_rate)
+    for variable in variables:
+        if variable.constraint is not None:
+            variable.assign(variable.constraint(variable))
 
 
 class _MapSGD(keras.optimizers.SGD):

@@ -1,7 +1,7 @@
 """Where the per-replica parts of a backward-SGD step run: one device or a mirrored strategy.
 
 The replay loop of a step (anchor, buffer write, newest-first maps) is
-written once, in `keras_bsgd.trainer`, against this small interface. On one
+written once, in `keras_bsgd.step`, against this small interface. On one
 device it runs inside Keras' compiled train function, already in replica
 context, and every call below is the identity. Under a
 `tf.distribute.MirroredStrategy` the loop runs in cross-replica context and

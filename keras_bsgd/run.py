@@ -10,9 +10,9 @@ class Run:
 
     A run belongs to the optimizer it trains with, held weakly: compiling
     with a new optimizer starts a new run (Python ids of collected
-    optimizers are reused, so identity is checked on a weak reference).
-    State loaded from a file makes a run without an optimizer, which the
-    next optimizer to train adopts.
+    optimizers are reused, so identity is checked on a weak reference), as
+    Keras starts new momentum. A model without a `BackwardSGD` has no run:
+    weights loaded into it are weights only.
 
     Attributes:
         buffer: The `ReplayBuffer`, created at the run's first step; None
@@ -41,8 +41,8 @@ class Run:
     5
     """
 
-    def __init__(self, optimizer=None, saved=None, data_store=None):
-        self._optimizer = None if optimizer is None else weakref.ref(optimizer)
+    def __init__(self, optimizer, saved=None, data_store=None):
+        self._optimizer = weakref.ref(optimizer)
         self.buffer = None
         self.incidents = None
         self.saved = saved
@@ -52,28 +52,17 @@ class Run:
 
     def serves(self, optimizer):
         """Whether this run belongs to `optimizer`."""
-        return (
-            optimizer is not None
-            and self._optimizer is not None
-            and self._optimizer() is optimizer
-        )
-
-    def adoptable(self):
-        """Whether this run holds loaded state and no optimizer yet."""
-        return self._optimizer is None and self.saved is not None
-
-    def adopt(self, optimizer):
-        """Makes this run `optimizer`'s."""
-        self._optimizer = weakref.ref(optimizer)
+        return optimizer is not None and self._optimizer() is optimizer
 
     def capacity(self, optimizer):
         """The batches the buffer holds, or None where nothing determines it yet.
 
         Windowed mode: `optimizer.window_capacity`. Exact mode, in this order:
-        the live buffer's, the loaded buffer's, `max_steps - forward_steps`,
+        the live buffer's, `max_steps - forward_steps`, the loaded buffer's,
         then the planned steps after the forward phase (at least one slot,
         which holds the batch spec of a run that ends in the forward phase).
-        Loading checks that a loaded buffer fits `max_steps`.
+        A loaded buffer of another capacity is refused when the buffer is
+        built from it.
 
         Args:
             optimizer: The run's `BackwardSGD`.
@@ -82,10 +71,10 @@ class Run:
             return optimizer.window_capacity
         if self.buffer is not None:
             return self.buffer.capacity
-        if self.saved is not None:
-            return self.saved.capacity
         if optimizer.max_steps is not None:
             return optimizer.max_steps - optimizer.forward_steps
+        if self.saved is not None:
+            return self.saved.capacity
         if self.planned_steps is not None:
             return max(self.planned_steps - optimizer.forward_steps, 1)
         return None
@@ -105,5 +94,8 @@ class Run:
 
     def steps_done(self, optimizer):
         """Steps of the current run (weights set from outside start a new one), an int."""
-        done = int(optimizer.iterations.numpy())
-        return done - (0 if self.buffer is None else int(self.buffer.origin.numpy()))
+        if self.buffer is not None:
+            origin = int(self.buffer.origin.numpy())
+        else:
+            origin = 0 if self.saved is None else self.saved.origin
+        return int(optimizer.iterations.numpy()) - origin

@@ -30,17 +30,16 @@ def save(store, run, optimizer, seed_states):
         optimizer: The model's `BackwardSGD`, or None.
         seed_states: The state variables of the model's random layers.
     """
+    errors.save_format(store)
     seeds = [np.array(v.numpy()) for v in seed_states]
     if seeds:
         store[_SEEDS] = np.stack(seeds)
-    if optimizer is None:
-        return
-    if optimizer.built:
-        store[_OPTIMIZER_VARIABLES] = np.array(len(optimizer.variables), "int64")
-    errors.save_format(store)
-    for name in errors.RUN_SETTINGS:
-        store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
-    if run is None or not (run.serves(optimizer) or run.adoptable()):
+    if optimizer is not None:
+        if optimizer.built:
+            store[_OPTIMIZER_VARIABLES] = np.array(len(optimizer.variables), "int64")
+        for name in errors.RUN_SETTINGS:
+            store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
+    if run is None or not run.serves(optimizer):
         return  # no run, or one another optimizer trained
     saved = run.saved if run.buffer is None else SavedBuffer.of(run.buffer)
     if saved is not None:
@@ -66,14 +65,16 @@ def load(store, run, optimizer, seed_states):
 
     Returns:
         The model's run from now on: `run`, a new one holding the loaded
-        state, or None.
+        state, or None (no `BackwardSGD`: the file's run state is not
+        loaded, the model gets weights only).
 
     Raises:
         ValueError: if the format, the seeds, the buffer or the optimizer
             layout do not fit this model and its optimizer (an unbuilt
             optimizer checks its layout when it builds).
     """
-    errors.check_format(store)
+    if optimizer is not None:
+        errors.check_format(store)
     if _SEEDS in store.keys():
         seeds = np.asarray(store[_SEEDS])
         if len(seed_states) != len(seeds):
@@ -84,10 +85,9 @@ def load(store, run, optimizer, seed_states):
             )
         for state, seed in zip(seed_states, seeds):
             state.assign(seed)
-    saved = SavedBuffer.load(store)
     if optimizer is None:
-        # The next optimizer to train adopts the loaded run.
-        return None if saved is None else Run(saved=saved, data_store=DataStore.load(store))
+        return None
+    saved = SavedBuffer.load(store)
     if _OPTIMIZER_VARIABLES in store.keys():
         optimizer.expect_variables(int(np.asarray(store[_OPTIMIZER_VARIABLES])))
     run.left_weights = None  # the loaded weights are the saved run's own
@@ -109,6 +109,10 @@ def load(store, run, optimizer, seed_states):
         run.buffer.restore(saved)
         run.saved = None
         return run
-    # Buffered indices point into other data (or none): the next fit()
-    # rebuilds the buffer and retraces the step.
+    # The next step builds the buffer from the loaded one. A store this
+    # fit() has filled with arrays of the saved layout (a `BackupAndRestore`
+    # at the start of a fit()) is the one the step gathers from; other
+    # indexed data (or none) retraces the step at the next fit().
+    if DataStore.same_layout(run.data_store, data_store):
+        data_store = run.data_store
     return Run(optimizer, saved=saved, data_store=data_store)

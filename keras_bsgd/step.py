@@ -105,8 +105,9 @@ class BackwardStep:
                 "Received: 0 trainable variables"
             )
         if not self.optimizer.built:
-            # Keras builds optimizers lazily in `apply()`, which replay skips.
-            # A LossScaleOptimizer builds the BackwardSGD it wraps.
+            # Keras builds optimizers lazily in their `apply()`, which only
+            # the map optimizer's runs, inside the traced loop. A
+            # LossScaleOptimizer builds the BackwardSGD it wraps.
             with keras.name_scope(self.optimizer.name, caller=self.optimizer):
                 self.optimizer.build(self.trainable_variables)
         loss_scale = self._loss_scale()
@@ -261,7 +262,8 @@ class BackwardStep:
                 maximum_iterations=optimizer.replay_every,
             )
         if optimizer.window is not None or forward_steps:
-            optimizer.save_anchor(self.trainable_variables, model_state, when=replay)  # when=None: always
+            # when=None: always.
+            optimizer.save_anchor(self.trainable_variables, model_state, when=replay)
         if write is not None:
             write()
         count = step - optimizer.anchor_step(step)

@@ -201,7 +201,8 @@ class ReplayTrainer(BackwardStep):
 
     def _backward_sgd(self):
         """The `BackwardSGD` this model trains with (inside a loss-scale wrapper too), or None."""
-        return _backward_sgd_of(self.optimizer)
+        # An uncompiled model has no `optimizer` attribute (loading weights).
+        return _backward_sgd_of(getattr(self, "optimizer", None))
 
     def _loss_scale(self):
         # `mixed_float16` wraps the optimizer in a LossScaleOptimizer at compile().
@@ -283,12 +284,9 @@ class ReplayTrainer(BackwardStep):
         return run if run is not None and run.serves(optimizer) else None
 
     def _run_for(self, optimizer):
-        """`optimizer`'s run: its current one, loaded state it adopts, or a new one."""
+        """`optimizer`'s run: its current one or a new one."""
         run = self._run
         if run is not None and run.serves(optimizer):
-            return run
-        if run is not None and run.adoptable():
-            run.adopt(optimizer)
             return run
         self._run = Run(optimizer)
         return self._run
@@ -390,15 +388,16 @@ class ReplayTrainer(BackwardStep):
         if self.train_function is not None and not force:
             return self.train_function
         optimizer = self._backward_sgd()
+        if optimizer is None:
+            return super().make_train_function(force=force)
         strategy = self.distribute_strategy
-        if optimizer is not None:
-            errors.check_strategy(strategy)
-            if self.jit_compile:
-                xla_units.warn_random_draws_into_convolutions(self)
-        if optimizer is not None and strategy.num_replicas_in_sync > 1:
+        errors.check_strategy(strategy)
+        if self.jit_compile:
+            xla_units.warn_random_draws_into_convolutions(self)
+        if strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
             replay = self._make_replay_function(optimizer, self._replicas, jit_compile=False)
-        elif optimizer is not None and self.jit_compile and xla_units.xla_unit(optimizer, self) == "map":
+        elif self.jit_compile and xla_units.xla_unit(optimizer, self) == "map":
             # Keras would compile the whole step with XLA; here the step is
             # a graph and each map's forward and backward pass an XLA call.
             self._replicas = LocalReplicas(jit_gradients=True)
@@ -418,7 +417,7 @@ class ReplayTrainer(BackwardStep):
             )
 
         def raise_incident():
-            run = self._run
+            run = self._run_of(optimizer)
             has_incidents = run is not None and run.incidents is not None
             incident = run.incidents.pop() if has_incidents else None
             if incident is None:
@@ -436,8 +435,7 @@ class ReplayTrainer(BackwardStep):
             except (StopIteration, tf.errors.OutOfRangeError):
                 # A dataset of unknown length ended the epoch: its last
                 # step must leave the output iterate in the model.
-                if optimizer is not None:
-                    self.replay_function()
+                self.replay_function()
                 raise
             raise_incident()
             return logs
@@ -456,8 +454,9 @@ class ReplayTrainer(BackwardStep):
 
     def _make_replay_function(self, optimizer, replicas, jit_compile):
         """The compiled replay up to the current step (see `_replay_step`), or None."""
-        if optimizer is None or optimizer.replay_every == 1:
+        if optimizer.replay_every == 1:
             return None
+
         def replay_to_current_step():
             return self._replay_step(optimizer, replicas)
 

@@ -84,7 +84,7 @@ def test_build_creates_all_state_in_a_fixed_order():
     assert names[:2] == ["iteration", "learning_rate"]
     assert len(optimizer.momentums) == 2
     assert len(optimizer.anchor_weights) == 2 and len(optimizer.anchor_momentums) == 2
-    # Format 2: the optimizer's own variables, then the inner SGD's.
+    # Format 2: the optimizer's own variables, then the map optimizer's.
     assert len(names) == 2 + 3 * 2 + 1
     inner = optimizer.map_optimizer.variables
     assert optimizer.variables[-3:] == inner

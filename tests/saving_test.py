@@ -126,6 +126,27 @@ def test_backup_and_restore_after_an_interruption(kind, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_backup_and_restore_of_an_index_buffered_run(tmp_path):
+    # Exact mode on NumPy arrays buffers example indices: the restored run
+    # gathers them from the arrays this fit() got.
+    x, y = (np.asarray(t) for t in next(iter(stream(0, 32).unbatch().batch(32))))
+
+    def fit(seed, callbacks=()):
+        model = make_model(seed)
+        model.compile(optimizer=OPTIMIZERS["exact"](), loss="mse")
+        model.fit(x, y, batch_size=8, epochs=5, shuffle=False, verbose=0, callbacks=list(callbacks))
+        return model
+
+    expected = fit(0).get_weights()
+    backup = keras.callbacks.BackupAndRestore(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(0, [backup, Interrupt(11)])
+    model = fit(1, [backup])
+    assert model.data_store is not None
+    for a, b in zip(model.get_weights(), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # Trains 5 epochs of `epochs()` with a backup every epoch ("epoch"), every
 # `int` steps (BackupAndRestore), or every epoch through a
 # tf.train.CheckpointManager ("manager"), and dies with SIGKILL after step
@@ -266,6 +287,27 @@ def test_files_of_the_older_state_format_are_refused(tmp_path):
     other = compiled_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3))
     with pytest.raises(ValueError, match="of format 1, and this keras_bsgd reads format 2"):
         other.load_weights(path)
+
+
+@pytest.mark.parametrize("format_1", [False, True])
+def test_weights_load_into_an_uncompiled_model_and_start_a_new_run(format_1, tmp_path):
+    # Without a BackwardSGD a file gives weights only (a format-1 file too),
+    # and the BackwardSGD compiled afterwards starts its own run from them.
+    path = tmp_path / "w.weights.h5"
+    trained = trained_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3))
+    trained.save_weights(path)
+    if format_1:
+        with h5py.File(path, "r+") as file:
+            names = []
+            file.visit(names.append)
+            del file[next(n for n in names if n.endswith("replay_buffer:format_version"))]
+    model = make_model(seed=1)
+    model.load_weights(path)
+    for a, b in zip(model.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3), loss="mse")
+    model.fit(stream(0, 16), verbose=0)
+    assert int(model.optimizer.iterations) == 2 and model.gradient_evaluations == 3
 
 
 def test_pickle():

@@ -98,6 +98,7 @@ def test_window_one_equals_keras_sgd(momentum):
         (dict(momentum=0.9, weight_decay=0.05, clipnorm=0.1), {}),
         (dict(momentum=0.5, nesterov=True, global_clipnorm=0.2), dict(clipvalue=0.01)),
         (dict(weight_decay=0.1, loss_scale_factor=4.0), dict(weight_decay=0.3)),
+        (dict(), dict(momentum=0.9, nesterov=True)),
     ],
 )
 def test_window_one_applies_keras_sgd_update_bitwise(settings, after_construction):
@@ -278,3 +279,19 @@ def test_xla_on_cpu_warns_about_random_draws_feeding_convolutions(layers, warns)
         model.fit(x, y, batch_size=4, verbose=0)
     messages = [str(w.message) for w in caught if "XLA:CPU" in str(w.message)]
     assert bool(messages) == warns, messages
+
+
+@pytest.mark.parametrize("kwargs", [dict(window=2), dict(replay_every=2, max_steps=16)])
+def test_one_device_mirrored_strategy_equals_no_strategy(kwargs):
+    # MirroredStrategy on a one-GPU machine: the replay loop runs inside
+    # Keras' `strategy.run`, where Keras' own update cannot merge_call.
+    batches, params = make_stream(seed=5, num_batches=16)
+    settings = dict(momentum=0.9, weight_decay=0.05, clipnorm=0.5, **kwargs)
+    expected = run(make_mlp(params), keras_bsgd.BackwardSGD(LEARNING_RATE, **settings), batches)
+    with tf.distribute.MirroredStrategy(["CPU:0"]).scope():
+        model = make_mlp(params)
+        optimizer = keras_bsgd.BackwardSGD(LEARNING_RATE, **settings)
+    for a, b in zip(run(model, optimizer, batches), expected, strict=True):
+        for key in ("params", "momentum"):
+            for x, y in zip(a[key], b[key], strict=True):
+                np.testing.assert_array_equal(x, y)
