@@ -1,7 +1,6 @@
 """Hypothesis: random windows, batch sizes, step counts, momentum and shapes vs the reference."""
 
 import keras
-import numpy as np
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings

@@ -7,7 +7,6 @@ in `keras_bsgd.random_layers` (SeedGenerator counter = index * 2**20). No code o
 keras_bsgd runs here.
 """
 
-import keras
 import numpy as np
 
 

@@ -276,7 +276,7 @@ def bench_model(
     out["R_exact"] = {f"k={r['depth']}": r["R"] for r in out["exact"]}
     out["memory"] = {**memory.peak(), "buffer_bytes": buffer_bytes}
     out["skipped"] = skipped
-    del sgd
+    sgd = None  # frees the model before gc.collect() (sgd_step_s holds the name, not a copy)
     gc.collect()
     return out
 
