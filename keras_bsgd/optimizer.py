@@ -217,8 +217,13 @@ class BackwardSGD(keras.optimizers.Optimizer):
     def _frozen_learning_rate(self):
         if self._map_learning_rate is None:
             raise TypeError(
-                f"{WRAP_HINT} Received: a call to the map optimizer of "
-                f"'{self.name}' outside `BackwardSGD.apply_map()`."
+                f"The map optimizer of '{self.name}' has no learning rate of "
+                "its own outside a map: each map runs at the rate frozen when "
+                "its batch arrived. Read `optimizer.learning_rate` (the rate "
+                "of the next batch) instead; maps are applied by "
+                f"keras_bsgd's trainer ({WRAP_HINT}) Received: a read of "
+                "`map_optimizer.learning_rate` outside "
+                "`BackwardSGD.apply_map()`"
             )
         return self._map_learning_rate
 

@@ -102,3 +102,12 @@ def test_plain_keras_model_fails_at_first_step_and_names_the_fix():
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
     assert int(model.optimizer.iterations) == 0
+
+
+def test_the_map_optimizer_has_no_learning_rate_of_its_own():
+    # Each map runs at its batch's frozen rate; outside a map there is none
+    # to report, and a silent stand-in would mislead.
+    optimizer = keras_bsgd.BackwardSGD(0.05)
+    assert float(optimizer.learning_rate) == pytest.approx(0.05)
+    with pytest.raises(TypeError, match=r"Read `optimizer.learning_rate`"):
+        optimizer.map_optimizer.learning_rate
