@@ -104,7 +104,8 @@ def load(store, run, optimizer, seed_states):
     errors.check_run_settings(store, optimizer)
     errors.check_capacity(saved, optimizer)
     data_store = DataStore.load(store)
-    if run.buffer is not None and DataStore.same_layout(run.data_store, data_store):
+    same_data = DataStore.same_layout(run.data_store, data_store)
+    if run.buffer is not None and same_data:
         # The compiled step holds the live buffer's variables.
         run.buffer.restore(saved)
         run.saved = None
@@ -113,6 +114,4 @@ def load(store, run, optimizer, seed_states):
     # fit() has filled with arrays of the saved layout (a `BackupAndRestore`
     # at the start of a fit()) is the one the step gathers from; other
     # indexed data (or none) retraces the step at the next fit().
-    if DataStore.same_layout(run.data_store, data_store):
-        data_store = run.data_store
-    return Run(optimizer, saved=saved, data_store=data_store)
+    return Run(optimizer, saved=saved, data_store=run.data_store if same_data else data_store)

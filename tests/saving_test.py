@@ -274,16 +274,21 @@ def test_loading_another_optimizer_layout_is_a_clear_error(tmp_path):
         other.load_weights(tmp_path / "w.weights.h5")
 
 
-def test_files_of_the_older_state_format_are_refused(tmp_path):
-    # Format 1 (keras-bsgd 0.1.0) wrote no format version; its optimizer
-    # variables would load by position into other ones.
-    path = tmp_path / "w.weights.h5"
-    trained_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3)).save_weights(path)
+def as_format_1(path):
+    """Makes a `.weights.h5` file look written by keras-bsgd 0.1.0: no format version."""
     with h5py.File(path, "r+") as file:
         names = []
         file.visit(names.append)
         (key,) = [n for n in names if n.endswith("replay_buffer:format_version")]
         del file[key]
+
+
+def test_files_of_the_older_state_format_are_refused(tmp_path):
+    # Format 1 (keras-bsgd 0.1.0) wrote no format version; its optimizer
+    # variables would load by position into other ones.
+    path = tmp_path / "w.weights.h5"
+    trained_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3)).save_weights(path)
+    as_format_1(path)
     other = compiled_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3))
     with pytest.raises(ValueError, match="of format 1, and this keras_bsgd reads format 2"):
         other.load_weights(path)
@@ -297,10 +302,7 @@ def test_weights_load_into_an_uncompiled_model_and_start_a_new_run(format_1, tmp
     trained = trained_model(keras_bsgd.BackwardSGD(0.05, momentum=0.9, window=3))
     trained.save_weights(path)
     if format_1:
-        with h5py.File(path, "r+") as file:
-            names = []
-            file.visit(names.append)
-            del file[next(n for n in names if n.endswith("replay_buffer:format_version"))]
+        as_format_1(path)
     model = make_model(seed=1)
     model.load_weights(path)
     for a, b in zip(model.get_weights(), trained.get_weights(), strict=True):

@@ -12,6 +12,7 @@ from keras_bsgd import xla_units
 from tests import reference
 from tests.trajectories import EXECUTION_MODES
 from tests.trajectories import as_dataset
+from tests.trajectories import assert_states_equal
 from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
@@ -115,10 +116,7 @@ def test_window_one_applies_keras_sgd_update_bitwise(settings, after_constructio
         for name, value in after_construction.items():
             setattr(optimizer, name, value)
         states.append(run(model, optimizer, batches))
-    for a, b in zip(*states, strict=True):
-        for key in ("params", "momentum"):
-            for x, y in zip(a[key], b[key], strict=True):
-                np.testing.assert_array_equal(x, y)
+    assert_states_equal(*states)
 
 
 def test_long_window_equals_exact_mode():
@@ -291,7 +289,4 @@ def test_one_device_mirrored_strategy_equals_no_strategy(kwargs):
     with tf.distribute.MirroredStrategy(["CPU:0"]).scope():
         model = make_mlp(params)
         optimizer = keras_bsgd.BackwardSGD(LEARNING_RATE, **settings)
-    for a, b in zip(run(model, optimizer, batches), expected, strict=True):
-        for key in ("params", "momentum"):
-            for x, y in zip(a[key], b[key], strict=True):
-                np.testing.assert_array_equal(x, y)
+    assert_states_equal(run(model, optimizer, batches), expected)

@@ -71,6 +71,14 @@ def run(model, optimizer, batches, mode="graph", **compile_kwargs):
     return recorder.states
 
 
+def assert_states_equal(states, expected):
+    """Asserts two per-step state lists (see `StateRecorder`) are bitwise equal."""
+    for a, b in zip(states, expected, strict=True):
+        for key in ("params", "momentum"):
+            for x, y in zip(a[key], b[key], strict=True):
+                np.testing.assert_array_equal(x, y)
+
+
 def max_relative_error(state, expected):
     """The largest ||a - b|| / max(||b||, 1e-2) over all parameter and momentum arrays.
 
