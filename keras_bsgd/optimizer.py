@@ -208,6 +208,9 @@ class BackwardSGD(keras.optimizers.Optimizer):
         # before `load_weights`, `LossScaleOptimizer.build`), and the anchor
         # of that state must exist at every one of them.
         self.model_state_source = None
+        # The run's variables (ring buffer, counters), set by a stateless
+        # trainer (JAX) so that Keras carries them through its jitted step.
+        self.run_state = None
         self._pending_state = None
         self._expected_variables = None
         # What an unbuilt BackwardSGD saves: its counter and learning rate,
@@ -243,8 +246,20 @@ class BackwardSGD(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
+        """The state variables, then the run's (`run_state`), which a stateless trainer carries."""
+        run = getattr(self, "run_state", None)
+        return self.state_variables + (list(run.variables) if run is not None else [])
+
+    @property
+    def state_variables(self):
+        """What this optimizer saves, by position: its own variables (iteration counter,
+        learning rate, EMA, anchor), then the map optimizer's (counter, momentum slots)."""
         inner = getattr(self, "map_optimizer", None)
         return super().variables + (inner.variables if inner is not None else [])
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self.state_variables):
+            store[str(i)] = variable.numpy()
 
     @property
     def momentums(self):
@@ -482,7 +497,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
 
     def _assign_state(self, values):
         own, inner = self._unbuilt_variables
-        if len(values) == own + inner < len(self.variables):
+        if len(values) == own + inner < len(self.state_variables):
             # Saved compiled but never trained: only the counters and the
             # learning rate existed. The rest is built fresh, as for a new run
             # (the first step sets the anchor from the model).
@@ -490,7 +505,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             pairs += zip(self.map_optimizer.variables, values[own:])
         else:
             self._check_layout(len(values))
-            pairs = zip(self.variables, values)
+            pairs = zip(self.state_variables, values)
         for variable, value in pairs:
             variable.assign(value)
 
@@ -514,11 +529,11 @@ class BackwardSGD(keras.optimizers.Optimizer):
             self._expected_variables = int(count)
 
     def _check_layout(self, count):
-        if count != len(self.variables):
+        if count != len(self.state_variables):
             raise ValueError(
                 f"Cannot load the state of optimizer '{self.name}': the file "
                 f"holds {count} optimizer variables and this "
-                f"BackwardSGD has {len(self.variables)} (iterations, learning "
+                f"BackwardSGD has {len(self.state_variables)} (iterations, learning "
                 "rate, EMA, the anchor of weights, momentum and model state, "
                 "and the map optimizer's counter and momentum slots). Load "
                 "into a model with the same architecture compiled with the "
