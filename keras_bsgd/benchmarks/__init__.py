@@ -1,22 +1,35 @@
 """The backward-SGD-vs-baselines comparison behind `keras-bsgd compare`."""
 
-from keras_bsgd.benchmarks.counter import GradientCounter
-from keras_bsgd.benchmarks.evaluation import IterateProbe
-from keras_bsgd.benchmarks.methods import EXACT
-from keras_bsgd.benchmarks.methods import FORWARD
-from keras_bsgd.benchmarks.methods import FORWARD_DECAY
-from keras_bsgd.benchmarks.methods import FORWARD_EMA
-from keras_bsgd.benchmarks.methods import window_method
-from keras_bsgd.benchmarks.metrics import aggregate
-from keras_bsgd.benchmarks.metrics import expected_grad_evals
-from keras_bsgd.benchmarks.metrics import summarize_run
-from keras_bsgd.benchmarks.models import MODELS
-from keras_bsgd.benchmarks.plots import plot_comparison
-from keras_bsgd.benchmarks.recorder import StepRecorder
-from keras_bsgd.benchmarks.runner import DEFAULTS
-from keras_bsgd.benchmarks.runner import ComparisonResult
-from keras_bsgd.benchmarks.runner import compare
-from keras_bsgd.benchmarks.stream import BatchStream
+# Imported on first use: the comparison needs TensorFlow, and the speed benchmark and the
+# models (keras_bsgd.benchmarks.models) must import without it on a JAX-only machine.
+import importlib
+
+_EXPORTS = {
+    "GradientCounter": "keras_bsgd.benchmarks.counter",
+    "IterateProbe": "keras_bsgd.benchmarks.evaluation",
+    "EXACT": "keras_bsgd.benchmarks.methods",
+    "FORWARD": "keras_bsgd.benchmarks.methods",
+    "FORWARD_DECAY": "keras_bsgd.benchmarks.methods",
+    "FORWARD_EMA": "keras_bsgd.benchmarks.methods",
+    "window_method": "keras_bsgd.benchmarks.methods",
+    "aggregate": "keras_bsgd.benchmarks.metrics",
+    "expected_grad_evals": "keras_bsgd.benchmarks.metrics",
+    "summarize_run": "keras_bsgd.benchmarks.metrics",
+    "MODELS": "keras_bsgd.benchmarks.models",
+    "plot_comparison": "keras_bsgd.benchmarks.plots",
+    "StepRecorder": "keras_bsgd.benchmarks.recorder",
+    "DEFAULTS": "keras_bsgd.benchmarks.runner",
+    "ComparisonResult": "keras_bsgd.benchmarks.runner",
+    "compare": "keras_bsgd.benchmarks.runner",
+    "BatchStream": "keras_bsgd.benchmarks.stream",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
 
 __all__ = [
     "DEFAULTS",
