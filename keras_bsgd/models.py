@@ -9,7 +9,11 @@ import keras
 from keras.src.models.functional import Functional
 
 from keras_bsgd import custom_code
-from keras_bsgd.trainer import ReplayTrainer
+
+if keras.backend.backend() == "jax":
+    from keras_bsgd.backend.jax.trainer import ReplayTrainer
+else:
+    from keras_bsgd.trainer import ReplayTrainer
 
 
 @keras.saving.register_keras_serializable(package="keras_bsgd")

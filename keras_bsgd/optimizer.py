@@ -427,6 +427,30 @@ class BackwardSGD(keras.optimizers.Optimizer):
         finally:
             self._map_learning_rate = None
 
+    def stateless_apply_map(self, map_variables, grads, trainable_variables, learning_rate):
+        """Stateless `T_i`: one step of the map optimizer at the map's frozen learning rate.
+
+        Keras' `stateless_apply` of the map optimizer, so weight decay,
+        clipping, `loss_scale_factor`, momentum and Nesterov act as in Keras
+        `SGD`.
+
+        Args:
+            map_variables: Values of `map_optimizer.variables`.
+            grads: Gradients, one per trainable variable.
+            trainable_variables: Values of the variables the optimizer was
+                built with.
+            learning_rate: Scalar tensor, the rate frozen for this map.
+
+        Returns:
+            `(trainable_variables, map_variables)`, updated.
+        """
+        inner = self._configured_map_optimizer()
+        self._map_learning_rate = learning_rate
+        try:
+            return inner.stateless_apply(map_variables, grads, trainable_variables)
+        finally:
+            self._map_learning_rate = None
+
     def finish_step(self, trainable_variables, when=True, replayed=None, first=None):
         """Counts one outer step, if `when`, and averages the output iterate.
 

@@ -1,0 +1,362 @@
+"""The JAX `ReplayTrainer`: backward-SGD in Keras' stateless, jitted `train_step`.
+
+Keras' JAX trainer jits `train_step(state, data)` with the state donated
+and carries only the model's and the optimizer's variables; the run's ring
+buffer and counters are optimizer variables (`RunState`). The host part of a
+run lives here: creating the run at its first batch, starting it over from
+the model's weights (first step, weights set from outside, divergence),
+raising what the step reported, and replaying at epoch ends with
+`replay_every > 1`.
+"""
+
+import warnings
+
+import jax
+import keras
+import numpy as np
+
+from keras_bsgd import custom_code
+from keras_bsgd import schedule
+from keras_bsgd.backend.jax import random_layers
+from keras_bsgd.backend.jax.run_state import INCIDENTS
+from keras_bsgd.backend.jax.run_state import RunState
+from keras_bsgd.backend.jax.run_state import weights_digest
+from keras_bsgd.backend.jax.step import Step
+from keras_bsgd.optimizer import BackwardSGD
+
+
+class ReplayTrainer:
+    """Mixin that turns a Keras model's `fit` into backward-SGD on the JAX backend.
+
+    With any optimizer other than `BackwardSGD` the model trains exactly as
+    the Keras class it extends.
+    """
+
+    _planned_steps = None  # steps the current fit() plans, for exact mode's capacity
+
+    @property
+    def replay_buffer(self):
+        """The run's `RunState` (ring buffer and counters), or `None` before the first step."""
+        optimizer = self._backward_sgd()
+        return None if optimizer is None else optimizer.run_state
+
+    @property
+    def gradient_evaluations(self):
+        """Gradient evaluations this run's maps have cost so far (an int; 0 before the first step)."""
+        run = self._synced_run()
+        return 0 if run is None else run.gradient_evaluations()
+
+    @property
+    def replayed_step(self):
+        """The step whose output iterate the model's weights hold (an int)."""
+        run = self._synced_run()
+        return 0 if run is None else int(np.asarray(run.replayed_step.value))
+
+    @property
+    def skipped_batches(self):
+        """Batches this run dropped because a value or the loss was not finite (an int)."""
+        run = self._synced_run()
+        return 0 if run is None else int(np.asarray(run.skipped.value))
+
+    def compile(self, *args, **kwargs):
+        optimizer = kwargs.get("optimizer", args[0] if args else None)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "keras_bsgd does not support the `mixed_float16` policy (a "
+                "LossScaleOptimizer) on the JAX backend yet. Use `mixed_bfloat16`, "
+                "which needs no loss scaling, or the TensorFlow backend. Received: "
+                "optimizer=LossScaleOptimizer"
+            )
+        if isinstance(optimizer, BackwardSGD):
+            custom_code.check_no_custom_train_step(type(self))
+        super().compile(*args, **kwargs)
+        optimizer = self._backward_sgd()
+        if optimizer is not None:
+            optimizer.model_state_source = self._model_state
+
+    def _backward_sgd(self):
+        optimizer = getattr(self, "optimizer", None)
+        return optimizer if isinstance(optimizer, BackwardSGD) else None
+
+    def _model_state(self):
+        """The non-trainable variables that belong to the training state S."""
+        return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
+
+    def _synced_run(self):
+        optimizer = self._backward_sgd()
+        if optimizer is None or optimizer.run_state is None:
+            return None
+        self.jax_state_sync()
+        return optimizer.run_state
+
+    def fit(self, *args, **kwargs):
+        if self._backward_sgd() is None:
+            return super().fit(*args, **kwargs)
+        callbacks = kwargs.pop("callbacks", None)
+        run_callback = RunCallback(kwargs.get("initial_epoch", 0))
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks.callbacks.insert(0, run_callback)
+        else:
+            callbacks = [run_callback, *(callbacks or [])]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def make_train_function(self, force=False):
+        optimizer = self._backward_sgd()
+        if optimizer is None:
+            return super().make_train_function(force=force)
+        if self.train_function is not None and not force:
+            return self.train_function
+        jit = not self.run_eagerly and self.jit_compile
+
+        def train_step(state, data):
+            return Step(self, optimizer).train(state, data)
+
+        def replay_step(state):
+            return Step(self, optimizer).replay_to_current_step(state)
+
+        self._compiled_step = jax.jit(train_step, donate_argnums=0) if jit else train_step
+        self._compiled_replay = jax.jit(replay_step, donate_argnums=0) if jit else replay_step
+
+        def train_function(state, iterator):
+            logs = None
+            for i in range(self.steps_per_execution):
+                try:
+                    data = next(iterator)
+                except StopIteration:
+                    if i == 0:
+                        # A dataset of unknown length ended the epoch: its last
+                        # step must leave the output iterate in the model.
+                        self.jax_state_sync()
+                        self.replay_to_current_step()
+                        raise
+                    break
+                logs, state = self._train_one(optimizer, state, data)
+            return logs, state
+
+        self.train_function = train_function
+        return train_function
+
+    def _train_one(self, optimizer, state, data):
+        """Runs one step on `data`; on an error the model keeps the state of the step before."""
+        try:
+            state = self._prepared(optimizer, state, data)
+        except Exception:
+            self._keep(state)
+            raise
+        logs, state = self._compiled_step(state, data)
+        self._raise_incident(optimizer, state)
+        return logs, state
+
+    def _prepared(self, optimizer, state, data):
+        """`state` with the run's variables, the run started where it must be, the batch checked."""
+        batch = keras.utils.unpack_x_y_sample_weight(data)
+        weights, non_trainable, optimizer_values, metrics = state
+        run = optimizer.run_state
+        if run is None:
+            run = RunState(batch, self._ring_slots(optimizer))
+            optimizer.run_state = run
+            optimizer_values = [*optimizer_values, *(v.value for v in run.variables)]
+        run.check(batch)
+        if run.pending_start:
+            optimizer_values = self._start_run(optimizer, weights, non_trainable, optimizer_values)
+            run.pending_start = False
+        return weights, non_trainable, optimizer_values, metrics
+
+    def _ring_slots(self, optimizer):
+        capacity = optimizer.max_steps
+        if capacity is None and self._planned_steps is not None:
+            capacity = max(self._planned_steps, optimizer.forward_steps + 1)
+        if optimizer.window is None and capacity is None:
+            raise ValueError(
+                "Exact backward-SGD (window=None) keeps every batch, so it needs the "
+                "number of steps in advance, and nothing gives it here (the data's "
+                "length is unknown, or the step runs outside `fit()`). Pass "
+                "`BackwardSGD(max_steps=...)`, `fit(steps_per_epoch=...)`, or use "
+                "`window=w`. Received: max_steps=None"
+            )
+        backward = None if capacity is None else capacity - optimizer.forward_steps
+        return schedule.ring_slots(optimizer.window, optimizer.replay_every, backward)
+
+    def _start_run(self, optimizer, weights, non_trainable, optimizer_values):
+        """Starts the run at the next step: the anchor is the model's state, step 1 the next.
+
+        Copies, not the live arrays: Keras donates the state to the step, and
+        one array may not be donated twice.
+        """
+        variables = optimizer.variables
+        index = {id(v): i for i, v in enumerate(variables)}
+        values = list(optimizer_values)
+
+        def put(variable, value):
+            values[index[id(variable)]] = keras.ops.copy(value)
+
+        model_state = [non_trainable[i] for i, v in enumerate(self.non_trainable_variables)
+                       if not random_layers.is_seed_state(v)]
+        for anchor, value in zip(optimizer.anchor_weights, weights):
+            put(anchor, value)
+        for anchor, value in zip(optimizer.anchor_model_state, model_state):
+            put(anchor, value)
+        for anchor, momentum in zip(optimizer.anchor_momentums, optimizer.momentums):
+            put(anchor, values[index[id(momentum)]])
+        run = optimizer.run_state
+        iterations = values[index[id(optimizer.iterations)]]
+        put(run.origin, iterations)
+        put(run.replayed_step, iterations)
+        put(run.incident, np.zeros((2,), "int32"))
+        return values
+
+    def _keep(self, state):
+        # The step did not run: the model keeps `state` (Keras' fit() syncs it).
+        self._jax_state = dict(zip(_STATE_KEYS, state))
+        self._jax_state_synced = False
+        self.jax_state_sync()
+
+    def _raise_incident(self, optimizer, state):
+        """Raises what the step reported, after putting its state in the model."""
+        run = optimizer.run_state
+        optimizer_values = state[2]
+        # By identity: `==` on a keras.Variable is an op.
+        position = [id(v) for v in optimizer.variables].index(id(run.incident))
+        code, step = (int(v) for v in np.asarray(optimizer_values[position]))
+        if not code:
+            return
+        self._keep(state)
+        run.incident.assign(np.zeros((2,), "int32"))
+        kind = next(k for k, v in INCIDENTS.items() if v == code)
+        if kind == "diverged":
+            run.pending_start = True  # from the anchor the step left in the model
+        raise _incident_error(kind, step, run.slots, optimizer.forward_steps)
+
+    def replay_to_current_step(self):
+        """Computes the output iterate of the current step if the model does not hold it yet.
+
+        The model's variables must hold the state (outside a step, or synced).
+        """
+        optimizer = self._backward_sgd()
+        run = None if optimizer is None else optimizer.run_state
+        if run is None or run.pending_start:
+            return
+        if int(np.asarray(run.replayed_step.value)) == int(np.asarray(optimizer.iterations.value)):
+            return
+        groups = self._state_variables()
+        state = tuple([v.value for v in group] for group in groups)
+        state = self._compiled_replay(state)
+        for group, values in zip(groups, state):
+            for variable, value in zip(group, values):
+                variable.assign(value)
+        self._raise_incident(optimizer, state)
+
+    def _state_variables(self):
+        return (
+            self.trainable_variables,
+            self.non_trainable_variables,
+            self.optimizer.variables,
+            self.metrics_variables,
+        )
+
+    def _weights_digest(self):
+        return weights_digest([*self.trainable_variables, *self._model_state()])
+
+    def save_own_variables(self, store):
+        run = self.replay_buffer
+        if run is not None and not run.pending_start:
+            warnings.warn(
+                "keras_bsgd on JAX does not save the replay buffer yet: the file "
+                "holds the weights and the optimizer's state, and a model loaded "
+                "from it starts a new backward-SGD run from those weights. Use the "
+                "TensorFlow backend to save and resume a run exactly. Received: "
+                f"a run at step {int(np.asarray(self.optimizer.iterations.value))}",
+                stacklevel=2,
+            )
+        super().save_own_variables(store)
+
+
+_STATE_KEYS = (
+    "trainable_variables",
+    "non_trainable_variables",
+    "optimizer_variables",
+    "metrics_variables",
+)
+
+
+def _incident_error(kind, step, capacity, forward_steps):
+    # The messages are the TensorFlow trainer's (keras_bsgd.incidents).
+    from keras_bsgd import errors
+
+    if kind == "capacity":
+        return ValueError(
+            errors.capacity_message(capacity, step, step - 1, forward_steps)
+        )
+    if kind == "nonfinite_batch":
+        return ValueError(
+            f"The batch of step {step} has a non-finite value or loss (NaN or "
+            "Inf). It was not buffered and the training state is unchanged. "
+            "Clean the input pipeline, or compile with "
+            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
+            f"Received: a non-finite batch at step {step}"
+        )
+    return FloatingPointError(
+        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
+        "from the anchor produced non-finite weights. Lower the learning rate "
+        "or the window, or add gradient clipping (`clipnorm=...`). The model "
+        "now holds the anchor (finite), and the next fit() starts a new run "
+        f"from it. Received: non-finite weights at step {step}"
+    )
+
+
+class RunCallback(keras.callbacks.Callback):
+    """The host part of a backward-SGD `fit()` on JAX; runs first among the callbacks.
+
+    It sizes exact mode's buffer from the planned steps, starts a new run when
+    the weights at an epoch's first step are not the ones the trainer left
+    (`set_weights`, `EarlyStopping(restore_best_weights=True)`), and with
+    `replay_every > 1` replays at each epoch's last step, so that validation,
+    callbacks and everything after `fit()` see the output iterate.
+    """
+
+    def __init__(self, initial_epoch):
+        super().__init__()
+        self.initial_epoch = initial_epoch
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        run = model.replay_buffer
+        done = 0
+        if run is not None and not run.pending_start:
+            done = int(np.asarray(model.optimizer.iterations.value)) - int(
+                np.asarray(run.origin.value)
+            )
+        model._planned_steps = None
+        if steps is not None and epochs is not None:
+            model._planned_steps = done + steps * (epochs - self.initial_epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # After every callback's `on_epoch_begin`, which may set weights.
+        if batch != 0:
+            return
+        model = self.model
+        run = model.replay_buffer
+        if run is not None and run.left_weights is not None:
+            if model._weights_digest() != run.left_weights:
+                run.pending_start = True
+            run.left_weights = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps")
+        if steps is not None and batch + 1 >= steps:
+            self.model.replay_to_current_step()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Also the end of an epoch that a callback stopped early.
+        self.model.replay_to_current_step()
+        self._record_weights()
+
+    def on_train_end(self, logs=None):
+        self._record_weights()
+
+    def _record_weights(self):
+        model = self.model
+        run = model.replay_buffer
+        if run is not None:
+            run.left_weights = model._weights_digest()
