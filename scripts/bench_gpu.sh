@@ -1,37 +1,73 @@
 #!/usr/bin/env bash
-# Speed benchmark of keras_bsgd on one GPU (prepared, not yet run: no GPU was available when it
-# was written). Synthetic CIFAR-shaped data (32x32x3, float32) for a ResNet-18 (CIFAR stem,
-# BatchNorm) and 784-dim vectors for the MLP 784-1024-1024-10, batch 32 and 128, everything with
-# jit_compile=True: Keras SGD (steps_per_execution=64) against BackwardSGD windows 1, 4, 16, 64
-# and exact mode at depths 16, 64, 256. See docs/performance.md for what is measured.
+# keras_bsgd on one GPU with JAX and without TensorFlow: the trajectory against the float64
+# reference, then the step timing of BackwardSGD against Keras SGD. See docs/gpu.md.
 #
-# Budget: under 5 minutes in total. The MLP goes first (fast to compile), then ResNet-18, each at
-# batch 32, then 128. Each run compiles 6 training programs (SGD, exact, 4 windows); whatever has not
-# started when --time-limit-s runs out is skipped and listed as skipped in the report, and
-# `timeout` stops the process for good before 5 minutes. The JSON is rewritten after every
-# model and batch size, so a hard stop keeps what was finished.
+# For a machine with Python 3.12, jax + CUDA, numpy, h5py, rich, absl-py and no network: keras
+# 3.15.1, namex 0.1.0 and optree 0.20.0 are installed offline from the wheels in .whl/ (when
+# keras does not import), into /tmp/site; the library is used from this checkout (PYTHONPATH).
 #
-# Usage: scripts/bench_gpu.sh [output folder, default bench_gpu]
-#   PYTHON=python3 scripts/bench_gpu.sh /tmp/bench
+#   1. nvidia-smi and jax.devices();
+#   2. python -m tests.reference_check: exact mode with momentum, window 4 with Nesterov,
+#      replay_every=3, forward_steps=3, 20 steps each on the reference MLP, with
+#      JAX_DEFAULT_MATMUL_PRECISION=highest; fails above 1e-5 max abs error;
+#   3. python -m keras_bsgd.benchmarks.step_bench: t_sgd, R(w) for w = 1, 4, 16, 64 and
+#      R_exact(k) for k = 16, 64, 256 for mlp_1024 and resnet18 at batch 32 and 128 (default
+#      matmul precision, as a user's run), each model and batch size within its share of the
+#      time left; what does not fit is listed as skipped.
+#
+# Everything runs under hard `timeout`s: the whole script ends within TOTAL_S seconds (default
+# 450: 7.5 minutes). Output (4 files): bench_gpu.log, reference_check.json, step_timing.json
+# and step_timing.md, the JSON and Markdown rewritten after each model and batch size.
+#
+# Usage: scripts/bench_gpu.sh [--tiny] [output folder; default $OUT, else bench_gpu]
+#   --tiny (or TINY=1): the CPU dry run (tiny models, windows 1 4, depth 16; about 1-2 min)
+#   PYTHON=.venv-jax/bin/python scripts/bench_gpu.sh --tiny /tmp/tiny
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-OUT=${1:-bench_gpu}
-mkdir -p "$OUT"
-export TF_CPP_MIN_LOG_LEVEL=2
-export TF_FORCE_GPU_ALLOW_GROWTH=true  # so the allocator's peak is what the run used
+START=$SECONDS
+TINY=${TINY:-0}
+if [ "${1:-}" = "--tiny" ]; then TINY=1; shift; fi
+DIR=${1:-${OUT:-bench_gpu}}
+PY=${PYTHON:-python3}
+TOTAL_S=${TOTAL_S:-$([ "$TINY" = 1 ] && echo 240 || echo 450)}
+mkdir -p "$DIR"
+exec > >(tee -a "$DIR/bench_gpu.log") 2>&1
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-"$PY" -c "import tensorflow as tf; g = tf.config.list_physical_devices('GPU'); print('GPUs:', g); assert g, 'TensorFlow sees no GPU'"
+export KERAS_BACKEND=jax
+export PYTHONPATH="/tmp/site:.${PYTHONPATH:+:$PYTHONPATH}"
+export TF_CPP_MIN_LOG_LEVEL=2
+
+left() { echo $((TOTAL_S - (SECONDS - START))); }
+
+if ! "$PY" -c "import keras" 2>/dev/null; then
+  echo "== installing keras, namex, optree from .whl/ (offline)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+fi
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"
+timeout 60 "$PY" -c "import jax, keras; print('jax', jax.__version__, jax.devices()); \
+print('keras', keras.__version__, keras.backend.backend())"
 
 status=0
-timeout --signal=INT --kill-after=10 280 "$PY" -m keras_bsgd.benchmarks.speed \
-  --models mlp_1024 resnet18 --batch-sizes 32 128 \
-  --windows 1 4 16 64 --depths 16 64 256 \
-  --repeats 3 --budget-s 10 --time-limit-s 200 \
-  --output "$OUT/performance_gpu.md" --json "$OUT/speed_gpu.json" || status=$?
-if [ "$status" -ne 0 ]; then
-  echo "bench_gpu.sh: the benchmark stopped with status $status (124: time limit);" \
-       "finished runs are in $OUT/speed_gpu.json" >&2
+echo "== reference check ($(left) s left)"
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout --signal=INT --kill-after=5 \
+  $([ "$TINY" = 1 ] && echo 150 || echo 90) \
+  "$PY" -m tests.reference_check --json "$DIR/reference_check.json" || status=$?
+[ "$status" -eq 0 ] || echo "bench_gpu.sh: reference check failed (status $status)"
+
+# The Python deadline leaves 40 s for a compile or step that runs past it; `timeout` the rest.
+budget=$(( $(left) - 10 ))
+echo "== step timing ($budget s left)"
+timing=0
+timeout --signal=INT --kill-after=5 "$budget" \
+  "$PY" -m keras_bsgd.benchmarks.step_bench $([ "$TINY" = 1 ] && echo --tiny) \
+  --out "$DIR" --time-limit-s $((budget - 40)) || timing=$?
+if [ "$timing" -ne 0 ]; then
+  echo "bench_gpu.sh: step timing stopped with status $timing (124: time limit);" \
+       "what finished is in $DIR/step_timing.json"
+  status=$timing
 fi
+echo "== done in $((SECONDS - START)) s (status $status)"
 exit "$status"
