@@ -38,7 +38,7 @@ def run_markdown(run):
     for name, r, ratio, bound in _rows(run):
         lines.append(
             f"| {name} | {r['grad_evals']} | {r['steps_timed']} | {_ms(r['t_s'])} | "
-            f"{ratio} = {r['R']:.3f} | {_target(r["R"], bound)} |"
+            f"{ratio} = {r['R']:.3f} | {_target(r['R'], bound)} |"
         )
     compiles = ", ".join(f"{k}: {v:.2f} s" for k, v in run["compile_s"].items())
     lines += ["", f"Compile time (first step minus one SGD step): {compiles}."]
