@@ -10,11 +10,11 @@ keras_bsgd runs here.
 import numpy as np
 
 
-def seed_random_layers(model, index):
+def seed_random_layers(model, index, draws_per_map=2**20):
     for state in model.non_trainable_variables:
         if state.name == "seed_generator_state":
             value = np.array(state.numpy())
-            state.assign(np.array([value[0], index * 2**20], value.dtype))
+            state.assign(np.array([value[0], index * draws_per_map], value.dtype))
 
 
 def composition_order(k, window):
@@ -24,7 +24,8 @@ def composition_order(k, window):
 
 
 def backward_states(
-    model, optimizer, batches, window=None, learning_rates=None, **compile_kwargs
+    model, optimizer, batches, window=None, learning_rates=None, draws_per_map=2**20,
+    **compile_kwargs,
 ):
     """Per-step states (all model variables, in `model.variables` order).
 
@@ -35,6 +36,8 @@ def backward_states(
         window: None for exact backward-SGD, else the window.
         learning_rates: Optional per-batch learning rates (the rate each
             map was frozen with); by default the optimizer's own.
+        draws_per_map: The seed-counter stride per arrival index (the
+            backend's; TensorFlow's by default).
     """
     model.compile(optimizer=optimizer, loss=compile_kwargs.pop("loss", "mse"), **compile_kwargs)
     initial = [np.array(v.numpy()) for v in model.variables]
@@ -47,7 +50,7 @@ def backward_states(
                 if v is not optimizer.iterations and "learning_rate" not in v.name:
                     v.assign(np.zeros(v.shape, v.dtype))
         for index in composition_order(k, window):
-            seed_random_layers(model, index)
+            seed_random_layers(model, index, draws_per_map)
             if learning_rates is not None:
                 optimizer.learning_rate = learning_rates[index - 1]
             model.train_on_batch(**batches[index - 1])
