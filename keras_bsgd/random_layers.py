@@ -8,7 +8,7 @@ the counter so that every replay of batch `i` draws the same numbers.
 `tests/random_layers_test.py` fails if Keras changes the layout.
 """
 
-import tensorflow as tf
+import keras
 
 # Draws per map before two maps' counters could meet.
 DRAWS_PER_MAP = 2**20
@@ -32,5 +32,5 @@ def key_to_batch(states, index):
         index: Scalar integer tensor, the batch's arrival step.
     """
     for state in states:
-        counter = tf.cast(index, state.dtype) * DRAWS_PER_MAP
-        state.assign(tf.stack([state[0], counter]))
+        counter = keras.ops.cast(index, state.dtype) * DRAWS_PER_MAP
+        state.assign(keras.ops.stack([state[0], counter]))

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bsgd import structures
+from keras_bsgd import errors
+from keras_bsgd.backend.tensorflow import structures
 
 STATIC_SHAPE_HINT = (
     "Backward-SGD keeps past batches in fixed-size buffers, so every batch "
@@ -224,7 +225,7 @@ class SavedBuffer:
         origin: The step count at which the current run started.
     """
 
-    PREFIX = "replay_buffer:"
+    PREFIX = errors.SAVED_RUN_PREFIX
 
     def __init__(
         self,

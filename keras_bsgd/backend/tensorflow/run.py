@@ -32,7 +32,7 @@ class Run:
     Example:
 
     >>> import keras_bsgd
-    >>> from keras_bsgd.run import Run
+    >>> from keras_bsgd.backend.tensorflow.run import Run
     >>> optimizer = keras_bsgd.BackwardSGD(window=4, replay_every=2)
     >>> run = Run(optimizer)
     >>> run.serves(optimizer), run.serves(keras_bsgd.BackwardSGD())

@@ -11,10 +11,10 @@ import math
 import tensorflow as tf
 
 from keras_bsgd import errors
-from keras_bsgd import fit_inputs
-from keras_bsgd import index_feed
-from keras_bsgd.buffer import STATIC_SHAPE_HINT
-from keras_bsgd.data_store import DataStore
+from keras_bsgd.backend.tensorflow import fit_inputs
+from keras_bsgd.backend.tensorflow import index_feed
+from keras_bsgd.backend.tensorflow.buffer import STATIC_SHAPE_HINT
+from keras_bsgd.backend.tensorflow.data_store import DataStore
 
 
 def plan(run, optimizer, arguments):
