@@ -11,6 +11,8 @@ import tensorflow as tf
 import keras_bsgd
 from keras_bsgd import DataStore
 
+pytestmark = pytest.mark.tensorflow
+
 N, BATCH = 48, 8
 
 

@@ -13,6 +13,8 @@ import keras_bsgd
 from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 
+pytestmark = pytest.mark.tensorflow
+
 
 def dataset(batches):
     xs = np.concatenate([b[0] for b in batches]).astype("float32")

@@ -2,9 +2,12 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_bsgd import random_layers
+
+pytestmark = pytest.mark.tensorflow
 
 
 def dropout_layer_state():
