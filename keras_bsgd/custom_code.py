@@ -6,9 +6,9 @@ import keras
 def overrides(cls, name):
     """Whether `cls` defines its own `name` (a training hook) over Keras' default."""
     # The trainer imports this module: its class is looked up when called.
-    from keras_bsgd.trainer import ReplayTrainer
+    from keras_bsgd import backend
 
-    ours = getattr(ReplayTrainer, name, None)
+    ours = getattr(backend.trainer_class(), name, None)
     mine = getattr(cls, name, None)
     return mine is not getattr(keras.Model, name) and mine is not ours
 

@@ -1,30 +1,18 @@
-"""The trainer's errors: refused strategies, settings, capacities and files."""
+"""The run's errors: refused settings, capacities and files, and the saved run's format."""
 
 import numpy as np
-import tensorflow as tf
 
-from keras_bsgd.buffer import SavedBuffer
+# The keys a saved run (buffer, counters, settings) leaves in a Keras saving
+# store, beside the model's own.
+SAVED_RUN_PREFIX = "replay_buffer:"
 
 
-SUPPORTED_STRATEGIES = (
-    tf.distribute.MirroredStrategy,
-    tf.distribute.MultiWorkerMirroredStrategy,
-    tf.distribute.OneDeviceStrategy,
+STATIC_SHAPE_HINT = (
+    "Backward-SGD keeps past batches in fixed-size buffers, so every batch "
+    "must have the same static shape and dtype. Batch a tf.data pipeline "
+    "with `.batch(batch_size, drop_remainder=True)`, or pass NumPy arrays "
+    "whose length is a multiple of `batch_size`."
 )
-
-
-def check_strategy(strategy):
-    # The default (no) strategy has no public class.
-    default = type(strategy).__name__ == "_DefaultDistributionStrategy"
-    if not (default or isinstance(strategy, SUPPORTED_STRATEGIES)):
-        raise ValueError(
-            "keras_bsgd replays batches under MirroredStrategy, "
-            "MultiWorkerMirroredStrategy, OneDeviceStrategy or no strategy. "
-            f"{type(strategy).__name__} is not supported (parameter servers "
-            "apply updates asynchronously, which breaks the order of the "
-            "maps; TPUs are untested). Received: "
-            f"strategy={type(strategy).__name__}"
-        )
 
 
 def check_capacity(saved, optimizer):
@@ -57,10 +45,10 @@ def check_capacity(saved, optimizer):
 # SGD), whose counter and momentum slots follow the optimizer's own
 # variables (and move under `map_optimizer` in a `tf.train.Checkpoint`).
 FORMAT_VERSION = 2
-_FORMAT_KEY = SavedBuffer.PREFIX + "format_version"
+_FORMAT_KEY = SAVED_RUN_PREFIX + "format_version"
 # Keys only a BackwardSGD's state leaves in a file.
 _OPTIMIZER_KEYS = tuple(
-    SavedBuffer.PREFIX + k for k in ("optimizer_variables", "replay_every", "capacity")
+    SAVED_RUN_PREFIX + k for k in ("optimizer_variables", "replay_every", "capacity")
 )
 
 
@@ -100,7 +88,7 @@ RUN_SETTINGS = ("replay_every", "forward_steps")
 def check_run_settings(store, optimizer):
     """Raises `ValueError` unless a saved run's settings are `optimizer`'s."""
     for name in RUN_SETTINGS:
-        saved = int(np.asarray(store[SavedBuffer.PREFIX + name]))
+        saved = int(np.asarray(store[SAVED_RUN_PREFIX + name]))
         if saved != getattr(optimizer, name):
             raise ValueError(
                 f"The file holds a run trained with {name}={saved}, and this "

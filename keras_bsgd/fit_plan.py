@@ -1,27 +1,26 @@
-"""What a backward-SGD `fit()` checks and decides before its first step.
+"""What a backward-SGD `fit()` checks and decides before its first step, on every backend.
 
-Batches must all have one size (the buffer's slots are static), exact mode's
-buffer must be sized from the run's length, and an index-buffered run needs
-in-memory arrays in every `fit()`. All of it is checked on the host, before
-any step, so a refused `fit()` leaves the training state as it was.
+Batches must all have one size (the buffer's slots are static), and exact
+mode's buffer must be sized from the run's length. All of it is checked on
+the host, before any step, so a refused `fit()` leaves the training state as
+it was.
 """
 
 import math
 
-import tensorflow as tf
+import keras
+import numpy as np
 
 from keras_bsgd import errors
-from keras_bsgd import fit_inputs
-from keras_bsgd import index_feed
-from keras_bsgd.buffer import STATIC_SHAPE_HINT
-from keras_bsgd.data_store import DataStore
 
 
 def plan(run, optimizer, arguments):
     """Checks batch sizes and plans exact mode's buffer for a `fit()`.
 
     Args:
-        run: The `Run` this `fit()` continues or starts.
+        run: The backend's `Run` this `fit()` continues or starts: its
+            `batch_size` (None before its first step), `steps_done(optimizer)`,
+            `capacity(optimizer)` and `planned_steps`, which this sets.
         optimizer: The run's `BackwardSGD`.
         arguments: `fit()`'s arguments by name.
 
@@ -36,7 +35,7 @@ def plan(run, optimizer, arguments):
     x = arguments.get("x")
     epochs = arguments.get("epochs", 1) - arguments.get("initial_epoch", 0)
     steps_per_epoch = arguments.get("steps_per_epoch")
-    num_samples = fit_inputs.num_array_samples(x)
+    num_samples = num_array_samples(x)
     batch_size = None
     if num_samples is not None:
         batch_size = arguments.get("batch_size")
@@ -56,18 +55,18 @@ def plan(run, optimizer, arguments):
             num_samples = int(math.floor(num_samples * (1.0 - split)))
         if num_samples % batch_size:
             raise ValueError(
-                f"{STATIC_SHAPE_HINT} Received: {num_samples} training "
+                f"{errors.STATIC_SHAPE_HINT} Received: {num_samples} training "
                 f"samples with batch_size={batch_size}, which leaves a "
                 f"partial last batch of {num_samples % batch_size}."
             )
-        if run.buffer is not None and run.buffer.batch_size != batch_size:
+        if run.batch_size is not None and run.batch_size != batch_size:
             raise ValueError(
-                f"{STATIC_SHAPE_HINT} This model's replay buffer holds "
-                f"batches of {run.buffer.batch_size}. Received: "
+                f"{errors.STATIC_SHAPE_HINT} This model's replay buffer holds "
+                f"batches of {run.batch_size}. Received: "
                 f"batch_size={batch_size}"
             )
         steps_per_epoch = steps_per_epoch or num_samples // batch_size
-    if steps_per_epoch is None and isinstance(x, tf.data.Dataset):
+    if steps_per_epoch is None and hasattr(x, "cardinality"):
         cardinality = int(x.cardinality())
         if cardinality == 0:
             raise ValueError(
@@ -96,36 +95,9 @@ def _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs):
         )
 
 
-def data_store(run, optimizer, arguments, strategy):
-    """The `DataStore` a run's buffered example indices point into, or None.
-
-    A run keeps the store it started with (or loaded); a new exact run on
-    in-memory arrays, on one device, starts one if `index_buffering`.
-
-    Args:
-        run: The `Run` this `fit()` continues or starts.
-        optimizer: The run's `BackwardSGD`.
-        arguments: `fit()`'s arguments by name.
-        strategy: The model's own `tf.distribute` strategy, or None.
-
-    Raises:
-        ValueError: if an index-buffered run gets input other than arrays.
-    """
-    x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
-    in_memory = index_feed.in_memory((x, y, sample_weight)) and strategy is None
-    if run.buffer is not None or run.saved is not None:
-        store = run.data_store  # the run's own, or loaded with the buffer
-    elif optimizer.index_buffering and optimizer.window is None and in_memory:
-        store = DataStore()
-    else:
-        store = None
-    if store is not None and not in_memory:
-        raise ValueError(
-            "This run's replay buffer holds example indices into in-memory "
-            "arrays (index buffering), so every fit() of the run must get "
-            "NumPy arrays, on one device. To mix arrays with other input, "
-            "compile with `BackwardSGD(index_buffering=False)`. Received: "
-            f"x of type {type(x).__name__}"
-            + (f" under {type(strategy).__name__}" if strategy is not None else "")
-        )
-    return store
+def num_array_samples(x):
+    """The sample count of array-like `x` (NumPy arrays, tensors, their nests), else None."""
+    leaves = [t for t in keras.tree.flatten(x) if t is not None] if x is not None else []
+    if leaves and all(isinstance(t, np.ndarray) or keras.ops.is_tensor(t) for t in leaves):
+        return int(leaves[0].shape[0])
+    return None

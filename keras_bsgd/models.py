@@ -8,12 +8,11 @@ import keras
 # which would turn `keras_bsgd.Model` itself functional for every later user.
 from keras.src.models.functional import Functional
 
+from keras_bsgd import backend
 from keras_bsgd import custom_code
 
-if keras.backend.backend() == "jax":
-    from keras_bsgd.backend.jax.trainer import ReplayTrainer
-else:
-    from keras_bsgd.trainer import ReplayTrainer
+# The trainer of the Keras backend in use, chosen once, when keras_bsgd is imported.
+ReplayTrainer = backend.trainer_class()
 
 
 @keras.saving.register_keras_serializable(package="keras_bsgd")

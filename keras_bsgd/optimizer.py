@@ -1,10 +1,10 @@
 """`BackwardSGD`: the Keras optimizer that holds backward-SGD's settings and state."""
 
+import contextlib
 import numbers
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 WRAP_HINT = (
     "BackwardSGD replays buffered batches, which needs the replaying trainer "
@@ -84,7 +84,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             Defaults to `None`.
         on_nonfinite: What to do with a batch whose values or loss are NaN or
             Inf: `"skip"` drops it (the step leaves the training state
-            unchanged and does not count; the logs' `skipped_batches` counts
+            unchanged and does not count; the model's `skipped_batches` counts
             it), `"raise"` stops `fit()` with a `ValueError` naming the step,
             the state unchanged. Either way it never enters the buffer.
             Replays that turn the weights non-finite (divergence) always
@@ -226,7 +226,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 "of the next batch) instead; maps are applied by "
                 f"keras_bsgd's trainer ({WRAP_HINT}) Received: a read of "
                 "`map_optimizer.learning_rate` outside "
-                "`BackwardSGD.apply_map()`"
+                "`BackwardSGD.applying_map()`"
             )
         return self._map_learning_rate
 
@@ -329,7 +329,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 step decides without a branch).
         """
         for live, anchor in zip(*self._live_and_anchor(trainable_variables, model_state)):
-            anchor.assign(live if when is None else tf.where(when, live, anchor))
+            anchor.assign(live if when is None else keras.ops.where(when, live, anchor))
 
     def restore_anchor(
         self, trainable_variables, model_state=(), when=None, model_state_otherwise=None
@@ -352,7 +352,25 @@ class BackwardSGD(keras.optimizers.Optimizer):
             return
         keep = live[: len(live) - len(model_state)] + list(model_state_otherwise)
         for variable, value, other in zip(live, anchor, keep):
-            variable.assign(tf.where(when, value, other))
+            variable.assign(keras.ops.where(when, value, other))
+
+    @contextlib.contextmanager
+    def applying_map(self, learning_rate):
+        """Freezes the map optimizer's learning rate while one map `T_i` is applied.
+
+        Args:
+            learning_rate: Scalar tensor, the rate frozen when batch `i` arrived.
+
+        Yields:
+            The map optimizer, configured with this optimizer's settings:
+            one `apply()` of it is the map.
+        """
+        inner = self._configured_map_optimizer()
+        self._map_learning_rate = learning_rate
+        try:
+            yield inner
+        finally:
+            self._map_learning_rate = None
 
     @property
     def window_capacity(self):
@@ -380,9 +398,9 @@ class BackwardSGD(keras.optimizers.Optimizer):
         Returns:
             A scalar int64 tensor.
         """
-        anchor = tf.minimum(step, tf.constant(self.forward_steps, "int64"))
+        anchor = keras.ops.minimum(step, self.forward_steps)
         if self.window is not None:
-            anchor = tf.maximum(anchor, step - self.window)
+            anchor = keras.ops.maximum(anchor, step - self.window)
         return anchor
 
     def current_learning_rate(self):
@@ -392,47 +410,14 @@ class BackwardSGD(keras.optimizers.Optimizer):
             A scalar float32 tensor: the schedule (or callable, or value)
             evaluated at `iterations`, i.e. before the current step is counted.
         """
-        return tf.cast(self.learning_rate, "float32")
-
-    def apply_map(self, grads, trainable_variables, learning_rate):
-        """Applies one map `T_i`: one `apply()` of the map optimizer at a frozen learning rate.
-
-        This optimizer's `iterations` and EMA are untouched: inner replays
-        are not steps. (The map optimizer's own counter is Keras' and means
-        nothing here.)
-
-        Args:
-            grads: Gradients, one per trainable variable.
-            trainable_variables: The variables the optimizer was built with.
-            learning_rate: Scalar tensor, the rate frozen for this map.
-        """
-        inner = self._configured_map_optimizer()
-        self._map_learning_rate = learning_rate
-        try:
-            context = tf.distribute.get_replica_context()
-            if context is not None and not tf.distribute.has_strategy():
-                # Without a strategy there is nothing to all-reduce, and Keras
-                # skips the all-reduce in cross-replica context, which
-                # `merge_call` enters. Each all-reduce registers a
-                # `tf.custom_gradient` that TensorFlow never frees, pinning
-                # the traced graph (tensorflow/tensorflow#97697): memory grew
-                # with every compiled model in a process.
-                context.merge_call(lambda _: inner.apply(grads, trainable_variables))
-            elif tf.distribute.get_strategy().num_replicas_in_sync > 1:
-                # Each map is its own `strategy.run` (keras_bsgd.replicas):
-                # Keras all-reduces the gradients and updates every replica.
-                inner.apply(grads, trainable_variables)
-            else:
-                _apply_on_one_replica(inner, grads, trainable_variables, learning_rate)
-        finally:
-            self._map_learning_rate = None
+        return keras.ops.cast(self.learning_rate, "float32")
 
     def stateless_apply_map(self, map_variables, grads, trainable_variables, learning_rate):
         """Stateless `T_i`: one step of the map optimizer at the map's frozen learning rate.
 
         Keras' `stateless_apply` of the map optimizer, so weight decay,
         clipping, `loss_scale_factor`, momentum and Nesterov act as in Keras
-        `SGD`.
+        `SGD`. This optimizer's `iterations` and EMA are untouched.
 
         Args:
             map_variables: Values of `map_optimizer.variables`.
@@ -444,59 +429,8 @@ class BackwardSGD(keras.optimizers.Optimizer):
         Returns:
             `(trainable_variables, map_variables)`, updated.
         """
-        inner = self._configured_map_optimizer()
-        self._map_learning_rate = learning_rate
-        try:
+        with self.applying_map(learning_rate) as inner:
             return inner.stateless_apply(map_variables, grads, trainable_variables)
-        finally:
-            self._map_learning_rate = None
-
-    def finish_step(self, trainable_variables, when=True, replayed=None, first=None):
-        """Counts one outer step, if `when`, and averages the output iterate.
-
-        Args:
-            trainable_variables: The variables the optimizer was built with.
-            when: Boolean tensor: whether the step counts (a dropped batch
-                does not).
-            replayed: Boolean tensor: whether the model now holds a new
-                output iterate, which the EMA then averages. Defaults to
-                `when`.
-            first: Boolean tensor: whether it is the run's first output
-                iterate (see `average_iterate`). Defaults to
-                `iterations == 0`.
-        """
-        self.average_iterate(
-            trainable_variables, when if replayed is None else replayed, first
-        )
-        self.iterations.assign_add(tf.cast(when, self.iterations.dtype))
-
-    def average_iterate(self, trainable_variables, when=True, first=None):
-        """Updates the EMA (`use_ema=True`) with the model's weights, if `when`.
-
-        The averages are the ones Keras' `Optimizer.build` creates, so that
-        `finalize_variable_values` and `keras.callbacks.SwapEMAWeights` see
-        them; Keras has no public accessor for them. As in Keras,
-        `ema = m * ema + (1 - m) * w`, and the first update
-        (`first`) copies the weights. Keras keys "first" to
-        `iterations == 0`; with `replay_every > 1` the first output iterate
-        comes later, so the trainer says which one is first.
-        """
-        if not self.use_ema:
-            return
-        if first is None:
-            first = tf.equal(self.iterations, 0)
-        momentum = tf.where(first, 0.0, self.ema_momentum)
-
-        def update_ema():
-            for variable, average in zip(
-                trainable_variables, self._model_variables_moving_average
-            ):
-                if average is not None:
-                    m = tf.cast(momentum, variable.dtype)
-                    average.assign(m * average + (1 - m) * variable)
-            return tf.constant(0)
-
-        tf.cond(tf.convert_to_tensor(when), update_ema, lambda: tf.constant(0))
 
     def apply(self, grads, trainable_variables=None):
         # Reached only from a trainer that does not replay (e.g. a plain
@@ -581,29 +515,6 @@ class BackwardSGD(keras.optimizers.Optimizer):
             }
         )
         return config
-
-
-def _apply_on_one_replica(optimizer, grads, variables, learning_rate):
-    # One replica of a strategy (a one-device MirroredStrategy): the replay
-    # loop runs inside Keras' `strategy.run`, where `optimizer.apply()` would
-    # `merge_call` (for the all-reduce and for weight decay) from a
-    # `tf.while_loop`, which TensorFlow refuses. So this runs `apply()`'s
-    # parts without them, in Keras' order and arithmetic; with one replica
-    # the update is the same.
-    if optimizer.loss_scale_factor is not None:
-        grads = [g / optimizer.loss_scale_factor for g in grads]
-    grads = optimizer._clip_gradients(grads)
-    if optimizer.weight_decay is not None:
-        for variable in variables:
-            if optimizer._use_weight_decay(variable):
-                rate = tf.cast(learning_rate, variable.dtype)
-                decay = tf.cast(optimizer.weight_decay, variable.dtype)
-                variable.assign_sub(variable * decay * rate)
-    for grad, variable in zip(grads, variables):
-        optimizer.update_step(grad, variable, learning_rate)
-    for variable in variables:
-        if variable.constraint is not None:
-            variable.assign(variable.constraint(variable))
 
 
 class _MapSGD(keras.optimizers.SGD):

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 import keras_bsgd
 
+pytestmark = pytest.mark.tensorflow
+
 
 def count_traces(model):
     calls = []

@@ -16,6 +16,8 @@ from keras_bsgd.benchmarks import models  # noqa: E402
 from keras_bsgd.benchmarks import runner  # noqa: E402
 from keras_bsgd.benchmarks.recorder import weights_sha256  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow
+
 WARMUP, STEPS, EVERY, LR = 6, 8, 3, 0.2
 WINDOWS = (1, 4)
 METHODS = ["forward_sgd", "forward_sgd_decay", "forward_sgd_ema", "backward_exact",

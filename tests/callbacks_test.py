@@ -2,9 +2,12 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras_bsgd
+
+pytestmark = pytest.mark.tensorflow
 
 
 def small_model():

@@ -13,6 +13,8 @@ from tests.saving_test import stream
 from tests.saving_test import trained_model
 from tests.saving_test import uninterrupted
 
+pytestmark = pytest.mark.tensorflow
+
 expected = functools.cache(uninterrupted)
 
 

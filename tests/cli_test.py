@@ -12,6 +12,8 @@ from keras_bsgd import cli
 from keras_bsgd import native_logs
 from keras_bsgd.benchmarks import runner
 
+pytestmark = pytest.mark.tensorflow
+
 # No TF_CPP_MIN_LOG_LEVEL: the command line must hide TensorFlow's C++ logs itself.
 ENV = {k: v for k, v in os.environ.items() if k != native_logs.LEVEL}
 ENV["KERAS_BACKEND"] = "tensorflow"

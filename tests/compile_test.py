@@ -13,6 +13,8 @@ import tensorflow as tf
 
 import keras_bsgd
 
+pytestmark = pytest.mark.tensorflow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

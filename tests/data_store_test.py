@@ -11,6 +11,8 @@ import tensorflow as tf
 import keras_bsgd
 from keras_bsgd import DataStore
 
+pytestmark = pytest.mark.tensorflow
+
 N, BATCH = 48, 8
 
 
@@ -111,8 +113,8 @@ def test_nonfinite_row_drops_its_batch():
         model = keras_bsgd.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
         model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, index_buffering=index_buffering),
                       loss="mse", jit_compile=True)
-        history = model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
-        assert history.history["skipped_batches"] == [1]
+        model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+        assert model.skipped_batches == 1
         assert int(model.optimizer.iterations) == N // BATCH - 1
         runs.append(model.get_weights())
     for a, b in zip(*runs, strict=True):

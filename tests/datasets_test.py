@@ -11,6 +11,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from keras_bsgd import datasets  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow
+
 SIZES = {
     "bsgd_digits": {"train": 1437, "test": 360},
     "mnist1d": {"train": 4000, "test": 1000},

@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # The cases start a TensorFlow process with 2 logical CPUs (about 2 minutes).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tensorflow]
 
 
 def probe(module, *args):

@@ -12,6 +12,8 @@ from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
 from tests.trajectories import run
 
+pytestmark = pytest.mark.tensorflow
+
 LEARNING_RATE = 0.1
 
 

@@ -1,6 +1,7 @@
 """Hypothesis: random windows, batch sizes, step counts, momentum and shapes vs the reference."""
 
 import keras
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
@@ -12,6 +13,8 @@ from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
 from tests.trajectories import run
+
+pytestmark = pytest.mark.tensorflow
 
 
 # Derandomized: CI sees the same examples every run (no flaky landings);

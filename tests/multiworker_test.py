@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.tensorflow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

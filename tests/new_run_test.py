@@ -11,6 +11,8 @@ from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
 
+pytestmark = pytest.mark.tensorflow
+
 LEARNING_RATE = 0.1
 
 
@@ -106,18 +108,18 @@ def test_a_diverged_run_holds_its_anchor_and_can_continue():
     # The anchor of window 8 at step 4 is S_0.
     assert model.get_weights()[0].item() == 0.0
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.5, window=2), loss=rising_loss)
-    history = model.fit(ONES[:3], ONES[:3], batch_size=1, verbose=0)
+    model.fit(ONES[:3], ONES[:3], batch_size=1, verbose=0)
     # A new run from 0: step 3 is T_2(T_3(T_1(0))), three maps of +0.5.
-    assert history.history["skipped_batches"][-1] == 0
+    assert model.skipped_batches == 0
     assert model.get_weights()[0].item() == 1.5
 
 
 def test_after_a_divergence_the_same_optimizer_starts_a_new_run():
     model = diverging_model()
     model.optimizer.learning_rate.assign(0.25)
-    history = model.fit(ONES[:2], ONES[:2], batch_size=1, verbose=0)
+    model.fit(ONES[:2], ONES[:2], batch_size=1, verbose=0)
     # Steps 5 and 6 are steps 1 and 2 of a run from the anchor (0), not a
     # replay of the diverged composition: T_5(T_6(0)) = 0.5.
-    assert history.history["skipped_batches"][-1] == 0
+    assert model.skipped_batches == 0
     assert int(model.optimizer.iterations) == 6
     assert model.get_weights()[0].item() == 0.5

@@ -8,7 +8,6 @@ import pytest
 
 import keras_bsgd
 
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -93,6 +92,8 @@ def test_build_creates_all_state_in_a_fixed_order():
     assert len(optimizer.variables) == len(names)
 
 
+# Keras' JAX trainer applies updates with `stateless_apply`, not `apply()`.
+@pytest.mark.tensorflow
 def test_plain_keras_model_fails_at_first_step_and_names_the_fix():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     before = [w.copy() for w in model.get_weights()]

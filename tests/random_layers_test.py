@@ -2,9 +2,12 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_bsgd import random_layers
+
+pytestmark = pytest.mark.tensorflow
 
 
 def dropout_layer_state():
@@ -38,4 +41,4 @@ def test_draws_are_a_function_of_the_state_that_keying_sets():
     other = layer(x, training=True).numpy()
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
-    assert state.numpy()[1] == 4 * random_layers.DRAWS_PER_MAP + 1
+    assert state.numpy()[1] == 4 * random_layers.draws_per_map() + 1

@@ -14,6 +14,8 @@ import pytest  # noqa: E402
 from keras_bsgd.benchmarks import models  # noqa: E402
 from keras_bsgd.benchmarks import speed  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

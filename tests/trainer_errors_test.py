@@ -10,6 +10,8 @@ from tests.trajectories import as_dataset
 from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 
+pytestmark = pytest.mark.tensorflow
+
 
 def snapshot(model):
     return [np.array(v) for v in model.trainable_variables + model.optimizer.variables]

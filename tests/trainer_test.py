@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_bsgd
-from keras_bsgd import xla_units
+from keras_bsgd.backend.tensorflow import xla_units
 from tests import reference
 from tests.trajectories import EXECUTION_MODES
 from tests.trajectories import as_dataset
@@ -17,6 +17,8 @@ from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
 from tests.trajectories import run
+
+pytestmark = pytest.mark.tensorflow
 
 NUM_STEPS = 30
 LEARNING_RATE = 0.1

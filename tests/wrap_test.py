@@ -11,6 +11,8 @@ from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
 from tests.trajectories import run
 
+pytestmark = pytest.mark.tensorflow
+
 
 def plain_functional(params):
     inputs = keras.Input((3,))

@@ -1,8 +1,9 @@
-"""`RunState`: the variables one backward-SGD run keeps between steps on JAX.
+"""`Run` and its `RunState`: one backward-SGD run on JAX, and the variables its steps update.
 
 On JAX, Keras carries only the model's and the optimizer's variables through
 its jitted step, so the run's ring buffer and counters are `keras.Variable`s
-that `BackwardSGD.variables` lists after its saved state (`run_state`).
+that `BackwardSGD.variables` lists after its saved state (`run_state`, the
+`Run`).
 """
 
 import hashlib
@@ -17,6 +18,64 @@ from keras_bsgd import schedule
 EVALUATIONS_BASE = 2**30
 
 INCIDENTS = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
+
+
+class Run:
+    """One backward-SGD run of a model on JAX: its `RunState`, and what the host keeps of it.
+
+    Held by the optimizer it trains with (`BackwardSGD.run_state`), so that
+    compiling with a new optimizer starts a new run, as Keras starts new
+    momentum.
+
+    Attributes:
+        state: The `RunState`, created at the run's first step; None before.
+        planned_steps: The steps of the run that `fit()` plans for, which
+            size exact mode's buffer when nothing else does; None if unknown.
+        pending_start: Whether the next step starts the run over from the
+            model's state (its first step, weights set from outside, after a
+            divergence).
+        left_weights: A digest of the weights the trainer last left in the
+            model, to tell weights set from outside; None when there is
+            nothing to compare.
+    """
+
+    def __init__(self):
+        self.state = None
+        self.planned_steps = None
+        self.pending_start = True
+        self.left_weights = None
+
+    @property
+    def variables(self):
+        return [] if self.state is None else self.state.variables
+
+    @property
+    def batch_size(self):
+        """The batch size of the run's buffer, or None before its first step."""
+        return None if self.state is None else self.state.batch_size
+
+    def steps_done(self, optimizer):
+        """Steps of the current run, an int (host)."""
+        if self.state is None or self.pending_start:
+            return 0
+        return int(np.asarray(optimizer.iterations.value)) - int(np.asarray(self.state.origin.value))
+
+    def capacity(self, optimizer):
+        """The batches of the backward phase exact mode's buffer holds, or None where unknown.
+
+        The live buffer's, else `max_steps - forward_steps`, else the planned
+        steps after the forward phase (at least one). Windowed mode: the
+        window's `window_capacity`.
+        """
+        if optimizer.window is not None:
+            return optimizer.window_capacity
+        if self.state is not None:
+            return self.state.slots
+        if optimizer.max_steps is not None:
+            return optimizer.max_steps - optimizer.forward_steps
+        if self.planned_steps is not None:
+            return max(self.planned_steps - optimizer.forward_steps, 1)
+        return None
 
 
 class RunState:
@@ -35,8 +94,6 @@ class RunState:
         origin: The outer step (`optimizer.iterations`) before the run's
             first step.
         replayed_step: The outer step whose output iterate the model holds.
-        pending_start: Whether the next step starts the run over from the
-            model's weights (host flag; see the trainer).
     """
 
     def __init__(self, batch, slots):
@@ -55,8 +112,6 @@ class RunState:
         self.incident = _variable(np.zeros((2,), "int32"), "replay_incident")
         self.evaluations = _variable(np.zeros((2,), "int32"), "replay_evaluations")
         self.skipped = _variable(np.int32(0), "replay_skipped_batches")
-        self.pending_start = True
-        self.left_weights = None
 
     @property
     def variables(self):
@@ -64,6 +119,10 @@ class RunState:
             *self.batches, self.learning_rates, self.origin, self.replayed_step,
             self.incident, self.evaluations, self.skipped,
         ]
+
+    @property
+    def batch_size(self):
+        return self.spec[0][0][0]
 
     def check(self, batch):
         """Raises a `ValueError` (before any state changes) if `batch` does not fit the buffer."""

@@ -25,7 +25,7 @@ from jax import lax
 from keras import ops
 
 from keras_bsgd import schedule
-from keras_bsgd.backend.jax import random_layers
+from keras_bsgd import random_layers
 from keras_bsgd.backend.jax.run_state import EVALUATIONS_BASE
 from keras_bsgd.backend.jax.run_state import INCIDENTS
 
@@ -51,13 +51,13 @@ class Step:
 
     Args:
         model: The `keras_bsgd` model (a JAX `ReplayTrainer`).
-        optimizer: Its `BackwardSGD`, built, with its `run_state`.
+        optimizer: Its `BackwardSGD`, built, whose run (`run_state`) has its `RunState`.
     """
 
     def __init__(self, model, optimizer):
         self.model = model
         self.optimizer = optimizer
-        self.run = optimizer.run_state
+        self.run = optimizer.run_state.state
         self.layout = Layout(model, optimizer)
 
     # The whole step.

@@ -9,6 +9,7 @@ raising what the step reported, and replaying at epoch ends with
 `replay_every > 1`.
 """
 
+import inspect
 import warnings
 
 import jax
@@ -16,13 +17,18 @@ import keras
 import numpy as np
 
 from keras_bsgd import custom_code
+from keras_bsgd import errors
+from keras_bsgd import fit_plan
+from keras_bsgd import random_layers
 from keras_bsgd import schedule
-from keras_bsgd.backend.jax import random_layers
 from keras_bsgd.backend.jax.run_state import INCIDENTS
+from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
 from keras_bsgd.backend.jax.run_state import weights_digest
 from keras_bsgd.backend.jax.step import Step
 from keras_bsgd.optimizer import BackwardSGD
+
+_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
 class ReplayTrainer:
@@ -32,13 +38,12 @@ class ReplayTrainer:
     the Keras class it extends.
     """
 
-    _planned_steps = None  # steps the current fit() plans, for exact mode's capacity
-
     @property
     def replay_buffer(self):
         """The run's `RunState` (ring buffer and counters), or `None` before the first step."""
         optimizer = self._backward_sgd()
-        return None if optimizer is None else optimizer.run_state
+        run = None if optimizer is None else optimizer.run_state
+        return None if run is None else run.state
 
     @property
     def gradient_evaluations(self):
@@ -83,22 +88,38 @@ class ReplayTrainer:
         return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
 
     def _synced_run(self):
-        optimizer = self._backward_sgd()
-        if optimizer is None or optimizer.run_state is None:
+        if self.replay_buffer is None:
             return None
         self.jax_state_sync()
+        return self.replay_buffer
+
+    def _run_for(self, optimizer):
+        if optimizer.run_state is None:
+            optimizer.run_state = Run()
         return optimizer.run_state
 
     def fit(self, *args, **kwargs):
-        if self._backward_sgd() is None:
+        optimizer = self._backward_sgd()
+        if optimizer is None:
             return super().fit(*args, **kwargs)
-        callbacks = kwargs.pop("callbacks", None)
-        run_callback = RunCallback(kwargs.get("initial_epoch", 0))
+        custom_code.check_no_custom_train_step(type(self))
+        arguments = _FIT_SIGNATURE.bind(self, *args, **kwargs).arguments
+        arguments.pop("self")
+        run = self._run_for(optimizer)
+        self._start_run_if_weights_were_set(run)
+        fit_plan.plan(run, optimizer, arguments)
+        callbacks = arguments.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.callbacks.insert(0, run_callback)
+            callbacks.callbacks.insert(0, RunCallback())
         else:
-            callbacks = [run_callback, *(callbacks or [])]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+            arguments["callbacks"] = [RunCallback(), *(callbacks or [])]
+        return super().fit(**arguments)
+
+    def _start_run_if_weights_were_set(self, run):
+        """Starts a new run at the next step if the weights are not the ones the trainer left."""
+        if run.left_weights is not None and self._weights_digest() != run.left_weights:
+            run.pending_start = True
+        run.left_weights = None
 
     def make_train_function(self, force=False):
         optimizer = self._backward_sgd()
@@ -151,31 +172,20 @@ class ReplayTrainer:
         """`state` with the run's variables, the run started where it must be, the batch checked."""
         batch = keras.utils.unpack_x_y_sample_weight(data)
         weights, non_trainable, optimizer_values, metrics = state
-        run = optimizer.run_state
-        if run is None:
-            run = RunState(batch, self._ring_slots(optimizer))
-            optimizer.run_state = run
+        run = self._run_for(optimizer)
+        if run.state is None:
+            capacity = run.capacity(optimizer)
+            if capacity is None:
+                raise errors.unknown_capacity()
+            run.state = RunState(
+                batch, schedule.ring_slots(optimizer.window, optimizer.replay_every, capacity)
+            )
             optimizer_values = [*optimizer_values, *(v.value for v in run.variables)]
-        run.check(batch)
+        run.state.check(batch)
         if run.pending_start:
             optimizer_values = self._start_run(optimizer, weights, non_trainable, optimizer_values)
             run.pending_start = False
         return weights, non_trainable, optimizer_values, metrics
-
-    def _ring_slots(self, optimizer):
-        capacity = optimizer.max_steps
-        if capacity is None and self._planned_steps is not None:
-            capacity = max(self._planned_steps, optimizer.forward_steps + 1)
-        if optimizer.window is None and capacity is None:
-            raise ValueError(
-                "Exact backward-SGD (window=None) keeps every batch, so it needs the "
-                "number of steps in advance, and nothing gives it here (the data's "
-                "length is unknown, or the step runs outside `fit()`). Pass "
-                "`BackwardSGD(max_steps=...)`, `fit(steps_per_epoch=...)`, or use "
-                "`window=w`. Received: max_steps=None"
-            )
-        backward = None if capacity is None else capacity - optimizer.forward_steps
-        return schedule.ring_slots(optimizer.window, optimizer.replay_every, backward)
 
     def _start_run(self, optimizer, weights, non_trainable, optimizer_values):
         """Starts the run at the next step: the anchor is the model's state, step 1 the next.
@@ -198,7 +208,7 @@ class ReplayTrainer:
             put(anchor, value)
         for anchor, momentum in zip(optimizer.anchor_momentums, optimizer.momentums):
             put(anchor, values[index[id(momentum)]])
-        run = optimizer.run_state
+        run = optimizer.run_state.state
         iterations = values[index[id(optimizer.iterations)]]
         put(run.origin, iterations)
         put(run.replayed_step, iterations)
@@ -216,16 +226,16 @@ class ReplayTrainer:
         run = optimizer.run_state
         optimizer_values = state[2]
         # By identity: `==` on a keras.Variable is an op.
-        position = [id(v) for v in optimizer.variables].index(id(run.incident))
+        position = [id(v) for v in optimizer.variables].index(id(run.state.incident))
         code, step = (int(v) for v in np.asarray(optimizer_values[position]))
         if not code:
             return
         self._keep(state)
-        run.incident.assign(np.zeros((2,), "int32"))
+        run.state.incident.assign(np.zeros((2,), "int32"))
         kind = next(k for k, v in INCIDENTS.items() if v == code)
         if kind == "diverged":
             run.pending_start = True  # from the anchor the step left in the model
-        raise _incident_error(kind, step, run.slots, optimizer.forward_steps)
+        raise _incident_error(kind, step, run.state.slots, optimizer.forward_steps)
 
     def replay_to_current_step(self):
         """Computes the output iterate of the current step if the model does not hold it yet.
@@ -234,9 +244,10 @@ class ReplayTrainer:
         """
         optimizer = self._backward_sgd()
         run = None if optimizer is None else optimizer.run_state
-        if run is None or run.pending_start:
+        if run is None or run.state is None or run.pending_start:
             return
-        if int(np.asarray(run.replayed_step.value)) == int(np.asarray(optimizer.iterations.value)):
+        replayed = int(np.asarray(run.state.replayed_step.value))
+        if replayed == int(np.asarray(optimizer.iterations.value)):
             return
         groups = self._state_variables()
         state = tuple([v.value for v in group] for group in groups)
@@ -258,8 +269,9 @@ class ReplayTrainer:
         return weights_digest([*self.trainable_variables, *self._model_state()])
 
     def save_own_variables(self, store):
-        run = self.replay_buffer
-        if run is not None and not run.pending_start:
+        optimizer = self._backward_sgd()
+        run = None if optimizer is None else optimizer.run_state
+        if run is not None and run.state is not None and not run.pending_start:
             warnings.warn(
                 "keras_bsgd on JAX does not save the replay buffer yet: the file "
                 "holds the weights and the optimizer's state, and a model loaded "
@@ -280,9 +292,7 @@ _STATE_KEYS = (
 
 
 def _incident_error(kind, step, capacity, forward_steps):
-    # The messages are the TensorFlow trainer's (keras_bsgd.incidents).
-    from keras_bsgd import errors
-
+    # The messages are the TensorFlow trainer's (keras_bsgd.backend.tensorflow.incidents).
     if kind == "capacity":
         return ValueError(
             errors.capacity_message(capacity, step, step - 1, forward_steps)
@@ -307,40 +317,18 @@ def _incident_error(kind, step, capacity, forward_steps):
 class RunCallback(keras.callbacks.Callback):
     """The host part of a backward-SGD `fit()` on JAX; runs first among the callbacks.
 
-    It sizes exact mode's buffer from the planned steps, starts a new run when
-    the weights at an epoch's first step are not the ones the trainer left
-    (`set_weights`, `EarlyStopping(restore_best_weights=True)`), and with
-    `replay_every > 1` replays at each epoch's last step, so that validation,
-    callbacks and everything after `fit()` see the output iterate.
+    It starts a new run when the weights at an epoch's first step are not the
+    ones the trainer left (`set_weights`, `EarlyStopping(restore_best_weights=True)`
+    in a callback's `on_epoch_begin`), and with `replay_every > 1` replays at
+    each epoch's last step, so that validation, callbacks and everything
+    after `fit()` see the output iterate.
     """
-
-    def __init__(self, initial_epoch):
-        super().__init__()
-        self.initial_epoch = initial_epoch
-
-    def on_train_begin(self, logs=None):
-        model = self.model
-        steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        run = model.replay_buffer
-        done = 0
-        if run is not None and not run.pending_start:
-            done = int(np.asarray(model.optimizer.iterations.value)) - int(
-                np.asarray(run.origin.value)
-            )
-        model._planned_steps = None
-        if steps is not None and epochs is not None:
-            model._planned_steps = done + steps * (epochs - self.initial_epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
         # After every callback's `on_epoch_begin`, which may set weights.
-        if batch != 0:
-            return
-        model = self.model
-        run = model.replay_buffer
-        if run is not None and run.left_weights is not None:
-            if model._weights_digest() != run.left_weights:
-                run.pending_start = True
-            run.left_weights = None
+        if batch == 0:
+            model = self.model
+            model._start_run_if_weights_were_set(model.optimizer.run_state)
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps")
@@ -357,6 +345,4 @@ class RunCallback(keras.callbacks.Callback):
 
     def _record_weights(self):
         model = self.model
-        run = model.replay_buffer
-        if run is not None:
-            run.left_weights = model._weights_digest()
+        model.optimizer.run_state.left_weights = model._weights_digest()

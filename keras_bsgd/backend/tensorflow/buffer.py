@@ -4,14 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bsgd import structures
+from keras_bsgd import errors
+from keras_bsgd.backend.tensorflow import structures
 
-STATIC_SHAPE_HINT = (
-    "Backward-SGD keeps past batches in fixed-size buffers, so every batch "
-    "must have the same static shape and dtype. Batch a tf.data pipeline "
-    "with `.batch(batch_size, drop_remainder=True)`, or pass NumPy arrays "
-    "whose length is a multiple of `batch_size`."
-)
 
 
 class ReplayBuffer:
@@ -154,7 +149,7 @@ class ReplayBuffer:
         for name, s in structures.flatten_with_names(spec):
             if s is not None and not s.shape.is_fully_defined():
                 raise ValueError(
-                    f"{STATIC_SHAPE_HINT} Received: a batch whose element "
+                    f"{errors.STATIC_SHAPE_HINT} Received: a batch whose element "
                     f"'{name}' has shape {tuple(s.shape)}{_NONE_NOTE}"
                 )
         return spec
@@ -164,7 +159,7 @@ class ReplayBuffer:
         spec = _spec(batch)
         if not structures.same_specs(spec, self.spec):
             raise ValueError(
-                f"{STATIC_SHAPE_HINT} The replay buffer holds batches of "
+                f"{errors.STATIC_SHAPE_HINT} The replay buffer holds batches of "
                 f"{structures.describe(self.spec)}. Received: a batch of "
                 f"{structures.describe(spec)}{_NONE_NOTE}"
             )
@@ -224,7 +219,7 @@ class SavedBuffer:
         origin: The step count at which the current run started.
     """
 
-    PREFIX = "replay_buffer:"
+    PREFIX = errors.SAVED_RUN_PREFIX
 
     def __init__(
         self,

@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_bsgd.fit_plan import num_array_samples
+
 
 # The name of the shape check of batches whose size only the first batch fixed.
 BATCH_CHECK = "keras_bsgd_batch_size"
@@ -69,11 +71,3 @@ def leading_size(batch):
     leaves = [t for t in keras.tree.flatten(batch) if t is not None]
     sizes = {np.shape(t)[0] if np.ndim(t) else None for t in leaves}
     return sizes.pop() if len(sizes) == 1 and None not in sizes else None
-
-
-def num_array_samples(x):
-    """The sample count of array-like `x` (NumPy, tensors, their nests), else None."""
-    leaves = [t for t in keras.tree.flatten(x) if t is not None] if x is not None else []
-    if leaves and all(isinstance(t, (np.ndarray, tf.Tensor)) for t in leaves):
-        return int(leaves[0].shape[0])
-    return None

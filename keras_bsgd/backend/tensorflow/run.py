@@ -32,7 +32,7 @@ class Run:
     Example:
 
     >>> import keras_bsgd
-    >>> from keras_bsgd.run import Run
+    >>> from keras_bsgd.backend.tensorflow.run import Run
     >>> optimizer = keras_bsgd.BackwardSGD(window=4, replay_every=2)
     >>> run = Run(optimizer)
     >>> run.serves(optimizer), run.serves(keras_bsgd.BackwardSGD())
@@ -49,6 +49,11 @@ class Run:
         self.data_store = data_store
         self.planned_steps = None
         self.left_weights = None
+
+    @property
+    def batch_size(self):
+        """The batch size of the run's buffer, or None before its first step."""
+        return None if self.buffer is None else self.buffer.batch_size
 
     def serves(self, optimizer):
         """Whether this run belongs to `optimizer`."""

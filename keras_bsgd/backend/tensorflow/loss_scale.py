@@ -12,7 +12,7 @@ underflow or overflow: `T_i` stays the float32 map up to float16 rounding.
 
 import tensorflow as tf
 
-from keras_bsgd import finiteness
+from keras_bsgd.backend.tensorflow import finiteness
 
 # A map whose gradient still overflows after this many halvings is left
 # non-finite; the replay's divergence check then stops the run.

@@ -1,7 +1,7 @@
 """Where the per-replica parts of a backward-SGD step run: one device or a mirrored strategy.
 
 The replay loop of a step (anchor, buffer write, newest-first maps) is
-written once, in `keras_bsgd.step`, against this small interface. On one
+written once, in `keras_bsgd.backend.tensorflow.step`, against this small interface. On one
 device it runs inside Keras' compiled train function, already in replica
 context, and every call below is the identity. Under a
 `tf.distribute.MirroredStrategy` the loop runs in cross-replica context and
@@ -14,6 +14,26 @@ import contextlib
 
 import keras
 import tensorflow as tf
+
+SUPPORTED_STRATEGIES = (
+    tf.distribute.MirroredStrategy,
+    tf.distribute.MultiWorkerMirroredStrategy,
+    tf.distribute.OneDeviceStrategy,
+)
+
+
+def check_strategy(strategy):
+    # The default (no) strategy has no public class.
+    default = type(strategy).__name__ == "_DefaultDistributionStrategy"
+    if not (default or isinstance(strategy, SUPPORTED_STRATEGIES)):
+        raise ValueError(
+            "keras_bsgd replays batches under MirroredStrategy, "
+            "MultiWorkerMirroredStrategy, OneDeviceStrategy or no strategy. "
+            f"{type(strategy).__name__} is not supported (parameter servers "
+            "apply updates asynchronously, which breaks the order of the "
+            "maps; TPUs are untested). Received: "
+            f"strategy={type(strategy).__name__}"
+        )
 
 
 class LocalReplicas:

@@ -2,7 +2,7 @@
 
 A training step `k` of backward-SGD (docs/design.md §1), all inside the one
 compiled train function (under a multi-replica strategy, one graph whose
-per-replica parts run through `keras_bsgd.replicas`). Steps count from the
+per-replica parts run through `keras_bsgd.backend.tensorflow.replicas`). Steps count from the
 start of the current run (`ReplayBuffer.origin`); `W` is `forward_steps`:
 
 1. log the loss and metrics of the new batch `B_k` at the current weights
@@ -30,12 +30,13 @@ import keras
 import tensorflow as tf
 
 from keras_bsgd import errors
-from keras_bsgd import finiteness
-from keras_bsgd import fit_inputs
 from keras_bsgd import random_layers
-from keras_bsgd import xla_units
-from keras_bsgd.buffer import ReplayBuffer
-from keras_bsgd.incidents import Incidents
+from keras_bsgd.backend.tensorflow import finiteness
+from keras_bsgd.backend.tensorflow import fit_inputs
+from keras_bsgd.backend.tensorflow import updates
+from keras_bsgd.backend.tensorflow import xla_units
+from keras_bsgd.backend.tensorflow.buffer import ReplayBuffer
+from keras_bsgd.backend.tensorflow.incidents import Incidents
 
 
 class BackwardStep:
@@ -193,8 +194,8 @@ class BackwardStep:
         else:
             maps = self._replay(optimizer, buffer, local, replay, loss_scale, replicas, write)
         buffer.gradient_evaluations.assign_add(forward_maps + maps)
-        optimizer.finish_step(
-            self.trainable_variables, when=ok, replayed=replay, first=first
+        updates.finish_step(
+            optimizer, self.trainable_variables, when=ok, replayed=replay, first=first
         )
         if loss_scale is not None:
             loss_scale.finish_step(start_scale, when=ok)
@@ -205,9 +206,7 @@ class BackwardStep:
         if optimizer.on_nonfinite == "raise":
             reports.report("nonfinite_batch", step, when=tf.logical_not(finite))
         replicas.run(self._keep_metrics, (finite, metrics_before, metrics_after))
-        logs = self.get_metrics_result()
-        logs["skipped_batches"] = buffer.skipped_batches.value()
-        return logs
+        return self.get_metrics_result()
 
     def _replay(self, optimizer, buffer, step, replay, loss_scale, replicas, write=None):
         """Brings the anchor to step `step` of the run and replays the maps after it, if `replay`.
@@ -303,7 +302,7 @@ class BackwardStep:
             optimizer, buffer, step - buffer.origin, None, self._loss_scale(), replicas
         )
         buffer.gradient_evaluations.assign_add(maps)
-        optimizer.average_iterate(self.trainable_variables, True, first)
+        updates.average_iterate(optimizer, self.trainable_variables, True, first)
         self._run.incidents.report("diverged", step, when=self._diverged())
         return maps
 
@@ -382,8 +381,8 @@ class BackwardStep:
 
             grads = loss_scale.gradients(gradients, restart)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        optimizer.apply_map(
-            [g for g, _ in pairs], [v for _, v in pairs], learning_rate
+        updates.apply_map(
+            optimizer, [g for g, _ in pairs], [v for _, v in pairs], learning_rate
         )
         return tf.constant(0)
 

@@ -17,7 +17,7 @@ from keras.src.trainers.data_adapters.data_adapter_utils import (
     class_weight_to_sample_weights,
 )
 
-from keras_bsgd.structures import num_examples
+from keras_bsgd.backend.tensorflow.structures import num_examples
 
 
 def in_memory(data):
@@ -78,7 +78,7 @@ def feed_indices(store, arguments):
     Example:
 
     >>> import numpy as np
-    >>> from keras_bsgd.data_store import DataStore
+    >>> from keras_bsgd.backend.tensorflow.data_store import DataStore
     >>> x, y = np.zeros((10, 2)), np.arange(10)
     >>> args = feed_indices(DataStore(), dict(x=x, y=y, validation_split=0.2))
     >>> args["x"].tolist(), args["y"], args["validation_data"][1].tolist()

@@ -1,13 +1,11 @@
-"""The replaying trainer: the `ReplayTrainer` mixin behind `Model`, `Sequential` and `wrap`.
+"""The TensorFlow trainer: the `ReplayTrainer` mixin behind `Model`, `Sequential` and `wrap`.
 
 It keeps Keras' `compile()`/`fit()` and adds what backward-SGD needs around
-them: the run (`keras_bsgd.run`) a `fit()` continues or starts, the checks
-and buffer planning before any step (`keras_bsgd.fit_plan`), the train
-functions that run the step (`keras_bsgd.step`) and raise its incidents
-(`keras_bsgd.incidents`), the host-side callback (`keras_bsgd.run_callback`)
-and saving (`keras_bsgd.run_saving`). The public model classes live in
-`keras_bsgd.models`, the input checks in `keras_bsgd.fit_inputs`, the XLA
-unit in `keras_bsgd.xla_units`.
+them, all in this package: the run (`run`) a `fit()` continues or starts,
+the checks and buffer planning before any step (`fit_plan`, `fit_inputs`),
+the train functions that run the step (`step`, `xla_units`) and raise its
+incidents (`incidents`), the host-side callback (`run_callback`) and saving
+(`run_saving`). The public model classes live in `keras_bsgd.models`.
 """
 
 import hashlib
@@ -19,23 +17,24 @@ import tensorflow as tf
 
 from keras_bsgd import custom_code
 from keras_bsgd import errors
-from keras_bsgd import fit_inputs
-from keras_bsgd import fit_plan
-from keras_bsgd import incidents
-from keras_bsgd import index_feed
-from keras_bsgd import run_callback
-from keras_bsgd import run_saving
-from keras_bsgd import xla_units
-from keras_bsgd.buffer import STATIC_SHAPE_HINT
-from keras_bsgd.buffer import SavedBuffer
-from keras_bsgd.checkpoint import ReplayState
-from keras_bsgd.data_store import DataStore
-from keras_bsgd.loss_scale import ReplayLossScale
+from keras_bsgd import fit_plan as core_fit_plan
+from keras_bsgd.backend.tensorflow import fit_inputs
+from keras_bsgd.backend.tensorflow import fit_plan
+from keras_bsgd.backend.tensorflow import incidents
+from keras_bsgd.backend.tensorflow import index_feed
+from keras_bsgd.backend.tensorflow import run_callback
+from keras_bsgd.backend.tensorflow import run_saving
+from keras_bsgd.backend.tensorflow import xla_units
+from keras_bsgd.backend.tensorflow.buffer import SavedBuffer
+from keras_bsgd.backend.tensorflow.checkpoint import ReplayState
+from keras_bsgd.backend.tensorflow.data_store import DataStore
+from keras_bsgd.backend.tensorflow.loss_scale import ReplayLossScale
+from keras_bsgd.backend.tensorflow.replicas import LocalReplicas
+from keras_bsgd.backend.tensorflow.replicas import MirroredReplicas
+from keras_bsgd.backend.tensorflow.replicas import check_strategy
+from keras_bsgd.backend.tensorflow.run import Run
+from keras_bsgd.backend.tensorflow.step import BackwardStep
 from keras_bsgd.optimizer import BackwardSGD
-from keras_bsgd.replicas import LocalReplicas
-from keras_bsgd.replicas import MirroredReplicas
-from keras_bsgd.run import Run
-from keras_bsgd.step import BackwardStep
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 _COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
@@ -86,6 +85,12 @@ class ReplayTrainer(BackwardStep):
         """
         buffer = self.replay_buffer
         return 0 if buffer is None else int(buffer.gradient_evaluations.numpy())
+
+    @property
+    def skipped_batches(self):
+        """Batches this run dropped because a value or the loss was not finite (an int)."""
+        buffer = self.replay_buffer
+        return 0 if buffer is None else int(buffer.skipped_batches.numpy())
 
     @property
     def replayed_step(self):
@@ -217,7 +222,7 @@ class ReplayTrainer(BackwardStep):
         custom_code.check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         self._start_run_if_weights_were_set(optimizer)
-        self._array_batch_size = fit_plan.plan(
+        self._array_batch_size = core_fit_plan.plan(
             self._run_for(optimizer), optimizer, bound.arguments
         )
         first, bound.arguments["x"] = fit_inputs.peek_first_batch(bound.arguments.get("x"))
@@ -237,7 +242,7 @@ class ReplayTrainer(BackwardStep):
             if stream_batch_size is None or fit_inputs.BATCH_CHECK not in str(error):
                 raise
             raise ValueError(
-                f"{STATIC_SHAPE_HINT} The first batch of this fit() had "
+                f"{errors.STATIC_SHAPE_HINT} The first batch of this fit() had "
                 f"{stream_batch_size} examples, which fixes the size of every "
                 "batch; a later batch had another size (e.g. a partial last "
                 "batch), and training stopped before that step, with the "
@@ -358,11 +363,11 @@ class ReplayTrainer(BackwardStep):
         self._load_replay_state(store)
 
     def _save_replay_state(self, store):
-        """Writes the training state outside Keras variables (see `keras_bsgd.run_saving`)."""
+        """Writes the training state outside Keras variables (see `run_saving`)."""
         run_saving.save(store, self._run, self._backward_sgd(), self._seed_states())
 
     def _load_replay_state(self, store):
-        """Reads what `_save_replay_state` wrote (see `keras_bsgd.run_saving`)."""
+        """Reads what `_save_replay_state` wrote (see `run_saving`)."""
         optimizer = self._backward_sgd()
         run = None if optimizer is None else self._run_for(optimizer)
         self._run = run_saving.load(store, run, optimizer, self._seed_states())
@@ -391,7 +396,7 @@ class ReplayTrainer(BackwardStep):
         if optimizer is None:
             return super().make_train_function(force=force)
         strategy = self.distribute_strategy
-        errors.check_strategy(strategy)
+        check_strategy(strategy)
         if self.jit_compile:
             xla_units.warn_random_draws_into_convolutions(self)
         if strategy.num_replicas_in_sync > 1:

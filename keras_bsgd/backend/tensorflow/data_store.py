@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bsgd import structures
+from keras_bsgd.backend.tensorflow import structures
 
 
 class DataStore:

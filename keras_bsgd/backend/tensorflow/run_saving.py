@@ -13,9 +13,9 @@ settings that define the run's maps.
 import numpy as np
 
 from keras_bsgd import errors
-from keras_bsgd.buffer import SavedBuffer
-from keras_bsgd.data_store import DataStore
-from keras_bsgd.run import Run
+from keras_bsgd.backend.tensorflow.buffer import SavedBuffer
+from keras_bsgd.backend.tensorflow.data_store import DataStore
+from keras_bsgd.backend.tensorflow.run import Run
 
 _SEEDS = SavedBuffer.PREFIX + "seeds"
 _OPTIMIZER_VARIABLES = SavedBuffer.PREFIX + "optimizer_variables"
