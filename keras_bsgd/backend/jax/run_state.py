@@ -8,6 +8,7 @@ that `BackwardSGD.variables` lists after its saved state (`run_state`, the
 
 import hashlib
 
+import jax
 import keras
 import numpy as np
 
@@ -172,8 +173,9 @@ def _variable(value, name):
 
 
 def _dtype(leaf):
-    # The dtype the jitted step sees (int64 becomes int32 without jax x64).
-    return str(keras.ops.convert_to_tensor(leaf[:0]).dtype)
+    # The dtype the jitted step sees (int64 becomes int32 without jax x64),
+    # without a device transfer: this runs before every step.
+    return str(jax.dtypes.canonicalize_dtype(leaf.dtype))
 
 
 def _describe(spec):
