@@ -171,10 +171,23 @@ def main(argv=None):
                         help="output folder (default: $OUT, else bench_gpu)")
     parser.add_argument("--time-limit-s", type=float, default=None,
                         help="start nothing after this many seconds (default: no limit)")
+    parser.add_argument("--models", nargs="+", help="only these models of the configuration")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="only these batch sizes")
+    parser.add_argument("--windows", nargs="*", type=int, help="windows to time instead")
+    parser.add_argument("--depths", nargs="*", type=int, help="exact-mode depths to time instead")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", "keras_bsgd.benchmarks.step_bench", *argv])
-    result = run(CONFIGS["tiny" if args.tiny else "full"], args.time_limit_s, args.out, command)
+    config = dict(CONFIGS["tiny" if args.tiny else "full"])
+    config["runs"] = [
+        r for r in config["runs"]
+        if (args.models is None or r[0] in args.models)
+        and (args.batch_sizes is None or r[2] in args.batch_sizes)
+    ]
+    for key in ("windows", "depths"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    result = run(config, args.time_limit_s, args.out, command)
     print(f"wrote {pathlib.Path(args.out) / JSON_NAME} and {MARKDOWN_NAME} "
           f"in {result['wall_time_s']:.0f} s")
 
