@@ -610,3 +610,10 @@ def _validate(learning_rate, momentum, window, max_steps, kwargs):
             "Received: gradient_accumulation_steps="
             f"{kwargs['gradient_accumulation_steps']!r}"
         )
+
+
+def backward_sgd_of(optimizer):
+    """The `BackwardSGD` that `optimizer` is or (`mixed_float16`) wraps, or None."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer if isinstance(optimizer, BackwardSGD) else None

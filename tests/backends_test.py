@@ -408,3 +408,18 @@ def test_exact_mode_refuses_a_fit_beyond_its_capacity_before_any_step():
     with pytest.raises(ValueError, match="holds 4 batches"):
         fit(model, keras_bsgd.BackwardSGD(0.1, max_steps=4), batches)
     assert int(numpy(model.optimizer.iterations)) == 0
+
+
+@pytest.mark.parametrize("window", [3, None])
+def test_tf_data_input_matches_reference(window):
+    # On JAX through Keras' own adapter, which needs TensorFlow installed.
+    tf = pytest.importorskip("tensorflow")
+    batches, params = make_stream(13, 10)
+    x, y = arrays(batches)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4, drop_remainder=True)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=window, max_steps=None if window else 10), loss="mse")
+    recorder = Recorder()
+    model.fit(dataset, verbose=0, callbacks=[recorder])
+    expected = reference.backward_sgd(reference.initial_state(params, 0.0), batches, [0.1] * 10, window)
+    assert max_error(recorder.states, expected) <= 1e-6

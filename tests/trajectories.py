@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_bsgd
 from tests import reference
@@ -58,6 +57,8 @@ def make_mlp(params, model_class=None):
 def as_dataset(batches):
     xs = np.concatenate([b[0] for b in batches]).astype("float32")
     ys = np.concatenate([b[1] for b in batches]).astype("float32")
+    import tensorflow as tf
+
     return tf.data.Dataset.from_tensor_slices((xs, ys)).batch(
         len(batches[0][0]), drop_remainder=True
     )

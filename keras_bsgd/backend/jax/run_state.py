@@ -12,6 +12,7 @@ import jax
 import keras
 import numpy as np
 
+from keras_bsgd import errors
 from keras_bsgd import schedule
 
 # Counter words of the gradient-evaluation count: JAX has no int64 by default,
@@ -129,15 +130,23 @@ class RunState:
         """Raises a `ValueError` (before any state changes) if `batch` does not fit the buffer."""
         leaves = self.leaves(batch)
         spec = [(tuple(leaf.shape), _dtype(leaf)) for leaf in leaves]
-        if spec != self.spec:
+        if spec == self.spec:
+            return
+        same_but_size = [(s[1:], d) for s, d in spec] == [(s[1:], d) for s, d in self.spec]
+        if same_but_size:
             raise ValueError(
-                "Backward-SGD keeps past batches in a fixed-size buffer, and this "
-                "batch does not fit it: every batch of a run must have the shapes "
-                f"and dtypes of the first, {_describe(self.spec)}. Use a batch "
-                "size that divides the number of examples, `drop_remainder=True` "
-                "for a dataset, or a generator whose batches all have one size. "
-                f"The training state is that of the step before. Received: {_describe(spec)}"
+                f"{errors.STATIC_SHAPE_HINT} The first batch of this run had "
+                f"{self.batch_size} examples, which fixes the size of every batch; "
+                "a later batch had another size (e.g. a partial last batch), and "
+                "training stopped before that step, with the state of the step "
+                "before. Received: a batch of another size than "
+                f"{self.batch_size}: {_describe(spec)}"
             )
+        raise ValueError(
+            f"{errors.STATIC_SHAPE_HINT} This run's batches are {_describe(self.spec)}; "
+            "training stopped before this step, with the state of the step before. "
+            f"Received: {_describe(spec)}"
+        )
 
     @staticmethod
     def leaves(batch):

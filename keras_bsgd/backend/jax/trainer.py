@@ -26,12 +26,12 @@ from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
 from keras_bsgd.backend.jax.run_state import weights_digest
 from keras_bsgd.backend.jax.step import Step
-from keras_bsgd.optimizer import BackwardSGD
+from keras_bsgd.trainer import ReplayTrainerBase
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
-class ReplayTrainer:
+class ReplayTrainer(ReplayTrainerBase):
     """Mixin that turns a Keras model's `fit` into backward-SGD on the JAX backend.
 
     With any optimizer other than `BackwardSGD` the model trains exactly as
@@ -64,28 +64,14 @@ class ReplayTrainer:
         return 0 if run is None else int(np.asarray(run.skipped.value))
 
     def compile(self, *args, **kwargs):
-        optimizer = kwargs.get("optimizer", args[0] if args else None)
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        super().compile(*args, **kwargs)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) and self._backward_sgd():
             raise ValueError(
                 "keras_bsgd does not support the `mixed_float16` policy (a "
                 "LossScaleOptimizer) on the JAX backend yet. Use `mixed_bfloat16`, "
                 "which needs no loss scaling, or the TensorFlow backend. Received: "
-                "optimizer=LossScaleOptimizer"
+                "optimizer=LossScaleOptimizer(BackwardSGD)"
             )
-        if isinstance(optimizer, BackwardSGD):
-            custom_code.check_no_custom_train_step(type(self))
-        super().compile(*args, **kwargs)
-        optimizer = self._backward_sgd()
-        if optimizer is not None:
-            optimizer.model_state_source = self._model_state
-
-    def _backward_sgd(self):
-        optimizer = getattr(self, "optimizer", None)
-        return optimizer if isinstance(optimizer, BackwardSGD) else None
-
-    def _model_state(self):
-        """The non-trainable variables that belong to the training state S."""
-        return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
 
     def _synced_run(self):
         if self.replay_buffer is None:
@@ -121,6 +107,13 @@ class ReplayTrainer:
             run.pending_start = True
         run.left_weights = None
 
+    def train_step(self, state, data):
+        """Keras' stateless step: one backward-SGD step on `data` (see `keras_bsgd.backend.jax.step`)."""
+        optimizer = self._backward_sgd()
+        if optimizer is None:
+            return super().train_step(state, data)
+        return Step(self, optimizer).train(state, data)
+
     def make_train_function(self, force=False):
         optimizer = self._backward_sgd()
         if optimizer is None:
@@ -129,12 +122,11 @@ class ReplayTrainer:
             return self.train_function
         jit = not self.run_eagerly and self.jit_compile
 
-        def train_step(state, data):
-            return Step(self, optimizer).train(state, data)
-
         def replay_step(state):
             return Step(self, optimizer).replay_to_current_step(state)
 
+        # `self.train_step`, so that an override calling `super().train_step` is kept.
+        train_step = self.train_step
         self._compiled_step = jax.jit(train_step, donate_argnums=0) if jit else train_step
         self._compiled_replay = jax.jit(replay_step, donate_argnums=0) if jit else replay_step
 
@@ -200,8 +192,10 @@ class ReplayTrainer:
         def put(variable, value):
             values[index[id(variable)]] = keras.ops.copy(value)
 
-        model_state = [non_trainable[i] for i, v in enumerate(self.non_trainable_variables)
-                       if not random_layers.is_seed_state(v)]
+        model_state = [
+            value for variable, value in zip(self.non_trainable_variables, non_trainable)
+            if not random_layers.is_seed_state(variable)
+        ]
         for anchor, value in zip(optimizer.anchor_weights, weights):
             put(anchor, value)
         for anchor, value in zip(optimizer.anchor_model_state, model_state):

@@ -339,10 +339,6 @@ class BackwardStep:
             variable.assign(tf.where(finite, new, old))
         return tf.constant(0)
 
-    def _model_state(self):
-        """The non-trainable variables that belong to the training state S."""
-        return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
-
     def _seed_states(self):
         return [v for v in self.non_trainable_variables if random_layers.is_seed_state(v)]
 

@@ -34,13 +34,12 @@ from keras_bsgd.backend.tensorflow.replicas import MirroredReplicas
 from keras_bsgd.backend.tensorflow.replicas import check_strategy
 from keras_bsgd.backend.tensorflow.run import Run
 from keras_bsgd.backend.tensorflow.step import BackwardStep
-from keras_bsgd.optimizer import BackwardSGD
+from keras_bsgd.trainer import ReplayTrainerBase
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
-_COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
 
 
-class ReplayTrainer(BackwardStep):
+class ReplayTrainer(ReplayTrainerBase, BackwardStep):
     """Mixin that turns a Keras model's `fit` into backward-SGD.
 
     With any optimizer other than `BackwardSGD` the model trains exactly as
@@ -109,85 +108,16 @@ class ReplayTrainer(BackwardStep):
         return 0
 
     def compile(self, *args, **kwargs):
-        arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
-        optimizer = arguments.get("optimizer")
-        if _backward_sgd_of(optimizer) is not None:
-            custom_code.check_no_custom_train_step(type(self))
         super().compile(*args, **kwargs)
         if self._run is not None:
             self._run.left_weights = None
         self._built_before_trace = False  # new metrics, loss and optimizer
-        source = self._hook_source()
-        if source is not None and custom_code.overrides(type(source), "compute_loss"):
-            # The wrapped model's compute_loss runs as a method of that model:
-            # its `super().compute_loss()` needs the compiled loss there too.
-            source.compile(
-                optimizer="sgd",
-                loss=arguments.get("loss"),
-                loss_weights=arguments.get("loss_weights"),
-            )
-        optimizer = self._backward_sgd()
-        if optimizer is not None:
-            optimizer.model_state_source = self._model_state
         if self._replay_state is None:
             # Assigned after compile so that a restore the checkpoint deferred
             # until this dependency existed sees the new optimizer.
             self._replay_state = ReplayState(
                 self._save_replay_state, self._load_replay_state
             )
-
-    # A wrapped model whose class customizes the loss or metrics (see `wrap`):
-    # a function returning it, so that Keras does not track it as a layer.
-    _hook_source = staticmethod(lambda: None)
-
-    def _source_hook(self, name):
-        source = self._hook_source()
-        if source is not None and custom_code.overrides(type(source), name):
-            return getattr(source, name)
-        return None
-
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        # Every replayed map and the logging pass call this: a wrapped
-        # model's own compute_loss must be what they compute.
-        compute = self._source_hook("compute_loss")
-        if compute is None:
-            compute = super().compute_loss
-        elif "training" not in inspect.signature(compute).parameters:
-            # Keras calls such overrides without it, too.
-            return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
-        return compute(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
-
-    @property
-    def metrics(self):
-        source = self._hook_source()
-        if source is not None and custom_code.overrides(type(source), "metrics"):
-            return source.metrics
-        return super().metrics
-
-    def reset_metrics(self):
-        reset = self._source_hook("reset_metrics") or super().reset_metrics
-        reset()
-
-    def get_config(self):
-        source = self._hook_source()
-        if source is not None:
-            # A reloaded wrapper would be a plain keras_bsgd model: it would
-            # silently train with the compiled loss instead of the class's own.
-            raise ValueError(
-                "This model wraps a model of class "
-                f"{type(source).__name__}, whose `compute_loss`/`metrics` it "
-                "calls; a `.keras` file cannot carry them, so the reloaded "
-                "model would train with another loss. Save weights only "
-                "(`save_weights`, `tf.train.Checkpoint`, `BackupAndRestore`), "
-                "or derive the class from `keras_bsgd.Model` instead of "
-                "`keras.Model`, which saves and reloads as that class. "
-                f"Received: a wrapped {type(source).__name__}"
-            )
-        return super().get_config()
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         children = super()._trackable_children(save_type, **kwargs)
@@ -196,18 +126,6 @@ class ReplayTrainer(BackwardStep):
             # be frozen at trace time there.
             children.pop("_replay_state", None)
         return children
-
-    def compile_from_config(self, config):
-        # Keras skips compiling custom `compile()` methods when loading; this
-        # one only adds to Keras' compile, so load it the way Keras does.
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    def _backward_sgd(self):
-        """The `BackwardSGD` this model trains with (inside a loss-scale wrapper too), or None."""
-        # An uncompiled model has no `optimizer` attribute (loading weights).
-        return _backward_sgd_of(getattr(self, "optimizer", None))
 
     def _loss_scale(self):
         # `mixed_float16` wraps the optimizer in a LossScaleOptimizer at compile().
@@ -507,10 +425,3 @@ class ReplayTrainer(BackwardStep):
             return step(next(iterator))
 
         return function
-
-
-def _backward_sgd_of(optimizer):
-    """The `BackwardSGD` that `optimizer` is or (mixed_float16) wraps, or None."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        optimizer = optimizer.inner_optimizer
-    return optimizer if isinstance(optimizer, BackwardSGD) else None

@@ -1,0 +1,109 @@
+"""`ReplayTrainerBase`: what every backend's replaying trainer shares.
+
+Each backend's `ReplayTrainer` (`keras_bsgd/backend/<name>/trainer.py`) runs
+the step its own way; this mixin keeps what does not depend on how: finding
+the `BackwardSGD`, refusing a custom `train_step`, the training state's model
+part, and the hooks through which a model made by `keras_bsgd.wrap` calls the
+wrapped model's own `compute_loss` and metrics.
+"""
+
+import inspect
+
+import keras
+
+from keras_bsgd import custom_code
+from keras_bsgd import random_layers
+from keras_bsgd.optimizer import backward_sgd_of
+
+_COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
+
+
+class ReplayTrainerBase:
+    """The backend-independent part of `ReplayTrainer` (see the module docstring)."""
+
+    # A wrapped model whose class customizes the loss or metrics (see `wrap`):
+    # a function returning it, so that Keras does not track it as a layer.
+    _hook_source = staticmethod(lambda: None)
+
+    def compile(self, *args, **kwargs):
+        arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
+        if backward_sgd_of(arguments.get("optimizer")) is not None:
+            custom_code.check_no_custom_train_step(type(self))
+        super().compile(*args, **kwargs)
+        source = self._hook_source()
+        if source is not None and custom_code.overrides(type(source), "compute_loss"):
+            # The wrapped model's compute_loss runs as a method of that model:
+            # its `super().compute_loss()` needs the compiled loss there too.
+            source.compile(
+                optimizer="sgd",
+                loss=arguments.get("loss"),
+                loss_weights=arguments.get("loss_weights"),
+            )
+        optimizer = self._backward_sgd()
+        if optimizer is not None:
+            optimizer.model_state_source = self._model_state
+
+    def compile_from_config(self, config):
+        # Keras skips compiling custom `compile()` methods when loading; this
+        # one only adds to Keras' compile, so load it the way Keras does.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _backward_sgd(self):
+        """The `BackwardSGD` this model trains with (inside a loss-scale wrapper too), or None."""
+        # An uncompiled model has no `optimizer` attribute (loading weights).
+        return backward_sgd_of(getattr(self, "optimizer", None))
+
+    def _model_state(self):
+        """The non-trainable variables that belong to the training state S."""
+        return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
+
+    def _source_hook(self, name):
+        source = self._hook_source()
+        if source is not None and custom_code.overrides(type(source), name):
+            return getattr(source, name)
+        return None
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        # Every replayed map and the logging pass call this: a wrapped
+        # model's own compute_loss must be what they compute.
+        compute = self._source_hook("compute_loss")
+        if compute is None:
+            compute = super().compute_loss
+        elif "training" not in inspect.signature(compute).parameters:
+            # Keras calls such overrides without it, too.
+            return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+        return compute(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+
+    @property
+    def metrics(self):
+        source = self._hook_source()
+        if source is not None and custom_code.overrides(type(source), "metrics"):
+            return source.metrics
+        return super().metrics
+
+    def reset_metrics(self):
+        reset = self._source_hook("reset_metrics") or super().reset_metrics
+        reset()
+
+    def get_config(self):
+        source = self._hook_source()
+        if source is not None:
+            # A reloaded wrapper would be a plain keras_bsgd model: it would
+            # silently train with the compiled loss instead of the class's own.
+            raise ValueError(
+                "This model wraps a model of class "
+                f"{type(source).__name__}, whose `compute_loss`/`metrics` it "
+                "calls; a `.keras` file cannot carry them, so the reloaded "
+                "model would train with another loss. Save weights only "
+                "(`save_weights`, `tf.train.Checkpoint`, `BackupAndRestore`), "
+                "or derive the class from `keras_bsgd.Model` instead of "
+                "`keras.Model`, which saves and reloads as that class. "
+                f"Received: a wrapped {type(source).__name__}"
+            )
+        return super().get_config()
