@@ -5,7 +5,9 @@ Step `k` of a run (docs/design.md §1; `W` = forward_steps, arithmetic in
 
 1. log: loss and metrics of the new batch `B_k` at the current weights, and
    whether the batch and its loss are finite;
-2. restore: the live state becomes the anchor, if the step replays;
+2. restore: the maps start from the anchor, if the step replays (with
+   `replay_every=1`, a step that does not count recomputes the previous
+   iterate rather than masking the state);
 3. forward: `k <= W` applies `T_k` (forward SGD);
 4. write: `B_k` and its frozen learning rate into the ring, unless `k <= W`
    (written before anything reads the ring, so XLA updates it in place);
@@ -73,12 +75,12 @@ class Step:
             weights, non_trainable, metrics, batch, optimizer_values, k
         )
         forward, ok, replay = self.decide(o, local, finite)
-        live = State(weights, self.layout.model_state(non_trainable), self.layout.map_values(o))
-        s = where(replay, self.layout.anchor(o), live)
-        s, forward_maps = self.forward(s, batch, rate, k, replay & forward, non_trainable, metrics, optimizer_values)
+        context = (non_trainable, metrics, optimizer_values)
+        s, target, when = self.restore(o, weights, non_trainable, local, ok, replay)
+        s, forward_maps = self.forward(s, batch, rate, k, replay & forward, *context)
         self.write(o, batch, rate, local, ok & ~forward)
-        s, advances = self.advance(s, o, local, replay, non_trainable, metrics, optimizer_values)
-        s, replayed = self.replay(s, o, local, replay, non_trainable, metrics, optimizer_values)
+        s, advances = self.advance(s, o, target, when, *context)
+        s, replayed = self.replay(s, o, target, when, *context)
         s = self.finish(s, o, k, replay, forward_maps + advances + replayed)
         self.count(o, k, ok, finite)
         metrics = where(finite, logged_metrics, metrics)
@@ -90,11 +92,11 @@ class Step:
         o = Values(self.optimizer.variables, optimizer_values)
         k = o[self.optimizer.iterations]
         local = k - o[self.run.origin]
-        replay = ops.convert_to_tensor(True)
+        context = (non_trainable, metrics, optimizer_values)
         s = self.layout.anchor(o)
-        s, advances = self.advance(s, o, local, replay, non_trainable, metrics, optimizer_values)
-        s, replayed = self.replay(s, o, local, replay, non_trainable, metrics, optimizer_values)
-        s = self.finish(s, o, k, replay, advances + replayed)
+        s, advances = self.advance(s, o, local, None, *context)
+        s, replayed = self.replay(s, o, local, None, *context)
+        s = self.finish(s, o, k, ops.convert_to_tensor(True), advances + replayed)
         return self.carried(s, non_trainable, o, metrics)
 
     # Phases.
@@ -125,6 +127,24 @@ class Step:
         replay = ok & schedule.replays(local, optimizer.replay_every, optimizer.forward_steps)
         return forward, ok, replay
 
+    def restore(self, o, weights, non_trainable, local, ok, replay):
+        """The state the maps start from, the step whose iterate they compute, and a mask.
+
+        With `replay_every=1` every counted step replays, and a step that does
+        not count (a dropped batch) recomputes the previous iterate instead,
+        from the anchor as always: no select over the whole state, which costs
+        a pass over every weight per step. Otherwise a step that does not
+        replay keeps the live state, under a mask (`when`).
+
+        Returns:
+            `(s, target, when)`: `when` is None for "always".
+        """
+        anchor = self.layout.anchor(o)
+        if self.optimizer.replay_every == 1:
+            return anchor, ops.where(ok, local, local - 1), None
+        live = State(weights, self.layout.model_state(non_trainable), self.layout.map_values(o))
+        return where(replay, anchor, live), local, replay
+
     def forward(self, s, batch, rate, k, when, *context):
         """`T_k(s)` on the new batch where `when` (a forward step), else `s`."""
         trips = ops.where(when, 1, 0)
@@ -142,36 +162,38 @@ class Step:
             o[run.learning_rates], ops.cast(rate, "float32"), slot, 0
         )
 
-    def advance(self, s, o, local, replay, *context):
-        """Moves the anchor by every map that left the window since the last replay, if `replay`."""
+    def advance(self, s, o, target, when, *context):
+        """Moves the anchor to step `target`'s by the maps that left the window, where `when`.
+
+        `when`: a boolean scalar, or None for always.
+        """
         optimizer = self.optimizer
         if optimizer.window is None and not optimizer.forward_steps:
             return s, 0
         replayed = o[self.run.replayed_step] - o[self.run.origin]
         first, last = schedule.advance_range(
-            replayed, local, optimizer.window, optimizer.forward_steps
+            replayed, target, optimizer.window, optimizer.forward_steps
         )
-        trips = ops.where(replay, last - first, 0)
+        trips = last - first if when is None else ops.where(when, last - first, 0)
         s = lax.fori_loop(
             0, trips, lambda i, s: self.apply_buffered(s, o, first + 1 + i, *context), s
         )
-        self.layout.set_anchor(o, where(replay, s, self.layout.anchor(o)))
+        self.layout.set_anchor(o, s if when is None else where(when, s, self.layout.anchor(o)))
         return s, trips
 
-    def replay(self, s, o, local, replay, *context):
-        """Applies the maps of batches `local, local - 1, ...` newest-first, if `replay`."""
+    def replay(self, s, o, target, when, *context):
+        """Applies the maps of batches `target, target - 1, ...` newest-first, where `when`."""
         optimizer = self.optimizer
-        count = schedule.replay_count(local, optimizer.window, optimizer.forward_steps)
-        trips = ops.where(replay, count, 0)
-        s = lax.fori_loop(0, trips, lambda i, s: self.apply_buffered(s, o, local - i, *context), s)
+        count = schedule.replay_count(target, optimizer.window, optimizer.forward_steps)
+        trips = count if when is None else ops.where(when, count, 0)
+        s = lax.fori_loop(0, trips, lambda i, s: self.apply_buffered(s, o, target - i, *context), s)
         return s, trips
 
     def finish(self, s, o, k, replay, maps):
         """Averages the output iterate and counts the maps; a diverged replay is reported."""
         run = self.run
+        # The host puts the (finite) anchor in the model and starts a new run from it.
         diverged = replay & ~all_finite(s.weights)
-        # A diverged replay leaves the (finite) anchor; the host starts a new run from it.
-        s = where(diverged, self.layout.anchor(o), s)
         first = ops.equal(o[run.replayed_step], 0)
         self.layout.average(o, s.weights, replay & ~diverged, first)
         o[run.replayed_step] = ops.where(replay, k, o[run.replayed_step])

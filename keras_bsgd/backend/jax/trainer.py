@@ -228,8 +228,19 @@ class ReplayTrainer(ReplayTrainerBase):
         run.state.incident.assign(np.zeros((2,), "int32"))
         kind = next(k for k, v in INCIDENTS.items() if v == code)
         if kind == "diverged":
-            run.pending_start = True  # from the anchor the step left in the model
+            self._restore_anchor(optimizer)
+            run.pending_start = True
         raise _incident_error(kind, step, run.state.slots, optimizer.forward_steps)
+
+    def _restore_anchor(self, optimizer):
+        """Puts the anchor (weights, model state, momentum) in the model (host; copies)."""
+        pairs = [
+            *zip(self.trainable_variables, optimizer.anchor_weights),
+            *zip(self._model_state(), optimizer.anchor_model_state),
+            *zip(optimizer.momentums, optimizer.anchor_momentums),
+        ]
+        for variable, anchor in pairs:
+            variable.assign(keras.ops.copy(anchor.value))
 
     def replay_to_current_step(self):
         """Computes the output iterate of the current step if the model does not hold it yet.
