@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # keras_bsgd on one GPU with JAX and without TensorFlow: the trajectory against the float64
-# reference, then the step timing of BackwardSGD against Keras SGD. See docs/gpu.md.
+# reference, then the step timing of BackwardSGD against Keras SGD. See docs/performance.md, section "GPU".
 #
 # For a machine with Python 3.12, jax + CUDA, numpy, h5py, rich, absl-py and no network: keras
 # 3.15.1, namex 0.1.0 and optree 0.20.0 are installed offline from the wheels in .whl/ (when

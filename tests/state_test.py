@@ -392,7 +392,7 @@ def test_class_weight():
 
 
 def test_window_one_is_keras_sgd_step_for_step_unless_the_model_draws_random_numbers():
-    # README "Semantics": window=1 recomputes each map exactly, so with
+    # docs/semantics.md: window=1 recomputes each map exactly, so with
     # deterministic maps (BatchNorm included) it is Keras' SGD bit for bit in
     # graph mode. Random layers are keyed to the batch's arrival index where
     # Keras advances a counter per draw: other masks, the same distribution.

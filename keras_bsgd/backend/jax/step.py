@@ -28,6 +28,7 @@ from keras import ops
 
 from keras_bsgd import schedule
 from keras_bsgd import random_layers
+from keras_bsgd.backend.jax import keras_private
 from keras_bsgd.backend.jax.run_state import EVALUATIONS_BASE
 from keras_bsgd.backend.jax.run_state import INCIDENTS
 
@@ -109,8 +110,8 @@ class Step:
             weights, keyed, metrics, x, y, sample_weight,
             training=True, optimizer_variables=optimizer_values,
         )
-        _, metrics = self.model._update_metrics_variables(
-            metrics, unscaled, x, y, y_pred, sample_weight
+        metrics = keras_private.update_metrics(
+            self.model, metrics, unscaled, x, y, y_pred, sample_weight
         )
         finite = all_finite([unscaled, *keras.tree.flatten(batch)])
         return finite, non_trainable, metrics
@@ -352,6 +353,6 @@ class Layout:
         if not optimizer.use_ema:
             return
         momentum = ops.where(first, 0.0, optimizer.ema_momentum)
-        for average, value in zip(optimizer._model_variables_moving_average, weights):
+        for average, value in zip(keras_private.ema_averages(optimizer), weights):
             m = ops.cast(momentum, value.dtype)
             o[average] = ops.where(when, m * o[average] + (1 - m) * value, o[average])

@@ -21,6 +21,7 @@ from keras_bsgd import errors
 from keras_bsgd import fit_plan
 from keras_bsgd import random_layers
 from keras_bsgd import schedule
+from keras_bsgd.backend.jax import keras_private
 from keras_bsgd.backend.jax.run_state import INCIDENTS
 from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
@@ -211,9 +212,7 @@ class ReplayTrainer(ReplayTrainerBase):
 
     def _keep(self, state):
         # The step did not run: the model keeps `state` (Keras' fit() syncs it).
-        self._jax_state = dict(zip(_STATE_KEYS, state))
-        self._jax_state_synced = False
-        self.jax_state_sync()
+        keras_private.hold_state(self, state)
 
     def _raise_incident(self, optimizer, state):
         """Raises what the step reported, after putting its state in the model."""
@@ -286,14 +285,6 @@ class ReplayTrainer(ReplayTrainerBase):
                 stacklevel=2,
             )
         super().save_own_variables(store)
-
-
-_STATE_KEYS = (
-    "trainable_variables",
-    "non_trainable_variables",
-    "optimizer_variables",
-    "metrics_variables",
-)
 
 
 def _incident_error(kind, step, capacity, forward_steps):

@@ -1,0 +1,41 @@
+"""The private Keras names the JAX trainer relies on, in one place, each with the reason.
+
+- `JAXTrainer._update_metrics_variables`: Keras' own stateless metric update
+  in its `train_step` (the loss tracker weighted by the batch size, then
+  `compute_metrics`). The logging pass must update the metrics exactly as
+  Keras' step does, and Keras has no public stateless equivalent.
+- `JAXTrainer._jax_state` and `_jax_state_synced`: the state `fit()` holds
+  between steps, which the public `jax_state_sync()` writes into the
+  variables. A step that raises must leave its state there (Keras' `fit()`
+  syncs it in its `finally`); Keras has no public setter.
+- `Optimizer._model_variables_moving_average`: the EMA variables Keras'
+  `build()` creates and `finalize_variable_values` / `SwapEMAWeights` read
+  (the TensorFlow backend uses them too, `backend/tensorflow/updates.py`).
+
+`tests/jax_private_names_test.py` fails, naming the name, if Keras changes one.
+"""
+
+_STATE_KEYS = (
+    "trainable_variables",
+    "non_trainable_variables",
+    "optimizer_variables",
+    "metrics_variables",
+)
+
+
+def update_metrics(model, metrics, unscaled_loss, x, y, y_pred, sample_weight):
+    """The metric variables' values after Keras' own update with one batch (stateless)."""
+    _, metrics = model._update_metrics_variables(metrics, unscaled_loss, x, y, y_pred, sample_weight)
+    return metrics
+
+
+def hold_state(model, state):
+    """Puts a `(trainable, non_trainable, optimizer, metrics)` state tuple in `model`'s variables."""
+    model._jax_state = dict(zip(_STATE_KEYS, state))
+    model._jax_state_synced = False
+    model.jax_state_sync()
+
+
+def ema_averages(optimizer):
+    """The EMA variables of `optimizer` (`use_ema=True`), one per trainable variable."""
+    return optimizer._model_variables_moving_average
