@@ -423,3 +423,23 @@ def test_tf_data_input_matches_reference(window):
     model.fit(dataset, verbose=0, callbacks=[recorder])
     expected = reference.backward_sgd(reference.initial_state(params, 0.0), batches, [0.1] * 10, window)
     assert max_error(recorder.states, expected) <= 1e-6
+
+
+def test_an_error_in_the_users_loss_keeps_the_state():
+    batches, params = make_stream(14, 4)
+    model = make_mlp(params)
+    calls = []
+
+    def loss(y_true, y_pred):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("a bug in the loss")
+        return keras.ops.mean(keras.ops.square(y_true - y_pred))
+
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss=loss)
+    x, y = arrays(batches)
+    with pytest.raises(RuntimeError, match="a bug in the loss"):
+        model.fit(x, y, batch_size=4, verbose=0)
+    # The first fit() step traced the loss (and failed): the weights are the model's own.
+    for v, p in zip(model.trainable_variables, params, strict=True):
+        np.testing.assert_array_equal(numpy(v), p.astype("float32"))

@@ -154,12 +154,14 @@ class ReplayTrainer(ReplayTrainerBase):
         """Runs one step on `data`; on an error the model keeps the state of the step before."""
         try:
             state = self._prepared(optimizer, state, data)
+            logs, new_state = self._compiled_step(state, data)
         except Exception:
+            # Raised before the step ran (a refused batch, an error while
+            # tracing): `state` was not donated.
             self._keep(state)
             raise
-        logs, state = self._compiled_step(state, data)
-        self._raise_incident(optimizer, state)
-        return logs, state
+        self._raise_incident(optimizer, new_state)
+        return logs, new_state
 
     def _prepared(self, optimizer, state, data):
         """`state` with the run's variables, the run started where it must be, the batch checked."""
