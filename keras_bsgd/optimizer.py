@@ -21,6 +21,29 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _map_setting(name):
+    """A setting of the maps' update, kept once: by the map optimizer, which applies it.
+
+    Keras' `Optimizer.__init__` sets the base settings before the map
+    optimizer exists; they wait in the instance until it is built with them.
+    """
+
+    def get(self):
+        inner = self.__dict__.get("map_optimizer")
+        if inner is None:
+            return self.__dict__.get("_settings_before_map_optimizer", {}).get(name)
+        return getattr(inner, name)
+
+    def set(self, value):
+        inner = self.__dict__.get("map_optimizer")
+        if inner is None:
+            self.__dict__.setdefault("_settings_before_map_optimizer", {})[name] = value
+        else:
+            setattr(inner, name, value)
+
+    return property(get, set, doc=f"`{name}` of the map optimizer, which applies every map.")
+
+
 @keras.saving.register_keras_serializable(package="keras_bsgd")
 class BackwardSGD(keras.optimizers.Optimizer):
     """Backward-SGD: SGD whose per-batch updates are composed newest-first.
@@ -150,6 +173,14 @@ class BackwardSGD(keras.optimizers.Optimizer):
     16
     """
 
+    momentum = _map_setting("momentum")
+    nesterov = _map_setting("nesterov")
+    weight_decay = _map_setting("weight_decay")
+    clipnorm = _map_setting("clipnorm")
+    clipvalue = _map_setting("clipvalue")
+    global_clipnorm = _map_setting("global_clipnorm")
+    loss_scale_factor = _map_setting("loss_scale_factor")
+
     def __init__(
         self,
         learning_rate=0.01,
@@ -187,6 +218,14 @@ class BackwardSGD(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
+        # The rate of the map being applied: a map's rate is frozen when its
+        # batch arrives, not read from the schedule when it is replayed.
+        self._map_learning_rate = None
+        self.map_optimizer = _MapSGD(
+            learning_rate=self._frozen_learning_rate,
+            name=f"{self.name}_map",
+            **self.__dict__.pop("_settings_before_map_optimizer"),
+        )
         self.window = None if window is None else int(window)
         self.max_steps = None if max_steps is None else int(max_steps)
         self.on_nonfinite = on_nonfinite
@@ -194,13 +233,6 @@ class BackwardSGD(keras.optimizers.Optimizer):
         self.xla_unit = xla_unit
         self.replay_every = int(replay_every)
         self.forward_steps = int(forward_steps)
-        # The rate of the map being applied: a map's rate is frozen when its
-        # batch arrives, not read from the schedule when it is replayed.
-        self._map_learning_rate = None
-        self.map_optimizer = _MapSGD(
-            learning_rate=self._frozen_learning_rate, name=f"{self.name}_map"
-        )
-        self._configured_map_optimizer()
         # Set by the trainer at compile(): returns the model's non-trainable
         # state (BatchNorm statistics, ...) that belongs to S. Keras builds
         # optimizers from the trainable variables alone, in places keras_bsgd
@@ -229,20 +261,6 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 "`BackwardSGD.applying_map()`"
             )
         return self._map_learning_rate
-
-    def _configured_map_optimizer(self):
-        """Gives the map optimizer this optimizer's update settings, as they are now.
-
-        Keras reads them when it traces an update, so settings changed after
-        construction (`optimizer.clipnorm = 1.0`) reach the maps too.
-        """
-        inner = self.map_optimizer
-        for name in (
-            "momentum", "nesterov", "weight_decay", "clipnorm", "clipvalue",
-            "global_clipnorm", "loss_scale_factor",
-        ):
-            setattr(inner, name, getattr(self, name))
-        return inner
 
     @property
     def variables(self):
@@ -283,7 +301,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             return
         super().build(var_list)
         # Momentum slots exist only if momentum is set, as it is now.
-        inner = self._configured_map_optimizer()
+        inner = self.map_optimizer
         with keras.name_scope(inner.name, caller=inner):
             inner.build(var_list)
         # Anchor: the state S (weights, then momentum) that every step restarts
@@ -365,7 +383,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             The map optimizer, configured with this optimizer's settings:
             one `apply()` of it is the map.
         """
-        inner = self._configured_map_optimizer()
+        inner = self.map_optimizer
         self._map_learning_rate = learning_rate
         try:
             yield inner
