@@ -402,25 +402,6 @@ class BackwardSGD(keras.optimizers.Optimizer):
             return None
         return self.window + self.replay_every - 1
 
-    def anchor_step(self, step):
-        """How many maps the anchor has composed once step `step` is replayed.
-
-        Exact mode: `min(step, W)` (the anchor is `S_W`); windowed mode:
-        `max(min(step, W), step - w)` (forward SGD `w` steps behind, never
-        inside the forward phase). Step `step` replays the maps of batches
-        `anchor_step(step) + 1 ... step`, newest-first.
-
-        Args:
-            step: Scalar int64 tensor.
-
-        Returns:
-            A scalar int64 tensor.
-        """
-        anchor = keras.ops.minimum(step, self.forward_steps)
-        if self.window is not None:
-            anchor = keras.ops.maximum(anchor, step - self.window)
-        return anchor
-
     def current_learning_rate(self):
         """The learning rate a batch arriving now is frozen with.
 

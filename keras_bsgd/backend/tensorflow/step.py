@@ -26,11 +26,14 @@ holds a map. Epoch ends that are not replay steps replay through
 `replay_function`.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
 from keras_bsgd import errors
 from keras_bsgd import random_layers
+from keras_bsgd import schedule
 from keras_bsgd.backend.tensorflow import finiteness
 from keras_bsgd.backend.tensorflow import fit_inputs
 from keras_bsgd.backend.tensorflow import updates
@@ -86,13 +89,45 @@ class BackwardStep:
         return keras.tree.map_structure(fix, batch)
 
     def _backward_step(self, optimizer, data, replicas):
-        """One backward-SGD step on `data` (per replica under a strategy)."""
+        """One backward-SGD step on `data` (per replica under a strategy): the module's phases."""
+        batch, item, buffer = self._step_inputs(optimizer, data, replicas)
+        loss_scale = self._loss_scale()
+        step = tf.cast(optimizer.iterations, "int64") + 1
+        # Steps of the current run (weights set from outside start a new one).
+        local = step - buffer.origin
+        learning_rate = optimizer.current_learning_rate()
+        self._start_run_at_its_first_step(optimizer, local)
+        finite, before_logging, metrics = self._log(optimizer, batch, step, replicas)
+        forward, ok, replay = self._decide(optimizer, buffer, local, finite)
+        start_scale = None if loss_scale is None else loss_scale.start_step()
+        target, when = self._restore(optimizer, local, ok, replay, before_logging)
+        forward_maps = self._forward(
+            optimizer, item, learning_rate, step, tf.logical_and(replay, forward),
+            loss_scale, replicas,
+        )
+        write = functools.partial(
+            self._write, optimizer, buffer, local, item, learning_rate,
+            tf.logical_and(ok, tf.logical_not(forward)), replicas,
+        )
+        first = tf.equal(buffer.replayed_step, 0)
+        maps = self._replay(optimizer, buffer, target, when, loss_scale, replicas, write)
+        buffer.gradient_evaluations.assign_add(forward_maps + maps)
+        self._finish(
+            optimizer, buffer, step, ok, replay, finite, first, loss_scale, start_scale
+        )
+        replicas.run(self._keep_metrics, (finite, *metrics))
+        return self.get_metrics_result()
+
+    def _step_inputs(self, optimizer, data, replicas):
+        """`(batch, item, buffer)`: the batch, what the buffer keeps of it, and the run's buffer.
+
+        With index buffering the buffer keeps the batch's example indices
+        (`item`), and the batch is gathered from the run's data store.
+        """
         batch = replicas.run(
             lambda d: self._static_batch(keras.utils.unpack_x_y_sample_weight(d)),
             (data,),
         )
-        # What the buffer keeps: the batch, or (index buffering) the
-        # batch's example indices, from which the batch is gathered.
         data_store = self._run_for(optimizer).data_store
         item = batch
         if data_store is not None:
@@ -111,29 +146,34 @@ class BackwardStep:
             # LossScaleOptimizer builds the BackwardSGD it wraps.
             with keras.name_scope(self.optimizer.name, caller=self.optimizer):
                 self.optimizer.build(self.trainable_variables)
-        loss_scale = self._loss_scale()
-        model_state = self._model_state()
-        step = tf.cast(optimizer.iterations, "int64") + 1
-        # Steps of the current run (weights set from outside start a new one).
-        local = step - buffer.origin
-        learning_rate = optimizer.current_learning_rate()
-        forward_steps = tf.constant(optimizer.forward_steps, "int64")
+        return batch, item, buffer
 
+    def _start_run_at_its_first_step(self, optimizer, local):
         # S_0 is the state at the run's first step, taken before the logging
-        # pass below moves BatchNorm statistics.
+        # pass moves BatchNorm statistics.
+        model_state = self._model_state()
         tf.cond(
             tf.equal(local, 1),
             lambda: _save(optimizer, self.trainable_variables, model_state),
             _noop,
         )
-        every_step = optimizer.replay_every == 1
-        if not every_step:
-            # A step that does not replay keeps the model at the last output
-            # iterate: the logging pass must not move its BatchNorm statistics.
-            before_logging = [tf.identity(v) for v in model_state]
+
+    def _log(self, optimizer, batch, step, replicas):
+        """Phase 1: the logging pass. Returns `(finite, before_logging, (metrics before, after))`.
+
+        `before_logging` is the model state before the pass moved it, which a
+        step that does not replay keeps (None with `replay_every=1`).
+        """
+        before_logging = None
+        if optimizer.replay_every != 1:
+            before_logging = [tf.identity(v) for v in self._model_state()]
         self._seed_random_layers(step)
         finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
-        finite = replicas.all_true(finite)
+        return replicas.all_true(finite), before_logging, (metrics_before, metrics_after)
+
+    def _decide(self, optimizer, buffer, local, finite):
+        """`(forward, ok, replay)`: a forward step; the step counts; it replays."""
+        forward_steps = tf.constant(optimizer.forward_steps, "int64")
         forward = local <= forward_steps
         room = True if optimizer.window is not None else local - forward_steps <= buffer.capacity
         ok = tf.logical_and(finite, tf.logical_or(forward, room))
@@ -143,26 +183,37 @@ class BackwardStep:
             ok,
             tf.logical_or(forward, tf.equal(local % optimizer.replay_every, 0)),
         )
-        start_scale = None if loss_scale is None else loss_scale.start_step()
+        return forward, ok, replay
 
-        # The step is straight-line code, without a conditional around the
-        # maps: XLA runs conditionals that hold the replay far slower (a
-        # windowed MLP step lost about one SGD step's time to three of them),
-        # and masked copies of the state cost about as much. With
-        # `replay_every=1` a batch that may not enter (non-finite, or no room
-        # left) therefore replays the previous step's maps instead, which
-        # recomputes the previous iterate exactly: the rare case pays for
-        # the common one's speed. With `replay_every > 1` most steps do not
-        # replay, and masks keep the model at the last replayed iterate.
-        if every_step:
+    def _restore(self, optimizer, local, ok, replay, before_logging):
+        """Phase 2: the live state becomes the anchor. Returns `(target, when)` for the replay.
+
+        The step is straight-line code, without a conditional around the
+        maps: XLA runs conditionals that hold the replay far slower (a
+        windowed MLP step lost about one SGD step's time to three of them),
+        and masked copies of the state cost about as much. With
+        `replay_every=1` a batch that may not enter (non-finite, or no room
+        left) therefore replays the previous step's maps instead, which
+        recomputes the previous iterate exactly: the rare case pays for the
+        common one's speed (`when` None: always). With `replay_every > 1`
+        most steps do not replay, and masks keep the model at the last
+        replayed iterate.
+        """
+        model_state = self._model_state()
+        if optimizer.replay_every == 1:
             optimizer.restore_anchor(self.trainable_variables, model_state)
-            target = tf.where(ok, local, local - 1)
-        else:
-            optimizer.restore_anchor(
-                self.trainable_variables,
-                model_state, when=replay, model_state_otherwise=before_logging
-            )
-            target = None
+            return tf.where(ok, local, local - 1), None
+        optimizer.restore_anchor(
+            self.trainable_variables,
+            model_state, when=replay, model_state_otherwise=before_logging
+        )
+        return local, replay
+
+    def _forward(self, optimizer, item, learning_rate, step, when, loss_scale, replicas):
+        """Phase 3: `T_k` on the new batch where `when` (a forward step). Returns the maps run."""
+        forward_maps = tf.constant(0, "int64")
+        if not optimizer.forward_steps:
+            return forward_maps
 
         def forward_map(i):
             self._seed_random_layers(step)
@@ -172,83 +223,74 @@ class BackwardStep:
             )
             return (i + 1,)
 
-        forward_maps = tf.constant(0, "int64")
-        if optimizer.forward_steps:
-            (forward_maps,) = tf.while_loop(
-                lambda i: i < tf.cast(tf.logical_and(replay, forward), "int64"),
-                forward_map,
-                (forward_maps,),
-                maximum_iterations=1,
-            )
-
-        def write():
-            slot = (local - forward_steps - 1) % buffer.capacity
-            replicas.run(
-                buffer.write,
-                (slot, item, learning_rate, tf.logical_and(ok, tf.logical_not(forward))),
-            )
-
-        first = tf.equal(buffer.replayed_step, 0)
-        if every_step:
-            maps = self._replay(optimizer, buffer, target, None, loss_scale, replicas, write)
-        else:
-            maps = self._replay(optimizer, buffer, local, replay, loss_scale, replicas, write)
-        buffer.gradient_evaluations.assign_add(forward_maps + maps)
-        updates.finish_step(
-            optimizer, self.trainable_variables, when=ok, replayed=replay, first=first
+        (forward_maps,) = tf.while_loop(
+            lambda i: i < tf.cast(when, "int64"),
+            forward_map,
+            (forward_maps,),
+            maximum_iterations=1,
         )
-        if loss_scale is not None:
-            loss_scale.finish_step(start_scale, when=ok)
-        buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
-        reports = self._run.incidents
-        reports.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
-        reports.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(ok)))
-        if optimizer.on_nonfinite == "raise":
-            reports.report("nonfinite_batch", step, when=tf.logical_not(finite))
-        replicas.run(self._keep_metrics, (finite, metrics_before, metrics_after))
-        return self.get_metrics_result()
+        return forward_maps
+
+    def _write(self, optimizer, buffer, local, item, learning_rate, when, replicas):
+        """Phase 5: stores the new batch (or its indices) and its rate in its slot, where `when`."""
+        slot = schedule.slot(local, optimizer.forward_steps, buffer.capacity)
+        replicas.run(buffer.write, (slot, item, learning_rate, when))
 
     def _replay(self, optimizer, buffer, step, replay, loss_scale, replicas, write=None):
-        """Brings the anchor to step `step` of the run and replays the maps after it, if `replay`.
+        """Phases 4-6: advances the anchor to step `step`, writes, replays its maps; where `replay`.
 
         `replay` is a boolean tensor, or None for always (unmasked copies).
-        The live state must hold the anchor where it is true. Windowed
-        mode advances the anchor by every map that has left the window since
-        the last replay (one per step, taken in a batch), from the buffer;
-        then `write()` (if given) stores the new batch in the slot the
-        oldest of them left; then the maps of batches `anchor_step(step) + 1
-        ... step` run newest-first.
+        The live state must hold the anchor where it is true. Windowed mode
+        advances the anchor by every map that has left the window since the
+        last replay, from the buffer; then `write()` (if given) stores the
+        new batch in the slot the oldest of them left (read first, then
+        written); then the maps of batches `anchor_step(step) + 1 ... step`
+        run newest-first.
 
         Returns:
             The number of maps applied (gradient evaluations), a scalar
             int64 tensor.
         """
-        forward_steps = optimizer.forward_steps
-        capacity = buffer.capacity
-        model_state = self._model_state()
-        origin = buffer.origin
-
-        def apply_buffered(index):
-            # Random layers are keyed to the batch's arrival step.
-            arrival = origin + index
-            self._seed_random_layers(arrival)
-            slot = (index - forward_steps - 1) % capacity
-            replicas.run(
-                self._apply_buffered,
-                (optimizer, buffer, slot, arrival, loss_scale, replicas),
-            )
-
-        # The anchor's maps up to `forward_steps` ran on the batch of their
-        # own step; those after it come from the buffer.
-        first = tf.maximum(
-            optimizer.anchor_step(buffer.replayed_step - origin), forward_steps
+        apply_buffered = functools.partial(
+            self._apply_buffered_at, optimizer, buffer, loss_scale, replicas
         )
-        target = tf.maximum(optimizer.anchor_step(step), forward_steps)
+        advances = self._advance_anchor(optimizer, buffer, step, replay, apply_buffered)
+        if write is not None:
+            write()
+        count = schedule.replay_count(step, optimizer.window, optimizer.forward_steps)
         zero = tf.zeros_like(step)
-        always = replay is None
+        if replay is not None:
+            count = tf.where(replay, count, zero)
+
+        def replay_map(i):
+            apply_buffered(step - i)
+            return (i + 1,)
+
+        (replayed,) = tf.while_loop(
+            lambda i: i < count,
+            replay_map,
+            (zero,),
+            maximum_iterations=buffer.capacity,
+        )
+        replayed_step = buffer.origin + step
+        if replay is not None:
+            replayed_step = tf.where(replay, replayed_step, buffer.replayed_step)
+        buffer.replayed_step.assign(replayed_step)
+        return advances + replayed
+
+    def _advance_anchor(self, optimizer, buffer, step, replay, apply_buffered):
+        """Phase 4: windowed mode moves the anchor by the maps that left the window, where `replay`.
+
+        The anchor's maps up to `forward_steps` ran on the batch of their own
+        step; those after it come from the buffer. Returns the maps run.
+        """
+        first, last = schedule.advance_range(
+            buffer.replayed_step - buffer.origin, step, optimizer.window, optimizer.forward_steps
+        )
+        zero = tf.zeros_like(step)
         advances = zero
         if optimizer.window is not None:
-            bound = target - first if always else tf.where(replay, target - first, zero)
+            bound = last - first if replay is None else tf.where(replay, last - first, zero)
 
             def advance_anchor(i):
                 apply_buffered(first + 1 + i)
@@ -260,30 +302,35 @@ class BackwardStep:
                 (zero,),
                 maximum_iterations=optimizer.replay_every,
             )
-        if optimizer.window is not None or forward_steps:
+        if optimizer.window is not None or optimizer.forward_steps:
             # when=None: always.
-            optimizer.save_anchor(self.trainable_variables, model_state, when=replay)
-        if write is not None:
-            write()
-        count = step - optimizer.anchor_step(step)
-        if not always:
-            count = tf.where(replay, count, zero)
+            optimizer.save_anchor(self.trainable_variables, self._model_state(), when=replay)
+        return advances
 
-        def replay_map(i):
-            apply_buffered(step - i)
-            return (i + 1,)
-
-        (replayed,) = tf.while_loop(
-            lambda i: i < count,
-            replay_map,
-            (zero,),
-            maximum_iterations=capacity,
+    def _apply_buffered_at(self, optimizer, buffer, loss_scale, replicas, index):
+        """Applies the map of the batch that arrived at step `index` of the run, from the buffer."""
+        # Random layers are keyed to the batch's arrival step.
+        arrival = buffer.origin + index
+        self._seed_random_layers(arrival)
+        slot = schedule.slot(index, optimizer.forward_steps, buffer.capacity)
+        replicas.run(
+            self._apply_buffered,
+            (optimizer, buffer, slot, arrival, loss_scale, replicas),
         )
-        replayed_step = origin + step
-        if not always:
-            replayed_step = tf.where(replay, replayed_step, buffer.replayed_step)
-        buffer.replayed_step.assign(replayed_step)
-        return advances + replayed
+
+    def _finish(self, optimizer, buffer, step, ok, replay, finite, first, loss_scale, start_scale):
+        """Phase 7: counts the step, averages the output iterate, reports incidents."""
+        updates.finish_step(
+            optimizer, self.trainable_variables, when=ok, replayed=replay, first=first
+        )
+        if loss_scale is not None:
+            loss_scale.finish_step(start_scale, when=ok)
+        buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
+        reports = self._run.incidents
+        reports.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
+        reports.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(ok)))
+        if optimizer.on_nonfinite == "raise":
+            reports.report("nonfinite_batch", step, when=tf.logical_not(finite))
 
     def _diverged(self):
         return tf.logical_not(finiteness.all_finite(self.trainable_variables))
