@@ -35,37 +35,9 @@ def plan(run, optimizer, arguments):
     x = arguments.get("x")
     epochs = arguments.get("epochs", 1) - arguments.get("initial_epoch", 0)
     steps_per_epoch = arguments.get("steps_per_epoch")
-    num_samples = num_array_samples(x)
-    batch_size = None
-    if num_samples is not None:
-        batch_size = arguments.get("batch_size")
-        batch_size = 32 if batch_size is None else batch_size
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                "`batch_size` must be a positive integer. Received: "
-                f"batch_size={batch_size!r}"
-            )
-        if num_samples == 0:
-            raise ValueError(
-                "The training data is empty: backward-SGD has no batch to "
-                "buffer. Received: 0 samples"
-            )
-        split = arguments.get("validation_split") or 0.0
-        if split and arguments.get("validation_data") is None:
-            num_samples = int(math.floor(num_samples * (1.0 - split)))
-        if num_samples % batch_size:
-            raise ValueError(
-                f"{errors.STATIC_SHAPE_HINT} Received: {num_samples} training "
-                f"samples with batch_size={batch_size}, which leaves a "
-                f"partial last batch of {num_samples % batch_size}."
-            )
-        if run.batch_size is not None and run.batch_size != batch_size:
-            raise ValueError(
-                f"{errors.STATIC_SHAPE_HINT} This model's replay buffer holds "
-                f"batches of {run.batch_size}. Received: "
-                f"batch_size={batch_size}"
-            )
-        steps_per_epoch = steps_per_epoch or num_samples // batch_size
+    batch_size, array_steps = _array_batches(run, arguments)
+    if array_steps is not None:
+        steps_per_epoch = steps_per_epoch or array_steps
     if steps_per_epoch is None and hasattr(x, "cardinality"):
         cardinality = int(x.cardinality())
         if cardinality == 0:
@@ -79,6 +51,41 @@ def plan(run, optimizer, arguments):
     if optimizer.window is None:
         _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs)
     return batch_size
+
+
+def _array_batches(run, arguments):
+    """`(batch size, batches per epoch)` of in-memory array input (checked), else `(None, None)`."""
+    num_samples = num_array_samples(arguments.get("x"))
+    if num_samples is None:
+        return None, None
+    batch_size = arguments.get("batch_size")
+    batch_size = 32 if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            "`batch_size` must be a positive integer. Received: "
+            f"batch_size={batch_size!r}"
+        )
+    if num_samples == 0:
+        raise ValueError(
+            "The training data is empty: backward-SGD has no batch to "
+            "buffer. Received: 0 samples"
+        )
+    split = arguments.get("validation_split") or 0.0
+    if split and arguments.get("validation_data") is None:
+        num_samples = int(math.floor(num_samples * (1.0 - split)))
+    if num_samples % batch_size:
+        raise ValueError(
+            f"{errors.STATIC_SHAPE_HINT} Received: {num_samples} training "
+            f"samples with batch_size={batch_size}, which leaves a "
+            f"partial last batch of {num_samples % batch_size}."
+        )
+    if run.batch_size is not None and run.batch_size != batch_size:
+        raise ValueError(
+            f"{errors.STATIC_SHAPE_HINT} This model's replay buffer holds "
+            f"batches of {run.batch_size}. Received: "
+            f"batch_size={batch_size}"
+        )
+    return batch_size, num_samples // batch_size
 
 
 def _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs):

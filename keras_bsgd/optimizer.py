@@ -198,23 +198,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
     ):
         _validate(learning_rate, momentum, window, max_steps, kwargs)
         _validate_schedule(replay_every, forward_steps, max_steps)
-        if on_nonfinite not in ("skip", "raise"):
-            raise ValueError(
-                "`on_nonfinite` must be 'skip' (drop a batch whose loss or "
-                "values are NaN/Inf, leaving the state unchanged) or 'raise'. "
-                f"Received: on_nonfinite={on_nonfinite!r}"
-            )
-        if not isinstance(index_buffering, bool):
-            raise TypeError(
-                "`index_buffering` must be True or False. Received: "
-                f"index_buffering={index_buffering!r}"
-            )
-        if xla_unit not in XLA_UNITS:
-            raise ValueError(
-                f"`xla_unit` must be one of {', '.join(map(repr, XLA_UNITS))}: "
-                "what one XLA program covers under `jit_compile=True`. "
-                f"Received: xla_unit={xla_unit!r}"
-            )
+        _validate_policies(on_nonfinite, index_buffering, xla_unit)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
@@ -530,6 +514,26 @@ class _MapSGD(keras.optimizers.SGD):
 
     def load_own_variables(self, store):
         pass
+
+
+def _validate_policies(on_nonfinite, index_buffering, xla_unit):
+    if on_nonfinite not in ("skip", "raise"):
+        raise ValueError(
+            "`on_nonfinite` must be 'skip' (drop a batch whose loss or "
+            "values are NaN/Inf, leaving the state unchanged) or 'raise'. "
+            f"Received: on_nonfinite={on_nonfinite!r}"
+        )
+    if not isinstance(index_buffering, bool):
+        raise TypeError(
+            "`index_buffering` must be True or False. Received: "
+            f"index_buffering={index_buffering!r}"
+        )
+    if xla_unit not in XLA_UNITS:
+        raise ValueError(
+            f"`xla_unit` must be one of {', '.join(map(repr, XLA_UNITS))}: "
+            "what one XLA program covers under `jit_compile=True`. "
+            f"Received: xla_unit={xla_unit!r}"
+        )
 
 
 def _validate_schedule(replay_every, forward_steps, max_steps):
