@@ -99,3 +99,21 @@ def test_random_layer_keys_do_not_wrap_within_a_long_run():
 
     # uint32 counters: 67 million batches before two maps share draws.
     assert 2**32 // random_layers.draws_per_map() >= 2**26
+
+
+@pytest.mark.parametrize(
+    "layer, warns", [(keras.layers.Dense, False), (keras.layers.Conv1D, True)], ids=["dense", "conv"]
+)
+def test_convolutions_on_a_cpu_warn_about_xla_cpu(layer, warns):
+    import warnings
+
+    model = keras_bsgd.Sequential(
+        [keras.Input((6, 3)), layer(2, 3) if warns else layer(2), keras.layers.Flatten(),
+         keras.layers.Dense(2)]
+    )
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    x, y = np.ones((8, 6, 3), "float32"), np.ones((8, 2), "float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=4, verbose=0)
+    assert any("XLA:CPU" in str(w.message) for w in caught) == warns

@@ -21,6 +21,7 @@ from keras_bsgd import errors
 from keras_bsgd import fit_plan
 from keras_bsgd import random_layers
 from keras_bsgd import schedule
+from keras_bsgd import xla_cpu
 from keras_bsgd.backend.jax import keras_private
 from keras_bsgd.backend.jax.run_state import INCIDENTS
 from keras_bsgd.backend.jax.run_state import Run
@@ -122,6 +123,17 @@ class ReplayTrainer(ReplayTrainerBase):
         if self.train_function is not None and not force:
             return self.train_function
         jit = not self.run_eagerly and self.jit_compile
+        if jax.default_backend() == "cpu" and xla_cpu.has_convolution(self):
+            warnings.warn(
+                "keras_bsgd on JAX replays the maps in one XLA loop, and XLA:CPU "
+                "runs convolution gradients inside a loop several times slower than "
+                "at the top of a program (measured: a small CNN's replayed gradient "
+                "cost 3.5-4.7 Keras SGD steps on 2 CPU cores; on a GPU, 0.6-0.8). "
+                "On a CPU, train convolutional models with KERAS_BACKEND=tensorflow, "
+                "which compiles each map's pass separately there "
+                "(docs/backends.md, 'Compilation').",
+                stacklevel=3,
+            )
 
         def replay_step(state):
             return Step(self, optimizer).replay_to_current_step(state)

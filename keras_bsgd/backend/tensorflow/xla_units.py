@@ -2,37 +2,14 @@
 
 import warnings
 
-import keras
 import tensorflow as tf
 
-
-# XLA:CPU emits the gradients of these layers' convolutions as a naive loop
-# nest when they sit inside a loop or conditional (docs/performance.md, "CNN").
-CONVOLUTIONS = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.ConvLSTM1D,
-    keras.layers.ConvLSTM2D,
-    keras.layers.ConvLSTM3D,
-)
+from keras_bsgd.xla_cpu import has_convolution
 
 
 def on_cpu():
     devices = tf.config.list_logical_devices()
     return not any(d.device_type in ("GPU", "TPU") for d in devices)
-
-
-def has_convolution(model):
-    layers = model._flatten_layers(include_self=False)
-    return any(isinstance(layer, CONVOLUTIONS) for layer in layers)
 
 
 def xla_unit(optimizer, model):
