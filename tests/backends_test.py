@@ -443,3 +443,53 @@ def test_an_error_in_the_users_loss_keeps_the_state():
     # The first fit() step traced the loss (and failed): the weights are the model's own.
     for v, p in zip(model.trainable_variables, params, strict=True):
         np.testing.assert_array_equal(numpy(v), p.astype("float32"))
+
+
+def index_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), dtype="uint8")
+    hidden = keras.layers.Dense(6, activation="tanh")(keras.layers.Rescaling(1 / 255)(inputs))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dropout(0.2)(hidden))
+    return keras_bsgd.Model(inputs, keras.layers.Dense(3)(hidden))
+
+
+def index_data(seed, n):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 4)).astype("uint8"), rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize(
+    "fit_kwargs",
+    [
+        dict(epochs=2),
+        dict(validation_split=0.5, epochs=2),
+        dict(class_weight={0: 1.0, 1: 3.0, 2: 0.5}),
+        dict(sample_weight=np.random.default_rng(2).uniform(0.5, 2.0, 48)),
+    ],
+    ids=["shuffle", "validation_split", "class_weight", "sample_weight"],
+)
+def test_index_buffering_equals_buffering_whole_batches(fit_kwargs):
+    x, y = index_data(0, 48)
+    other = index_data(7, 16)
+    runs = []
+    for index_buffering in (True, False):
+        model = index_model()
+        model.compile(
+            optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, max_steps=40,
+                                             index_buffering=index_buffering),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        logs = []
+        # A second fit() on other arrays of the same layout (weights too).
+        weights = {k: v for k, v in fit_kwargs.items() if k == "class_weight"}
+        if "sample_weight" in fit_kwargs:
+            weights["sample_weight"] = np.linspace(0.5, 2.0, 16)
+        for data, kwargs in [((x, y), fit_kwargs), (other, weights)]:
+            keras.utils.set_random_seed(1)  # the same shuffles for both runs
+            logs.append(model.fit(*data, batch_size=8, verbose=0, **kwargs).history)
+        assert (model.data_store is not None) == index_buffering
+        runs.append(([numpy(v) for v in model.variables], logs))
+    (indexed, indexed_logs), (batched, batched_logs) = runs
+    for a, b in zip(indexed, batched, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert indexed_logs == batched_logs

@@ -51,12 +51,16 @@ def test_the_step_is_traced_once_per_run(monkeypatch, settings):
     # Steps that replay, steps that do not, forward steps, the epoch-end
     # replays, and a second fit(): whether a step replays is a value.
     model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False)
-    model.fit(x[:8], y[:8], batch_size=4, verbose=0)
+    model.fit(x, y, batch_size=4, verbose=0)
     assert traces["train"] == 1
     assert traces["replay"] <= 1
 
 
-@pytest.mark.parametrize("settings", [dict(window=4, replay_every=2), dict(max_steps=30)])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(window=4, replay_every=2), dict(max_steps=30, index_buffering=False), dict(max_steps=30)],
+    ids=["window", "exact", "exact-index-buffering"],
+)
 def test_the_ring_buffer_is_updated_in_place(settings):
     # XLA copies a donated buffer whole when a read of a slot must come
     # before the write to it: the step writes the new batch first.
@@ -65,10 +69,15 @@ def test_the_ring_buffer_is_updated_in_place(settings):
     x, y = data()
     model.fit(x[:24], y[:24], batch_size=4, verbose=0, shuffle=False)
     state = model._get_jax_state(True, True, True, True)
-    hlo = model._compiled_step.lower(state, (x[:4], y[:4])).compile().as_text()
     run = model.replay_buffer
-    ring_shapes = [f"f32[{run.slots + 1},4,3]", f"f32[{run.slots + 1},4,2]"]
-    for shape in ring_shapes:
+    if model.data_store is None:
+        batch = (x[:4], y[:4])
+        shapes = [f"f32[{run.slots + 1},4,3]", f"f32[{run.slots + 1},4,2]"]
+    else:  # the ring holds example indices; the store must not be copied either
+        batch = (np.arange(4, dtype="int32"),)
+        shapes = [f"s32[{run.slots + 1},4]", "f32[48,3]", "f32[48,2]"]
+    hlo = model._compiled_step.lower(state, batch).compile().as_text()
+    for shape in shapes:
         copies = [line for line in hlo.splitlines() if f"= {shape}" in line and " copy(" in line]
         assert not copies, copies
     # Every argument of the state is donated and aliased to its output.

@@ -31,6 +31,8 @@ class Run:
 
     Attributes:
         state: The `RunState`, created at the run's first step; None before.
+        data_store: The `DataStore` its buffered example indices point into
+            (index buffering), or None.
         planned_steps: The steps of the run that `fit()` plans for, which
             size exact mode's buffer when nothing else does; None if unknown.
         pending_start: Whether the next step starts the run over from the
@@ -43,13 +45,15 @@ class Run:
 
     def __init__(self):
         self.state = None
+        self.data_store = None
         self.planned_steps = None
         self.pending_start = True
         self.left_weights = None
 
     @property
     def variables(self):
-        return [] if self.state is None else self.state.variables
+        store = [] if self.data_store is None else self.data_store.variables
+        return [*store, *([] if self.state is None else self.state.variables)]
 
     @property
     def batch_size(self):

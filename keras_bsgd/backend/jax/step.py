@@ -61,6 +61,7 @@ class Step:
         self.model = model
         self.optimizer = optimizer
         self.run = optimizer.run_state.state
+        self.store = optimizer.run_state.data_store
         self.layout = Layout(model, optimizer)
 
     # The whole step.
@@ -68,7 +69,9 @@ class Step:
     def train(self, state, data):
         weights, non_trainable, optimizer_values, metrics = state
         o = Values(self.optimizer.variables, optimizer_values)
-        batch = keras.utils.unpack_x_y_sample_weight(data)
+        item = batch = keras.utils.unpack_x_y_sample_weight(data)
+        if self.store is not None:
+            item, batch = batch[0], self.gather(o, batch[0])
         k = o[self.optimizer.iterations] + 1
         local = k - o[self.run.origin]
         rate = self.learning_rate(optimizer_values)
@@ -79,7 +82,7 @@ class Step:
         context = (non_trainable, metrics, optimizer_values)
         s, target, when = self.restore(o, weights, non_trainable, local, ok, replay)
         s, forward_maps = self.forward(s, batch, rate, k, replay & forward, *context)
-        self.write(o, batch, rate, local, ok & ~forward)
+        self.write(o, item, rate, local, ok & ~forward)
         s, advances = self.advance(s, o, target, when, *context)
         s, replayed = self.replay(s, o, target, when, *context)
         s = self.finish(s, o, k, replay, forward_maps + advances + replayed)
@@ -153,7 +156,7 @@ class Step:
         return s, trips
 
     def write(self, o, batch, rate, local, when):
-        """Stores `B_k` and its rate in its ring slot where `when`, else in the scratch slot."""
+        """Stores `B_k` (or its example indices) and its rate in its slot where `when`, else in the scratch slot."""
         run = self.run
         slot = ops.where(when, run.slot(local, self.optimizer.forward_steps), run.slots)
         for variable, leaf in zip(run.batches, run.leaves(batch)):
@@ -226,6 +229,8 @@ class Step:
         slot = run.slot(index, self.optimizer.forward_steps)
         leaves = [lax.dynamic_index_in_dim(o[v], slot, 0, keepdims=False) for v in run.batches]
         batch = run.batch(leaves)
+        if self.store is not None:
+            batch = self.gather(o, batch)
         rate = lax.dynamic_index_in_dim(o[run.learning_rates], slot, 0, keepdims=False)
         return self.apply_map(s, batch, rate, o[run.origin] + index, *context)
 
@@ -250,6 +255,10 @@ class Step:
         return State(weights, self.layout.model_state(non_trainable), map_variables)
 
     # State in and out.
+
+    def gather(self, o, indices):
+        """The batch of examples `indices` from the run's data store (index buffering)."""
+        return self.store.gather([o[v] for v in self.store.variables], indices)
 
     def learning_rate(self, optimizer_values):
         """The rate a batch arriving now is frozen with: the schedule at `iterations`."""

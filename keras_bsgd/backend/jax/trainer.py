@@ -19,10 +19,12 @@ import numpy as np
 from keras_bsgd import custom_code
 from keras_bsgd import errors
 from keras_bsgd import fit_plan
+from keras_bsgd import index_feed
 from keras_bsgd import random_layers
 from keras_bsgd import schedule
 from keras_bsgd import xla_cpu
 from keras_bsgd.backend.jax import keras_private
+from keras_bsgd.backend.jax.data_store import DataStore
 from keras_bsgd.backend.jax.run_state import INCIDENTS
 from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
@@ -96,12 +98,55 @@ class ReplayTrainer(ReplayTrainerBase):
         run = self._run_for(optimizer)
         self._start_run_if_weights_were_set(run)
         fit_plan.plan(run, optimizer, arguments)
+        self._build_from_arrays(arguments)
+        if self._index_buffered(run, optimizer, arguments):
+            arguments = index_feed.feed_indices(run.data_store, arguments)
         callbacks = arguments.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks.callbacks.insert(0, RunCallback())
         else:
             arguments["callbacks"] = [RunCallback(), *(callbacks or [])]
         return super().fit(**arguments)
+
+    def _build_from_arrays(self, arguments):
+        """Builds the model from the first batch of in-memory arrays, before Keras' `fit()`.
+
+        With index buffering Keras is fed example indices, and would build a
+        lazily built model from them; building from the arrays in every case
+        also keeps Keras' use of NumPy's random state (its shuffles) the same
+        with and without index buffering.
+        """
+        data = tuple(arguments.get(k) for k in ("x", "y", "sample_weight"))
+        if index_feed.in_memory(data):
+            batch_size = arguments.get("batch_size") or 32
+            keras_private.build_from_batch(
+                self, keras.tree.map_structure(
+                    lambda a: None if a is None else index_feed.as_floatx(a[:batch_size]), data
+                ),
+            )
+
+    def _index_buffered(self, run, optimizer, arguments):
+        """Whether this fit() feeds example indices into the run's `DataStore` (made if new)."""
+        data = tuple(arguments.get(k) for k in ("x", "y", "sample_weight"))
+        in_memory = index_feed.in_memory(data) and keras.distribution.distribution() is None
+        if run.state is None and run.data_store is None:
+            if optimizer.index_buffering and optimizer.window is None and in_memory:
+                run.data_store = DataStore()
+        if run.data_store is not None and not in_memory:
+            raise ValueError(
+                "This run's replay buffer holds example indices into in-memory "
+                "arrays (index buffering), so every fit() of the run must get "
+                "NumPy arrays. To mix arrays with other input, compile with "
+                "`BackwardSGD(index_buffering=False)`. Received: x of type "
+                f"{type(arguments.get('x')).__name__}"
+            )
+        return run.data_store is not None
+
+    @property
+    def data_store(self):
+        """The `DataStore` the buffered example indices point into, or None (see `index_buffering`)."""
+        optimizer = self._backward_sgd()
+        return None if optimizer is None or optimizer.run_state is None else optimizer.run_state.data_store
 
     def _start_run_if_weights_were_set(self, run):
         """Starts a new run at the next step if the weights are not the ones the trainer left."""
@@ -180,15 +225,17 @@ class ReplayTrainer(ReplayTrainerBase):
         batch = keras.utils.unpack_x_y_sample_weight(data)
         weights, non_trainable, optimizer_values, metrics = state
         run = self._run_for(optimizer)
+        # What the ring keeps: the batch, or (index buffering) its example indices.
+        item = batch if run.data_store is None else batch[0]
         if run.state is None:
             capacity = run.capacity(optimizer)
             if capacity is None:
                 raise errors.unknown_capacity()
             run.state = RunState(
-                batch, schedule.ring_slots(optimizer.window, optimizer.replay_every, capacity)
+                item, schedule.ring_slots(optimizer.window, optimizer.replay_every, capacity)
             )
-            optimizer_values = [*optimizer_values, *(v.value for v in run.variables)]
-        run.state.check(batch)
+            optimizer_values = [*optimizer_values, *(v.value for v in run.state.variables)]
+        run.state.check(item)
         if run.pending_start:
             optimizer_values = self._start_run(optimizer, weights, non_trainable, optimizer_values)
             run.pending_start = False

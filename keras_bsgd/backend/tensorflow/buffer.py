@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bsgd import errors
-from keras_bsgd.backend.tensorflow import structures
+from keras_bsgd import structures
 
 
 

@@ -1,12 +1,10 @@
 """`DataStore`: one device copy of the in-memory training data that index buffering gathers from."""
 
-import hashlib
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bsgd.backend.tensorflow import structures
+from keras_bsgd import structures
 
 
 class DataStore:
@@ -69,30 +67,7 @@ class DataStore:
         """The fingerprints of the datasets, in the order of their offsets."""
         return [fingerprint for fingerprint, _, _, _ in self._datasets]
 
-    @staticmethod
-    def fingerprint(data):
-        """A digest of a dataset's structure, dtypes, shapes and every byte.
-
-        Hashing all bytes costs about as much as the one copy to the device
-        that a new dataset costs anyway, and catches arrays that were
-        changed in place between two `fit()` calls, which a sample would not.
-
-        Args:
-            data: A nest of NumPy arrays (or None leaves).
-
-        Returns:
-            A 32-character hex string.
-        """
-        digest = hashlib.blake2b(digest_size=16)
-        for path, leaf in keras.tree.flatten_with_path(data):
-            digest.update(repr(path).encode())
-            if leaf is None:
-                digest.update(b"None")
-                continue
-            leaf = np.ascontiguousarray(leaf)
-            digest.update(f"{leaf.dtype.str}{leaf.shape}".encode())
-            digest.update(memoryview(leaf).cast("B"))
-        return digest.hexdigest()
+    fingerprint = staticmethod(structures.fingerprint)
 
     def add(self, data):
         """Adds a dataset unless a dataset with its fingerprint is already here.

@@ -5,7 +5,7 @@ host, before any step, so a refused `fit()` leaves the training state as it
 was. The checks every backend makes are `keras_bsgd.fit_plan`'s.
 """
 
-from keras_bsgd.backend.tensorflow import index_feed
+from keras_bsgd import index_feed
 from keras_bsgd.backend.tensorflow.data_store import DataStore
 
 

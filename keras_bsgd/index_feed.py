@@ -17,7 +17,7 @@ from keras.src.trainers.data_adapters.data_adapter_utils import (
     class_weight_to_sample_weights,
 )
 
-from keras_bsgd.backend.tensorflow.structures import num_examples
+from keras_bsgd.structures import num_examples
 
 
 def in_memory(data):
@@ -31,7 +31,7 @@ def in_memory(data):
     )
 
 
-def _as_floatx(array):
+def as_floatx(array):
     # Keras feeds float arrays to the model as floatx (float64 becomes
     # float32); other dtypes (uint8 images, int labels) are kept.
     if array is None or not np.issubdtype(array.dtype, np.floating):
@@ -102,7 +102,7 @@ def feed_indices(store, arguments):
         # One array for every output, as Keras' data adapter replicates it.
         sample_weight = keras.tree.map_structure(lambda _: sample_weight, y)
     data = (x, y, sample_weight)
-    offset = store.add(keras.tree.map_structure(_as_floatx, data))
+    offset = store.add(keras.tree.map_structure(as_floatx, data))
     num_samples = num_examples(data)
     arguments.update(
         x=np.arange(offset, offset + num_samples, dtype="int32"),
