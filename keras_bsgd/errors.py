@@ -119,3 +119,32 @@ def capacity_message(capacity, step, done, forward_steps=0):
         "`BackwardSGD(max_steps=...)`, or use windowed backward-SGD with "
         f"`window=w`. Received: step {step} with capacity={capacity}"
     )
+
+
+# What a compiled step reports to the host (it cannot raise and keep the
+# state): a code per kind, the same on every backend.
+INCIDENT_CODES = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
+
+
+def incident(kind, step, capacity):
+    """The error the host raises for incident `kind` at `step` (`capacity`: the buffer's)."""
+    if kind == "capacity":
+        return ValueError(capacity_message(capacity, step, step - 1, step - 1 - capacity))
+    if kind == "nonfinite_batch":
+        return ValueError(
+            f"The batch of step {step} has a non-finite value or loss (NaN or "
+            "Inf). It was not buffered and the training state is unchanged. "
+            "Clean the input pipeline, or compile with "
+            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
+            f"Received: a non-finite batch at step {step}"
+        )
+    return FloatingPointError(
+        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
+        "from the anchor produced non-finite weights (the composition left "
+        "its contractive region). Lower the learning rate or the window, or "
+        "add gradient clipping (`clipnorm=...`). The model now holds the "
+        "anchor (finite): the state the replay started from. A later fit() "
+        "starts a new run from it, without the buffered batches; compile a "
+        "new BackwardSGD to change the settings. Received: non-finite weights "
+        f"at step {step}"
+    )

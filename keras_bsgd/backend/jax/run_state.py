@@ -19,9 +19,6 @@ from keras_bsgd import schedule
 # and exact mode's N(N+1)/2 passes 2**31 near N = 65,000.
 EVALUATIONS_BASE = 2**30
 
-INCIDENTS = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
-
-
 class Run:
     """One backward-SGD run of a model on JAX: its `RunState`, and what the host keeps of it.
 
@@ -114,7 +111,7 @@ class RunState:
         self.learning_rates = _variable(np.zeros((self.slots + 1,), "float32"), "replay_lr")
         self.origin = _variable(np.int32(0), "replay_origin")
         self.replayed_step = _variable(np.int32(0), "replay_replayed_step")
-        # [code (INCIDENTS), step]; code 0: none.
+        # [code (errors.INCIDENT_CODES), step]; code 0: none.
         self.incident = _variable(np.zeros((2,), "int32"), "replay_incident")
         self.evaluations = _variable(np.zeros((2,), "int32"), "replay_evaluations")
         self.skipped = _variable(np.int32(0), "replay_skipped_batches")

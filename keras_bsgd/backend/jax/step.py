@@ -27,10 +27,10 @@ from jax import lax
 from keras import ops
 
 from keras_bsgd import schedule
+from keras_bsgd import errors
 from keras_bsgd import random_layers
 from keras_bsgd.backend.jax import keras_private
 from keras_bsgd.backend.jax.run_state import EVALUATIONS_BASE
-from keras_bsgd.backend.jax.run_state import INCIDENTS
 
 # The training state S of docs/design.md §2: weights, the model's
 # non-trainable state, and the map optimizer's variables (its counter and
@@ -202,7 +202,7 @@ class Step:
         self.layout.average(o, s.weights, replay & ~diverged, first)
         o[run.replayed_step] = ops.where(replay, k, o[run.replayed_step])
         o[run.evaluations] = add_evaluations(o[run.evaluations], maps)
-        self.report(o, k, ops.where(diverged, INCIDENTS["diverged"], 0))
+        self.report(o, k, ops.where(diverged, errors.INCIDENT_CODES["diverged"], 0))
         return s
 
     def count(self, o, k, ok, finite):
@@ -210,9 +210,9 @@ class Step:
         optimizer, run = self.optimizer, self.run
         o[optimizer.iterations] = o[optimizer.iterations] + ops.cast(ok, "int32")
         o[run.skipped] = o[run.skipped] + ops.cast(~finite, "int32")
-        code = ops.where(finite & ~ok, INCIDENTS["capacity"], 0)
+        code = ops.where(finite & ~ok, errors.INCIDENT_CODES["capacity"], 0)
         if optimizer.on_nonfinite == "raise":
-            code = ops.where(finite, code, INCIDENTS["nonfinite_batch"])
+            code = ops.where(finite, code, errors.INCIDENT_CODES["nonfinite_batch"])
         self.report(o, k, code)
 
     def report(self, o, k, code):

@@ -25,7 +25,6 @@ from keras_bsgd import schedule
 from keras_bsgd import xla_cpu
 from keras_bsgd.backend.jax import keras_private
 from keras_bsgd.backend.jax.data_store import DataStore
-from keras_bsgd.backend.jax.run_state import INCIDENTS
 from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
 from keras_bsgd.backend.jax.run_state import weights_digest
@@ -286,11 +285,11 @@ class ReplayTrainer(ReplayTrainerBase):
             return
         self._keep(state)
         run.state.incident.assign(np.zeros((2,), "int32"))
-        kind = next(k for k, v in INCIDENTS.items() if v == code)
+        kind = next(k for k, v in errors.INCIDENT_CODES.items() if v == code)
         if kind == "diverged":
             self._restore_anchor(optimizer)
             run.pending_start = True
-        raise _incident_error(kind, step, run.state.slots, optimizer.forward_steps)
+        raise errors.incident(kind, step, run.state.slots)
 
     def _restore_anchor(self, optimizer):
         """Puts the anchor (weights, model state, momentum) in the model (host; copies)."""
@@ -346,29 +345,6 @@ class ReplayTrainer(ReplayTrainerBase):
                 stacklevel=2,
             )
         super().save_own_variables(store)
-
-
-def _incident_error(kind, step, capacity, forward_steps):
-    # The messages are the TensorFlow trainer's (keras_bsgd.backend.tensorflow.incidents).
-    if kind == "capacity":
-        return ValueError(
-            errors.capacity_message(capacity, step, step - 1, forward_steps)
-        )
-    if kind == "nonfinite_batch":
-        return ValueError(
-            f"The batch of step {step} has a non-finite value or loss (NaN or "
-            "Inf). It was not buffered and the training state is unchanged. "
-            "Clean the input pipeline, or compile with "
-            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
-            f"Received: a non-finite batch at step {step}"
-        )
-    return FloatingPointError(
-        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
-        "from the anchor produced non-finite weights. Lower the learning rate "
-        "or the window, or add gradient clipping (`clipnorm=...`). The model "
-        "now holds the anchor (finite), and the next fit() starts a new run "
-        f"from it. Received: non-finite weights at step {step}"
-    )
 
 
 class RunCallback(keras.callbacks.Callback):

@@ -3,15 +3,15 @@
 A compiled step cannot raise an error that leaves the training state as it
 was: it would stop between two variable updates. So the step does all or
 none of its work, records what went wrong in a variable, and the host reads
-it after the step and raises. This module is that whole channel: the
-codes, the variable, and the errors the host raises.
+it after the step and raises. This module is the TensorFlow side of that
+channel, the variable; the codes and the errors are `keras_bsgd.errors`'.
 """
 
 import tensorflow as tf
 
 from keras_bsgd import errors
 
-CODES = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
+CODES = errors.INCIDENT_CODES
 
 
 class Incidents:
@@ -49,27 +49,3 @@ class Incidents:
             return None
         self.variable.assign(tf.zeros((2,), "int64"))
         return next(k for k, v in CODES.items() if v == code), step
-
-
-def error(kind, step, capacity):
-    """The error the host raises for incident `kind` at `step` (`capacity`: the buffer's)."""
-    if kind == "capacity":
-        return ValueError(errors.capacity_message(capacity, step, step - 1, step - 1 - capacity))
-    if kind == "nonfinite_batch":
-        return ValueError(
-            f"The batch of step {step} has a non-finite value or loss (NaN or "
-            "Inf). It was not buffered and the training state is unchanged. "
-            "Clean the input pipeline, or compile with "
-            "`BackwardSGD(on_nonfinite='skip')` to drop such batches. "
-            f"Received: a non-finite batch at step {step}"
-        )
-    return FloatingPointError(
-        f"Backward-SGD diverged at step {step}: replaying the buffered batches "
-        "from the anchor produced non-finite weights (the composition left "
-        "its contractive region). Lower the learning rate or the window, or "
-        "add gradient clipping (`clipnorm=...`). The model now holds the "
-        "anchor (finite): the state the replay started from. A later fit() "
-        "starts a new run from it, without the buffered batches; compile a "
-        "new BackwardSGD to change the settings. Received: non-finite weights "
-        f"at step {step}"
-    )

@@ -350,7 +350,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
                 # next fit() starts a new run from there.
                 optimizer.restore_anchor(self.trainable_variables, self._model_state())
                 run.start_over(optimizer.iterations)
-            raise incidents.error(*incident, run.buffer.capacity)
+            raise errors.incident(*incident, run.buffer.capacity)
 
         def train_function(iterator):
             try:
