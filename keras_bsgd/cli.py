@@ -48,7 +48,12 @@ def _parser():
         ),
         epilog="TensorFlow's C++ logs are hidden unless TF_CPP_MIN_LOG_LEVEL is set.",
     )
-    d = DEFAULTS
+    _compare_arguments(compare, DEFAULTS)
+    return parser
+
+
+def _compare_arguments(compare, d):
+    """The options of `keras-bsgd compare`, with the runner's defaults `d`."""
     windows = " ".join(map(str, d["windows"])) or "none"
     compare.add_argument("--dataset", default=d["dataset"], help=(
         "bsgd_digits or mnist1d (built offline on first use), or mnist, "
@@ -91,7 +96,6 @@ def _parser():
     compare.add_argument("--no-jit", dest="jit_compile", action="store_false",
                          help="do not XLA-compile the training steps")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
 def _compare(args):
