@@ -48,15 +48,12 @@ def _map_setting(name):
 class BackwardSGD(keras.optimizers.Optimizer):
     """Backward-SGD: SGD whose per-batch updates are composed newest-first.
 
-    Ordinary (forward) SGD applies the update map `T_i` of batch `i` to the
-    previous iterate, `S_k = T_k(S_{k-1})`. Backward-SGD composes the same maps
-    in reverse order: every step restarts from an anchor state and replays the
-    buffered batches newest-first. In contractive regions its iterates converge
-    to a point, where forward SGD keeps moving with a stationary spread
-    (Dherin et al., 2025). Each `T_i` is one step of Keras `SGD` (with momentum,
-    Nesterov, clipping and weight decay as configured) on batch `i`, frozen
-    when the batch arrives: its learning rate is the schedule's value at the
-    step the batch arrived.
+    Each batch `i` defines a map `T_i`: one step of Keras `SGD` (momentum,
+    Nesterov, weight decay, clipping as configured) at the learning rate of
+    the step the batch arrived. Forward SGD applies the maps in arrival order;
+    backward-SGD restarts every step from an anchor and replays the buffered
+    batches newest-first, so that in contractive regions its iterates
+    converge to a point (Dherin et al., 2025):
 
     ```
     exact (window=None):  S~_k = T_1(T_2(... T_k(S_0)))
@@ -64,98 +61,35 @@ class BackwardSGD(keras.optimizers.Optimizer):
                           S~_k = T_{k-w+1}(... T_k(A_k))
     ```
 
-    The training state `S` is the trainable weights, the momentum slots and
-    the model's non-trainable state (e.g. BatchNorm statistics); random
-    layers (dropout, noise) draw the same numbers whenever batch `i` is
-    replayed. With `use_ema=True` the EMA averages the output iterates, one
-    update per step, and is copied into the model at the end of `fit()`.
-    `window=1` is forward SGD step for step (Keras `SGD`'s iterates) when the
-    model draws no random numbers in training; with random layers (dropout,
-    noise) its masks are keyed to each batch's arrival index, so it is Keras
-    SGD with other, equally distributed masks. A window at least as long as
-    the run is exact backward-SGD. Step `k` costs `min(k, w)` gradient evaluations,
-    plus one to advance the anchor once `k > w` (exact mode: `k`).
-
-    Each map is applied by a Keras `SGD` this optimizer holds,
-    `map_optimizer`, the way `keras.optimizers.LossScaleOptimizer` holds
-    the optimizer it wraps: its `apply()` runs every part of Keras' update
-    (loss-scale unscaling, clipping, weight decay, the SGD rule, constraints).
-    (Not named `inner_optimizer`: Keras' `TensorBoard` and `SwapEMAWeights`
-    take an optimizer with that attribute for a loss-scale wrapper and read
-    the learning rate and EMA there.)
-    `variables` are this optimizer's own (iteration counter, learning rate,
-    EMA, anchor) followed by the map optimizer's (its Keras counter and its
-    momentum slots).
-
-    This optimizer only holds settings and state; the replay itself runs in the
-    trainer of `keras_bsgd.Model`, `keras_bsgd.Sequential` or
-    `keras_bsgd.wrap(model)`. Compiling a plain `keras.Model` with it fails at
-    the first training step rather than silently training as forward SGD.
-    `optimizer.iterations` counts outer steps (batches consumed), never
-    inner replays.
+    The replay runs in the trainer of `keras_bsgd.Model`, `Sequential` or
+    `wrap(model)`; a plain `keras.Model` compiled with it refuses to train.
+    What each setting computes: docs/semantics.md.
 
     Args:
-        learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
-            or a callable, as for `keras.optimizers.SGD`. Defaults to `0.01`.
+        learning_rate: A float, a `LearningRateSchedule` or a callable, as
+            for `keras.optimizers.SGD`. Defaults to `0.01`.
         momentum: Float in `[0, 1)`. Defaults to `0.0`.
         nesterov: Whether to apply Nesterov momentum. Defaults to `False`.
-        window: Integer `w >= 1` for windowed backward-SGD, or `None` for exact
-            backward-SGD. Defaults to `None`.
-        max_steps: Buffer capacity of exact mode: the most steps the run may
-            take. When `None`, `fit()` uses the number of steps it will run,
-            where that is known. Only valid with `window=None`.
-            Defaults to `None`.
-        on_nonfinite: What to do with a batch whose values or loss are NaN or
-            Inf: `"skip"` drops it (the step leaves the training state
-            unchanged and does not count; the model's `skipped_batches` counts
-            it), `"raise"` stops `fit()` with a `ValueError` naming the step,
-            the state unchanged. Either way it never enters the buffer.
-            Replays that turn the weights non-finite (divergence) always
-            raise `FloatingPointError`. Defaults to `"skip"`.
-        index_buffering: Whether exact mode buffers example indices instead
-            of whole batches when `fit()` gets in-memory NumPy arrays: the
-            buffer then holds `batch_size` int32 per step and every replay
-            gathers its batch from one device copy of the arrays (a
-            `keras_bsgd.DataStore`). The trajectory is the same bit for bit.
-            Windowed mode and `tf.data` / generator input always buffer
-            whole batches, and so does training under a `tf.distribute`
-            strategy. Defaults to `True`.
-        xla_unit: What one XLA program covers when the model is compiled
-            with `jit_compile=True`: `"step"`, the whole training step (the
-            replay loop included), or `"map"`, the forward and backward pass
-            of one map, called from a TensorFlow graph that runs the loop and
-            the updates. `"auto"` picks `"map"` when TensorFlow sees no GPU
-            or TPU and the model has a convolution layer, because XLA:CPU
-            runs convolution gradients inside a loop several times slower
-            than at the top of a program, and `"step"` otherwise (one
-            program is faster for everything else). Under a multi-replica
-            strategy it is always `"map"`.
-            Either way the program compiles once per run. Defaults to
+        window: Integer `w >= 1` for windowed backward-SGD, or `None` for
+            exact backward-SGD. Defaults to `None`.
+        max_steps: Exact mode's buffer capacity, the most steps of the run;
+            `None`: the steps `fit()` plans, where known. Defaults to `None`.
+        on_nonfinite: `"skip"` drops a batch with a NaN/Inf value or loss
+            (`model.skipped_batches` counts it), `"raise"` stops `fit()`;
+            either way the state is unchanged. Defaults to `"skip"`.
+        index_buffering: Whether exact mode on NumPy arrays buffers example
+            indices instead of batches (same trajectory). Defaults to `True`.
+        xla_unit: TensorFlow only: what one XLA program covers under
+            `jit_compile=True`, `"step"`, `"map"` or `"auto"`. Defaults to
             `"auto"`.
         replay_every: Integer `E >= 1`: compute the backward iterate only
-            at the steps where it is observed. Every step buffers its batch
-            and logs its loss (windowed: the anchor still advances by one map
-            per step, in a batch at the next replay); the replay that
-            produces `S~_k` runs only at steps `k` that are multiples of
-            `E`, and at the last step of every epoch and of `fit()`. Exact
-            mode's iterates do not depend on each other, so this is exact,
-            not an approximation: an `N`-step run costs about
-            `N + N**2 / (2 * E)` gradient evaluations instead of
-            `N * (N + 1) / 2`. Between replays the model holds the last
-            replayed iterate (before the first, `S_0`). Windowed mode keeps
-            `window + E - 1` batches. Defaults to `1` (every step).
-        forward_steps: Integer `W >= 0`: steps `1..W` are plain forward SGD
-            (exactly `keras.optimizers.SGD` with the same settings, one
-            gradient evaluation per step, nothing buffered); the backward
-            phase then composes the later maps on the state they reached,
-            exact mode `S~_k = T_{W+1}(... T_k(S_W))`, windowed mode
-            replaying only batches after `W`. Backward-SGD's effect lives in
-            contractive regions around minima, which a warm start reaches.
-            `optimizer.iterations` and schedules count every step. Exact
-            mode's buffer holds `max_steps - W` batches. Defaults to `0`.
+            every `E` steps and at epoch ends (exact, not an approximation).
+            Defaults to `1`.
+        forward_steps: Integer `W >= 0`: steps `1..W` are plain forward SGD,
+            a warm start for the backward phase. Defaults to `0`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
-            `loss_scale_factor`, `name`, ...).
+            `loss_scale_factor`, `use_ema`, `name`, ...).
 
     References:
         - [Dherin et al., 2025](https://arxiv.org/abs/2502.01557), "How
