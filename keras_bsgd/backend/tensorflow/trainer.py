@@ -20,7 +20,6 @@ from keras_bsgd import errors
 from keras_bsgd import fit_plan as core_fit_plan
 from keras_bsgd.backend.tensorflow import fit_inputs
 from keras_bsgd.backend.tensorflow import fit_plan
-from keras_bsgd.backend.tensorflow import incidents
 from keras_bsgd import index_feed
 from keras_bsgd.backend.tensorflow import run_callback
 from keras_bsgd.backend.tensorflow import run_saving
