@@ -7,9 +7,11 @@ part, and the hooks through which a model made by `keras_bsgd.wrap` calls the
 wrapped model's own `compute_loss` and metrics.
 """
 
+import hashlib
 import inspect
 
 import keras
+import numpy as np
 
 from keras_bsgd import custom_code
 from keras_bsgd import random_layers
@@ -58,6 +60,13 @@ class ReplayTrainerBase:
     def _model_state(self):
         """The non-trainable variables that belong to the training state S."""
         return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
+
+    def _weights_digest(self):
+        """A digest of the weights and model state, on the host, to tell weights set from outside."""
+        digest = hashlib.blake2b(digest_size=16)
+        for variable in self.trainable_variables + self._model_state():
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).data)
+        return digest.digest()
 
     def _source_hook(self, name):
         source = self._hook_source()

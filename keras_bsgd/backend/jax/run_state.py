@@ -6,7 +6,6 @@ that `BackwardSGD.variables` lists after its saved state (`run_state`, the
 `Run`).
 """
 
-import hashlib
 
 import jax
 import keras
@@ -168,14 +167,6 @@ class RunState:
         """The run's gradient evaluations so far, an int (host)."""
         low, high = (int(v) for v in np.asarray(self.evaluations.value))
         return high * EVALUATIONS_BASE + low
-
-
-def weights_digest(variables):
-    """A digest of the values of `variables` (host), to tell weights set from outside."""
-    digest = hashlib.sha256()
-    for variable in variables:
-        digest.update(np.ascontiguousarray(np.asarray(variable.value)).tobytes())
-    return digest.hexdigest()
 
 
 def _variable(value, name):

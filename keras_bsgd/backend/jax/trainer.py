@@ -27,7 +27,6 @@ from keras_bsgd.backend.jax import keras_private
 from keras_bsgd.backend.jax.data_store import DataStore
 from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
-from keras_bsgd.backend.jax.run_state import weights_digest
 from keras_bsgd.backend.jax.step import Step
 from keras_bsgd.trainer import ReplayTrainerBase
 
@@ -328,9 +327,6 @@ class ReplayTrainer(ReplayTrainerBase):
             self.optimizer.variables,
             self.metrics_variables,
         )
-
-    def _weights_digest(self):
-        return weights_digest([*self.trainable_variables, *self._model_state()])
 
     def save_own_variables(self, store):
         optimizer = self._backward_sgd()

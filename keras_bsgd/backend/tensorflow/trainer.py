@@ -8,11 +8,9 @@ incidents (`incidents`), the host-side callback (`run_callback`) and saving
 (`run_saving`). The public model classes live in `keras_bsgd.models`.
 """
 
-import hashlib
 import inspect
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_bsgd import custom_code
@@ -169,13 +167,6 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             ) from None
         finally:
             self._first_batch = None
-
-    def _weights_digest(self):
-        """A digest of the weights and model state, on the host."""
-        digest = hashlib.blake2b(digest_size=16)
-        for variable in self.trainable_variables + self._model_state():
-            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).data)
-        return digest.digest()
 
     def _record_weights(self):
         # What the trainer left in the model; see `_start_run_if_weights_were_set`.
