@@ -10,6 +10,13 @@ import math
 import keras
 import numpy as np
 
+# Keras' data adapter for arrays, private: Keras has no public name for the
+# checks fit() makes of its arrays (their cardinalities, sample weights against
+# y, class weights), and with index buffering fit() never shows Keras the
+# arrays, so they are shown to the adapter Keras would have made of them,
+# which refuses them with Keras' own words.
+from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
 # fit() turns class weights into sample weights inside its data adapter; with
 # index buffering they must become data before that, exactly as Keras does it,
 # and Keras has no public name for the conversion.
@@ -59,6 +66,61 @@ def _validation_split(data, split):
     return part(0, split_at), part(split_at, num_samples)
 
 
+def check_arrays(arguments):
+    """Refuses the arrays of a `fit()` that Keras' own `fit()` would refuse.
+
+    Index buffering hands Keras example indices instead of the arrays, so
+    Keras never sees arrays of different lengths (16 inputs, 8 labels) or
+    sample weights that do not match `y`, and the step would gather past
+    the end of the shorter ones. This shows Keras' array adapter the arrays
+    `fit()` would have given it (after the validation split, as `fit()`
+    splits first), and the validation arrays, so the errors are Keras' own,
+    raised before anything changes. Input other than arrays
+    (and tensors) is left to Keras.
+
+    Args:
+        arguments: `fit()`'s arguments by name.
+
+    Raises:
+        ValueError: Keras' error for the arrays: cardinalities that differ,
+            sample weights whose structure does not match `y`'s, class
+            weights with sample weights or with several outputs, or a
+            validation split that leaves no example on one side.
+
+    Example:
+
+    >>> import numpy as np
+    >>> check_arrays(dict(x=np.zeros((16, 2)), y=np.zeros(8)))
+    Traceback (most recent call last):
+    ...
+    ValueError: Data cardinality is ambiguous. Make sure all arrays contain the same number of samples.'x' sizes: 16
+    'y' sizes: 8
+    <BLANKLINE>
+    """
+    data = tuple(arguments.get(k) for k in ("x", "y", "sample_weight"))
+    if not _arrays(data):
+        return
+    validation = arguments.get("validation_data")
+    split = arguments.get("validation_split")
+    if split and validation is None:
+        data, validation = _validation_split(data, split)
+    ArrayDataAdapter(*data, class_weight=arguments.get("class_weight"))
+    # Keras checks the validation arrays only when it first evaluates, after
+    # an epoch of training; they are checked here before any step.
+    if isinstance(validation, (tuple, list)) and 2 <= len(validation) <= 3:
+        validation = keras.utils.unpack_x_y_sample_weight(tuple(validation))
+        if _arrays(validation):
+            ArrayDataAdapter(*validation)
+
+
+def _arrays(data):
+    # NumPy arrays and tensors, as `keras_bsgd.fit_plan` counts examples.
+    leaves = [a for a in keras.tree.flatten(data) if a is not None]
+    return bool(leaves) and all(
+        isinstance(a, np.ndarray) or keras.ops.is_tensor(a) for a in leaves
+    )
+
+
 def feed_indices(store, arguments):
     """Puts fit()'s arrays into `store`; returns the arguments that feed their indices.
 
@@ -75,6 +137,10 @@ def feed_indices(store, arguments):
     Returns:
         The arguments to call Keras' `fit()` with instead.
 
+    Raises:
+        ValueError: Keras' error for arrays its `fit()` would refuse (see
+            `check_arrays`), before `store` changes.
+
     Example:
 
     >>> import numpy as np
@@ -84,18 +150,15 @@ def feed_indices(store, arguments):
     >>> args["x"].tolist(), args["y"], args["validation_data"][1].tolist()
     ([0, 1, 2, 3, 4, 5, 6, 7], None, [8, 9])
     """
+    check_arrays(arguments)
     x, y, sample_weight = (arguments.get(k) for k in ("x", "y", "sample_weight"))
-    class_weight = arguments.get("class_weight")
-    if class_weight is not None and (
-        sample_weight is not None or keras.tree.is_nested(y)
-    ):
-        return arguments  # Keras' data adapter rejects these before any step.
     split = arguments.pop("validation_split", 0.0)
     data = (x, y, sample_weight)
     if split and arguments.get("validation_data") is None:
         data, arguments["validation_data"] = _validation_split(data, split)
     x, y, sample_weight = data
-    if arguments.pop("class_weight", None) is not None:
+    class_weight = arguments.pop("class_weight", None)
+    if class_weight is not None:
         # Training examples only: validation is not class-weighted.
         sample_weight = class_weight_to_sample_weights(y, class_weight)
     if keras.tree.is_nested(y) and isinstance(sample_weight, np.ndarray):

@@ -129,14 +129,32 @@ class ReplayBuffer:
         ]
 
     @property
+    def variables(self):
+        """Every variable of the buffer: the slots, frozen learning rates and counters."""
+        return [
+            *(v for v in self._slots if v is not None),
+            self.learning_rates,
+            self.skipped_batches,
+            self.replayed_step,
+            self.gradient_evaluations,
+            self.origin,
+        ]
+
+    @property
     def nbytes(self):
         """Bytes held by the batch slots (all leaves, all slots)."""
         return structures.nbytes(self._slots)
 
     @property
     def batch_size(self):
-        """The leading dimension shared by every buffered batch."""
+        """The leading dimension shared by every buffered batch (one replica's)."""
         return structures.num_examples(self.spec)
+
+    @property
+    def global_batch_size(self):
+        """The batch size summed over the replicas that hold a shard of each batch."""
+        replicas = self._strategy.num_replicas_in_sync if self.per_replica else 1
+        return self.batch_size * replicas
 
     @staticmethod
     def spec_of(batch):
