@@ -8,10 +8,9 @@ SAVED_RUN_PREFIX = "replay_buffer:"
 
 
 STATIC_SHAPE_HINT = (
-    "Backward-SGD keeps past batches in fixed-size buffers, so every batch "
-    "must have the same static shape and dtype. Batch a tf.data pipeline "
-    "with `.batch(batch_size, drop_remainder=True)`, or pass NumPy arrays "
-    "whose length is a multiple of `batch_size`."
+    "Backward-SGD keeps past batches in fixed-size buffers, so the batches "
+    "of a run must all have one structure, shape and dtype (a shorter last "
+    "batch is skipped)."
 )
 
 

@@ -1,7 +1,8 @@
 """What a backward-SGD `fit()` checks and decides before its first step, on every backend.
 
-Batches must all have one size (the buffer's slots are static), and exact
-mode's buffer must be sized from the run's length. All of it is checked on
+A run's batches must all have one size (the buffer's slots are static; a
+shorter last batch is skipped, see `partial_batches`), and exact mode's
+buffer must be sized from the run's length. All of it is checked on
 the host, before any step, so a refused `fit()` leaves the training state as
 it was.
 """
@@ -28,8 +29,8 @@ def plan(run, optimizer, arguments):
         The batch size of in-memory array input, or None for other input.
 
     Raises:
-        ValueError: if a batch would be partial, the data is empty, the
-            batch size differs from the run's, or exact mode's buffer cannot
+        ValueError: if the data is empty, the batch size differs from the
+            run's, or exact mode's buffer cannot
             hold the run (or nothing gives its length).
     """
     x = arguments.get("x")
@@ -73,19 +74,17 @@ def _array_batches(run, arguments):
     split = arguments.get("validation_split") or 0.0
     if split and arguments.get("validation_data") is None:
         num_samples = int(math.floor(num_samples * (1.0 - split)))
-    if num_samples % batch_size:
+    # Keras' last batch is partial where the batch size does not divide the
+    # data (a whole batch where the data is smaller): the step skips it.
+    full_size = min(batch_size, max(num_samples, 1))
+    if run.batch_size is not None and run.batch_size != full_size:
         raise ValueError(
-            f"{errors.STATIC_SHAPE_HINT} Received: {num_samples} training "
-            f"samples with batch_size={batch_size}, which leaves a "
-            f"partial last batch of {num_samples % batch_size}."
+            f"This run's replay buffer holds batches of {run.batch_size} "
+            "examples. Use that batch size, or compile the model again with a "
+            "new BackwardSGD to start a run with another. Received: "
+            f"batch_size={batch_size} on {num_samples} training samples"
         )
-    if run.batch_size is not None and run.batch_size != batch_size:
-        raise ValueError(
-            f"{errors.STATIC_SHAPE_HINT} This model's replay buffer holds "
-            f"batches of {run.batch_size}. Received: "
-            f"batch_size={batch_size}"
-        )
-    return batch_size, num_samples // batch_size
+    return full_size, num_samples // full_size
 
 
 def _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs):

@@ -7,6 +7,7 @@ part, and the hooks through which a model made by `keras_bsgd.wrap` calls the
 wrapped model's own `compute_loss` and metrics.
 """
 
+import contextlib
 import hashlib
 import inspect
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from keras_bsgd import custom_code
 from keras_bsgd import random_layers
+from keras_bsgd.partial_batches import PartialBatches
 from keras_bsgd.optimizer import backward_sgd_of
 
 _COMPILE_SIGNATURE = inspect.signature(keras.Model.compile)
@@ -26,8 +28,13 @@ class ReplayTrainerBase:
     # A wrapped model whose class customizes the loss or metrics (see `wrap`):
     # a function returning it, so that Keras does not track it as a layer.
     _hook_source = staticmethod(lambda: None)
+    # The batch size this fit()'s batches must have until the run's buffer
+    # fixes it (fit()'s plan, or the first batch), and what fit() skipped.
+    _fit_batch_size = None
+    _partial_batches = None
 
     def compile(self, *args, **kwargs):
+        self._fit_batch_size = None
         arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
         if backward_sgd_of(arguments.get("optimizer")) is not None:
             custom_code.check_no_custom_train_step(type(self))
@@ -52,6 +59,47 @@ class ReplayTrainerBase:
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    @contextlib.contextmanager
+    def _fitting(self, batch_size):
+        """The scope of one `fit()` whose batches hold `batch_size` examples (None: unknown)."""
+        self._fit_batch_size = batch_size
+        self._partial_batches = PartialBatches()
+        try:
+            yield
+        finally:
+            skipped, self._partial_batches = self._partial_batches, None
+            skipped.warn(stacklevel=5)
+
+    def _full_batches(self, batches, size_of, run_batch_size):
+        """The batches of `batches` that are maps of the run; shorter ones are skipped.
+
+        Args:
+            batches: The batches of one call of the train function.
+            size_of: Returns a batch's size (an int, or None if unknown).
+            run_batch_size: The run's batch size, or None before its buffer.
+
+        Raises:
+            ValueError: for a batch larger than the run's, before any step.
+        """
+        skipped = self._partial_batches or PartialBatches()  # train_on_batch
+        if self._partial_batches is None and self.data_store is not None:
+            raise ValueError(
+                "This run's replay buffer holds example indices into the arrays "
+                "of its fit() calls (index buffering), so train_on_batch() cannot "
+                "add a batch to it; the state is unchanged. To mix fit() and "
+                "train_on_batch(), compile with `BackwardSGD(index_buffering=False)`. "
+                "Received: a train_on_batch() call in an index-buffered run"
+            )
+        full = []
+        for batch in batches:
+            size = size_of(batch)
+            if skipped.admits(size, run_batch_size or self._fit_batch_size):
+                self._fit_batch_size = self._fit_batch_size or size
+                full.append(batch)
+        if self._partial_batches is None:
+            skipped.warn(stacklevel=5)
+        return full
+
     def _backward_sgd(self):
         """The `BackwardSGD` this model trains with (inside a loss-scale wrapper too), or None."""
         # An uncompiled model has no `optimizer` attribute (loading weights).
@@ -65,7 +113,7 @@ class ReplayTrainerBase:
         """A digest of the weights and model state, on the host, to tell weights set from outside."""
         digest = hashlib.blake2b(digest_size=16)
         for variable in self.trainable_variables + self._model_state():
-            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).data)
+            digest.update(np.ascontiguousarray(np.asarray(variable.value)).data)
         return digest.digest()
 
     def _source_hook(self, name):

@@ -32,32 +32,12 @@ def trained_model(window=2, steps=4):
     return model, batches
 
 
-def test_partial_last_batch_in_dataset_is_rejected_with_drop_remainder_hint():
-    model, batches = trained_model()
-    before = snapshot(model)
-    xs = np.concatenate([b[0] for b in batches]).astype("float32")
-    ys = np.concatenate([b[1] for b in batches]).astype("float32")
-    ragged = tf.data.Dataset.from_tensor_slices((xs[:15], ys[:15])).batch(4)
-    with pytest.raises(ValueError, match=r"drop_remainder=True.*\(None, 3\)"):
-        model.fit(ragged, verbose=0)
-    assert_unchanged(model, before)
-
-
-def test_numpy_inputs_with_partial_last_batch_are_rejected_before_training():
-    batches, params = make_stream(seed=0, num_batches=1)
-    model = make_mlp(params)
-    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
-    with pytest.raises(ValueError, match="partial last batch of 2"):
-        model.fit(np.ones((10, 3)), np.ones((10, 2)), batch_size=4, verbose=0)
-    assert model.replay_buffer is None
-
-
 def test_numpy_batch_size_cannot_change_between_fits():
     model, _ = trained_model()
     before = snapshot(model)
     model.fit(np.ones((8, 3), "float32"), np.ones((8, 2), "float32"), batch_size=4, verbose=0)
     before = snapshot(model)
-    with pytest.raises(ValueError, match="holds batches of 4. Received: batch_size=8"):
+    with pytest.raises(ValueError, match="holds batches of 4 examples.*Received: batch_size=8"):
         model.fit(np.ones((16, 3), "float32"), np.ones((16, 2), "float32"), batch_size=8, verbose=0)
     assert_unchanged(model, before)
 
@@ -68,14 +48,13 @@ def test_batch_of_other_shape_or_dtype_is_rejected():
     other_size = tf.data.Dataset.from_tensor_slices(
         (np.ones((16, 3), "float32"), np.ones((16, 2), "float32"))
     ).batch(8, drop_remainder=True)
-    # reduce_retracing generalizes the new shape to (None, 3) before the check.
-    with pytest.raises(ValueError, match=r"holds batches of .*\(4, 3\) float32.*\((None|8), 3\)"):
+    with pytest.raises(ValueError, match=r"holds batches of 4 examples.*a batch of 8 examples"):
         model.fit(other_size, verbose=0)
     assert_unchanged(model, before)
     other_dtype = tf.data.Dataset.from_tensor_slices(
         (np.ones((8, 3), "float64"), np.ones((8, 2), "float32"))
     ).batch(4, drop_remainder=True)
-    with pytest.raises(ValueError, match=r"Received: a batch of .*\((4|None), 3\) float64"):
+    with pytest.raises(ValueError, match=r"Received: a batch of .*\(4, 3\) float64"):
         model.fit(other_dtype, verbose=0)
     assert_unchanged(model, before)
 

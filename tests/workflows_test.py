@@ -112,19 +112,30 @@ def test_generators_and_py_datasets_train_with_the_first_batch_size(kind, mode):
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("kind", ["generator", "py_dataset"])
-def test_a_later_partial_batch_stops_with_a_clear_error_and_the_state_kept(kind, mode):
+def test_a_shorter_batch_is_skipped_and_a_larger_one_refused_with_the_state_kept(kind, mode):
     batches, params = make_stream(seed=23, num_batches=4)
     partial = (batches[0][0][:2], batches[0][1][:2])
-    data = generator(batches, [partial]) if kind == "generator" else Batches([*batches, partial])
+    stream = [*batches[:2], partial, *batches[2:]]
+    data = generator(stream) if kind == "generator" else Batches(stream)
     model = lazy_sequential(params)
     recorder = StateRecorder()
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=WINDOW), loss="mse", **MODES[mode])
-    with pytest.raises(ValueError, match=r"first batch of this (fit\(\)|run) had 4 examples.*"
-                       r"Received: a batch of another size than 4"):
+    with pytest.warns(UserWarning, match=r"skipped 1 partial batch\(es\) \(2 examples\)"):
         model.fit(data, verbose=0, callbacks=[recorder], shuffle=False)
     assert int(model.optimizer.iterations) == 4
-    final = {"params": [v.numpy() for v in model.trainable_variables], "momentum": []}
-    assert max_relative_error(final, expected_states(batches, params)[-1]) <= 1e-5
+    states = recorder.states
+    assert max_relative_error(states[2], states[1]) == 0  # the skipped batch
+    assert_matches_reference([*states[:2], *states[3:]], batches, params)
+
+    larger = tuple(np.concatenate([a, a]) for a in batches[0])
+    stream = [batches[0], larger]
+    data = generator(stream) if kind == "generator" else Batches(stream)
+    with pytest.raises(ValueError, match="holds batches of 4 examples.*a batch of 8 examples"):
+        model.fit(data, verbose=0, callbacks=[recorder], shuffle=False)
+    assert int(model.optimizer.iterations) == 5
+    after_one = expected_states([*batches, batches[0]], params)[-1]
+    final = {"params": [np.asarray(v.value) for v in model.trainable_variables], "momentum": []}
+    assert max_relative_error(final, after_one) <= 1e-5
 
 
 @pytest.mark.tensorflow
@@ -155,16 +166,18 @@ def test_dataset_whose_map_dropped_the_static_batch_size_trains():
 
 
 @pytest.mark.tensorflow
-def test_dataset_without_any_static_batch_size_names_both_causes():
+def test_dataset_without_drop_remainder_trains_and_skips_its_partial_batch():
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (np.ones((16, 3), "float32"), np.ones((16, 2), "float32"))
-    ).batch(4)  # no drop_remainder: every leaf has batch dimension None
-    model = keras_bsgd.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
-    with pytest.raises(ValueError, match=r"drop_remainder=True.*after `batch\(\)`.*ensure_shape"):
-        model.fit(dataset, verbose=0)
+    batches, params = make_stream(seed=24, num_batches=4)
+    xs, ys = arrays(batches)
+    dataset = tf.data.Dataset.from_tensor_slices((xs[:15], ys[:15])).batch(4)
+    assert dataset.element_spec[0].shape[0] is None
+    model = lazy_sequential(params)
+    with pytest.warns(UserWarning, match=r"skipped 1 partial batch\(es\) \(3 examples\)"):
+        states = fit_recorded(model, dataset, MODES["xla"])
+    assert int(model.optimizer.iterations) == 3
+    assert_matches_reference(states[:3], batches[:3], params)
 
 
 class DoubledLoss:

@@ -132,16 +132,6 @@ class RunState:
         spec = [(tuple(leaf.shape), _dtype(leaf)) for leaf in leaves]
         if spec == self.spec:
             return
-        same_but_size = [(s[1:], d) for s, d in spec] == [(s[1:], d) for s, d in self.spec]
-        if same_but_size:
-            raise ValueError(
-                f"{errors.STATIC_SHAPE_HINT} The first batch of this run had "
-                f"{self.batch_size} examples, which fixes the size of every batch; "
-                "a later batch had another size (e.g. a partial last batch), and "
-                "training stopped before that step, with the state of the step "
-                "before. Received: a batch of another size than "
-                f"{self.batch_size}: {_describe(spec)}"
-            )
         raise ValueError(
             f"{errors.STATIC_SHAPE_HINT} This run's batches are {_describe(self.spec)}; "
             "training stopped before this step, with the state of the step before. "

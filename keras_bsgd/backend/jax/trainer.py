@@ -10,6 +10,7 @@ raising what the step reported, and replaying at epoch ends with
 """
 
 import inspect
+import itertools
 import warnings
 
 import jax
@@ -20,6 +21,7 @@ from keras_bsgd import custom_code
 from keras_bsgd import errors
 from keras_bsgd import fit_plan
 from keras_bsgd import index_feed
+from keras_bsgd import partial_batches
 from keras_bsgd import random_layers
 from keras_bsgd import schedule
 from keras_bsgd import xla_cpu
@@ -95,7 +97,7 @@ class ReplayTrainer(ReplayTrainerBase):
         arguments.pop("self")
         run = self._run_for(optimizer)
         self._start_run_if_weights_were_set(run)
-        fit_plan.plan(run, optimizer, arguments)
+        batch_size = fit_plan.plan(run, optimizer, arguments)
         self._build_from_arrays(arguments)
         if self._index_buffered(run, optimizer, arguments):
             arguments = index_feed.feed_indices(run.data_store, arguments)
@@ -104,7 +106,8 @@ class ReplayTrainer(ReplayTrainerBase):
             callbacks.callbacks.insert(0, RunCallback())
         else:
             arguments["callbacks"] = [RunCallback(), *(callbacks or [])]
-        return super().fit(**arguments)
+        with self._fitting(batch_size):
+            return super().fit(**arguments)
 
     def _build_from_arrays(self, arguments):
         """Builds the model from the first batch of in-memory arrays, before Keras' `fit()`.
@@ -187,23 +190,27 @@ class ReplayTrainer(ReplayTrainerBase):
         self._compiled_replay = jax.jit(replay_step, donate_argnums=0) if jit else replay_step
 
         def train_function(state, iterator):
+            batches = list(itertools.islice(iterator, self.steps_per_execution))
+            if not batches:
+                # A dataset of unknown length ended the epoch: its last step
+                # must leave the output iterate in the model.
+                self.jax_state_sync()
+                self.replay_to_current_step()
+                raise StopIteration
             logs = None
-            for i in range(self.steps_per_execution):
-                try:
-                    data = next(iterator)
-                except StopIteration:
-                    if i == 0:
-                        # A dataset of unknown length ended the epoch: its last
-                        # step must leave the output iterate in the model.
-                        self.jax_state_sync()
-                        self.replay_to_current_step()
-                        raise
-                    break
+            run = self._run_for(optimizer)
+            for data in self._full_batches(batches, partial_batches.leading_size, run.batch_size):
                 logs, state = self._train_one(optimizer, state, data)
-            return logs, state
+            return self._metrics_logs(state) if logs is None else logs, state
 
         self.train_function = train_function
         return train_function
+
+    def _metrics_logs(self, state):
+        """The metrics' results in `state` (no step ran: every batch was partial)."""
+        mapping = list(zip(self.metrics_variables, state[3]))
+        with keras.StatelessScope(state_mapping=mapping):
+            return self.get_metrics_result()
 
     def _train_one(self, optimizer, state, data):
         """Runs one step on `data`; on an error the model keeps the state of the step before."""

@@ -10,10 +10,6 @@ import tensorflow as tf
 from keras_bsgd.fit_plan import num_array_samples
 
 
-# The name of the shape check of batches whose size only the first batch fixed.
-BATCH_CHECK = "keras_bsgd_batch_size"
-
-
 def peek_first_batch(x):
     """`(first batch or None, x)`: a generator's or PyDataset's first batch, and what to pass on.
 
@@ -63,11 +59,3 @@ def symbolic(leaf):
     shape = tuple(leaf.shape)
     return keras.KerasTensor((None, *shape[1:]) if shape else shape, dtype)
 
-
-def leading_size(batch):
-    """The shared leading dimension of every leaf of `batch`, or None."""
-    if batch is None:
-        return None
-    leaves = [t for t in keras.tree.flatten(batch) if t is not None]
-    sizes = {np.shape(t)[0] if np.ndim(t) else None for t in leaves}
-    return sizes.pop() if len(sizes) == 1 and None not in sizes else None

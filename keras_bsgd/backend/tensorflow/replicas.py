@@ -15,6 +15,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_bsgd.partial_batches import leading_size
+
 SUPPORTED_STRATEGIES = (
     tf.distribute.MirroredStrategy,
     tf.distribute.MultiWorkerMirroredStrategy,
@@ -63,6 +65,10 @@ class LocalReplicas:
     def run(self, fn, args=()):
         return fn(*args)
 
+    def local_size(self, batch):
+        """The batch size of `batch`, or None."""
+        return leading_size(batch)
+
     def first(self, value):
         return value
 
@@ -107,6 +113,13 @@ class MirroredReplicas:
         it reads and updates that replica's variables.
         """
         return tf.function(fn, jit_compile=True)
+
+    def local_size(self, batch):
+        """The batch size of each local replica's part of `batch` (the smallest), or None."""
+        leaves = [v for v in keras.tree.flatten(batch) if v is not None]
+        parts = zip(*(self.strategy.experimental_local_results(v) for v in leaves))
+        sizes = [leading_size(list(part)) for part in parts]
+        return None if not sizes or None in sizes else min(sizes)
 
     def first(self, value):
         """The first replica's component of every leaf of `value`."""

@@ -52,8 +52,8 @@ class Run:
 
     @property
     def batch_size(self):
-        """The batch size of the run's buffer, or None before its first step."""
-        return None if self.buffer is None else self.buffer.batch_size
+        """The global batch size of the run's buffer, or None before its first step."""
+        return None if self.buffer is None else self.buffer.global_batch_size
 
     def serves(self, optimizer):
         """Whether this run belongs to `optimizer`."""

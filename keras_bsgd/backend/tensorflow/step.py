@@ -35,7 +35,6 @@ from keras_bsgd import errors
 from keras_bsgd import random_layers
 from keras_bsgd import schedule
 from keras_bsgd.backend.tensorflow import finiteness
-from keras_bsgd.backend.tensorflow import fit_inputs
 from keras_bsgd.backend.tensorflow import updates
 from keras_bsgd.backend.tensorflow import xla_units
 from keras_bsgd.backend.tensorflow.buffer import ReplayBuffer
@@ -62,31 +61,6 @@ class BackwardStep:
             run.incidents = Incidents()
         run.saved = None
         return run.buffer
-
-    def _static_batch(self, batch):
-        # NumPy inputs reach the step with an unknown batch dimension (fit()
-        # has already checked that every batch is full), and so do generator
-        # and PyDataset batches (the first batch fixed the size; a later one
-        # of another size fails this check). A tf.data map after batch() can
-        # lose the static size of some leaves (a TextVectorization layer does)
-        # while the others keep it: every leaf of a batch shares it.
-        size = self._array_batch_size
-        if size is None:
-            known = [
-                t.shape[0]
-                for t in keras.tree.flatten(batch)
-                if t is not None and t.shape.rank and t.shape[0] is not None
-            ]
-            size = known[0] if known and len(set(known)) == 1 else None
-        if size is None:
-            return batch
-
-        def fix(t):
-            if t is None or t.shape.rank == 0 or t.shape[0] is not None:
-                return t
-            return tf.ensure_shape(t, [size, *t.shape[1:]], name=fit_inputs.BATCH_CHECK)
-
-        return keras.tree.map_structure(fix, batch)
 
     def _backward_step(self, optimizer, data, replicas):
         """One backward-SGD step on `data` (per replica under a strategy): the module's phases."""
@@ -125,7 +99,7 @@ class BackwardStep:
         (`item`), and the batch is gathered from the run's data store.
         """
         batch = replicas.run(
-            lambda d: self._static_batch(keras.utils.unpack_x_y_sample_weight(d)),
+            keras.utils.unpack_x_y_sample_weight,
             (data,),
         )
         data_store = self._run_for(optimizer).data_store

@@ -9,6 +9,7 @@ incidents (`incidents`), the host-side callback (`run_callback`) and saving
 """
 
 import inspect
+import itertools
 
 import keras
 import tensorflow as tf
@@ -44,7 +45,6 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
     """
 
     _run = None  # the current `Run`: buffer, data store, loaded state
-    _array_batch_size = None
     # The first batch of this fit() (its shapes build a lazily built model),
     # or None where fit() cannot see it without consuming it.
     _first_batch = None
@@ -137,34 +137,18 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         custom_code.check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         self._start_run_if_weights_were_set(optimizer)
-        self._array_batch_size = core_fit_plan.plan(
-            self._run_for(optimizer), optimizer, bound.arguments
-        )
+        batch_size = core_fit_plan.plan(self._run_for(optimizer), optimizer, bound.arguments)
         first, bound.arguments["x"] = fit_inputs.peek_first_batch(bound.arguments.get("x"))
         self._first_batch = fit_inputs.first_batch_spec(bound.arguments, first)
-        stream_batch_size = None
-        if self._array_batch_size is None and self._distribute_strategy is None:
-            # Keras gives generator and PyDataset batches an unknown batch
-            # dimension; the buffer needs a static one, so the first batch
-            # fixes it, and the step checks every later batch against it.
-            stream_batch_size = fit_inputs.leading_size(first)
-            self._array_batch_size = stream_batch_size
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
         arguments["callbacks"] = run_callback.with_run_callback(arguments.get("callbacks"))
+        replicas = 1 if self._distribute_strategy is None else (
+            self._distribute_strategy.num_replicas_in_sync
+        )
         try:
-            return super().fit(**self._index_arguments(optimizer, arguments))
-        except tf.errors.InvalidArgumentError as error:
-            if stream_batch_size is None or fit_inputs.BATCH_CHECK not in str(error):
-                raise
-            raise ValueError(
-                f"{errors.STATIC_SHAPE_HINT} The first batch of this fit() had "
-                f"{stream_batch_size} examples, which fixes the size of every "
-                "batch; a later batch had another size (e.g. a partial last "
-                "batch), and training stopped before that step, with the "
-                "state of the step before. Make the generator or PyDataset "
-                "yield only full batches. Received: a batch of another size "
-                f"than {stream_batch_size}"
-            ) from None
+            # The step compares each replica's batch.
+            with self._fitting(None if batch_size is None else batch_size // replicas):
+                return super().fit(**self._index_arguments(optimizer, arguments))
         finally:
             self._first_batch = None
 
@@ -284,7 +268,6 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().train_step(data)
-        data = self._static_batch(data)
         # No part of the step may run before a batch of the wrong size has
         # failed the check: the state must stay as it was. A trace that
         # creates the buffer or the optimizer's variables cannot wait on its
@@ -342,14 +325,23 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
                 run.start_over(optimizer.iterations)
             raise errors.incident(*incident, run.buffer.capacity)
 
+        def run_batch_size():
+            run = self._run_of(optimizer)
+            return None if run is None or run.buffer is None else run.buffer.batch_size
+
         def train_function(iterator):
-            try:
-                logs = compiled(iterator)
-            except (StopIteration, tf.errors.OutOfRangeError):
-                # A dataset of unknown length ended the epoch: its last
-                # step must leave the output iterate in the model.
+            # Batches are taken on the host, so that a partial one is skipped
+            # before it reaches the step (whose batch shape is static).
+            batches = list(itertools.islice(iterator, self.steps_per_execution))
+            if not batches:
+                # A dataset of unknown length ended the epoch: its last step
+                # must leave the output iterate in the model.
                 self.replay_function()
-                raise
+                raise StopIteration
+            full = self._full_batches(batches, self._replicas.local_size, run_batch_size())
+            if not full:
+                return self.get_metrics_result()
+            logs = compiled(iter(full))
             raise_incident()
             return logs
 
