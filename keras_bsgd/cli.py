@@ -36,13 +36,16 @@ def _parser():
     )
     compare = commands.add_parser(
         "compare",
-        help="Backward-SGD against forward SGD, a cosine schedule and an EMA, from a warm start.",
+        help="Backward-SGD against forward SGD, a cosine schedule, an EMA, a uniform average "
+        "and schedule-free AdamW, from a warm start.",
         description=(
             "For each seed: one forward-SGD warm-up of --forward-steps steps from the "
             "same initial weights, then every method runs --steps steps from that "
             "warm start on the same batch stream at the same learning rate, momentum "
             "and weight decay: forward_sgd (constant rate), forward_sgd_decay (cosine "
-            "decay to 0), forward_sgd_ema (Keras use_ema), backward_exact and "
+            "decay to 0), forward_sgd_ema (Keras use_ema), forward_sgd_polyak (uniform "
+            "average of the iterates), schedule_free_adamw (Keras ScheduleFreeAdamW, its "
+            "own learning rate chosen on a held-out split), backward_exact and "
             "backward_w<w>. Writes per-step CSV/JSON, a summary (Markdown, JSON) and "
             "plots into --output."
         ),
@@ -86,7 +89,17 @@ def _compare_arguments(compare, d):
     compare.add_argument("--no-exact", dest="exact", action="store_false",
                          help="skip exact backward-SGD")
     compare.add_argument("--no-baselines", dest="baselines", action="store_false",
-                         help="skip forward_sgd_decay and forward_sgd_ema")
+                         help="skip forward_sgd_decay, forward_sgd_ema, forward_sgd_polyak and "
+                         "schedule_free_adamw")
+    grid = " ".join(f"{r:g}" for r in d["schedule_free_learning_rates"])
+    compare.add_argument("--schedule-free-lr", dest="schedule_free_learning_rates", type=float,
+                         nargs="+", default=list(d["schedule_free_learning_rates"]),
+                         help="learning rates tried for schedule_free_adamw (Adam-based), the "
+                         "best on the held-out split wins; one: used as given; default: " + grid)
+    compare.add_argument("--validation-fraction", type=float, default=d["validation_fraction"],
+                         help="fraction of the training set held out of every run, to choose "
+                         f"schedule_free_adamw's learning rate; default: "
+                         f"{d['validation_fraction']}")
     compare.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]),
                          help="seeds of initial weights and batch order; default: "
                          + " ".join(map(str, d["seeds"])))
@@ -116,6 +129,8 @@ def _compare(args):
             windows=args.windows,
             exact=args.exact,
             baselines=args.baselines,
+            schedule_free_learning_rates=args.schedule_free_learning_rates,
+            validation_fraction=args.validation_fraction,
             seeds=args.seeds,
             output=args.output,
             data_dir=args.data_dir,

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.tensorflow
 
 WARMUP, STEPS, EVERY, LR = 6, 8, 3, 0.2
 WINDOWS = (1, 4)
-METHODS = ["forward_sgd", "forward_sgd_decay", "forward_sgd_ema", "backward_exact",
-           "backward_w1", "backward_w4"]
+SF_GRID = (1e-3, 1e-2)
+METHODS = ["forward_sgd", "forward_sgd_decay", "forward_sgd_ema", "forward_sgd_polyak",
+           "schedule_free_adamw", "backward_exact", "backward_w1", "backward_w4"]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def result(tmp_path_factory, data_dir):
     return benchmarks.compare(
         batch_size=16, learning_rate=LR, weight_decay=0.01, forward_steps=WARMUP,
         steps=STEPS, eval_every=EVERY, windows=WINDOWS, seeds=(0,),
+        schedule_free_learning_rates=SF_GRID,
         output=str(tmp_path_factory.mktemp("compare")), data_dir=data_dir,
     )
 
@@ -91,6 +93,7 @@ def test_every_method_starts_from_the_same_warm_start_bitwise(result, data_dir):
 
     spec = datasets.info("bsgd_digits")
     train = runner._as_numpy(datasets.load("bsgd_digits", "train", data_dir))
+    train = runner._split(train, runner.DEFAULTS["validation_fraction"])[0]
     stream = benchmarks.BatchStream(*train, 16, WARMUP + STEPS, seed=0)
     keras.utils.set_random_seed(0)
     model, _ = runner._build("mlp", spec)
@@ -127,9 +130,13 @@ def test_cosine_decay_learning_rate_at_first_and_last_step(result):
     last = LR * (1 + math.cos(math.pi * (STEPS - 1) / STEPS)) / 2
     assert rates[-1] == pytest.approx(last, rel=1e-5)  # float32
     assert all(a > b for a, b in zip(rates, rates[1:]))
-    for method in ("forward_sgd", "forward_sgd_ema", "backward_exact", "backward_w4"):
+    for method in ("forward_sgd", "forward_sgd_ema", "forward_sgd_polyak", "backward_exact",
+                   "backward_w4"):
         assert [r["learning_rate"] for r in _run(result, method)["steps"]] == pytest.approx(
             [LR] * STEPS)
+    chosen = result.summary["config"]["schedule_free_learning_rate"]
+    assert [r["learning_rate"] for r in _run(result, "schedule_free_adamw")["steps"]] == (
+        pytest.approx([chosen] * STEPS))
 
 
 def test_probe_reads_the_ema_and_restores_the_training_weights():
@@ -139,7 +146,7 @@ def test_probe_reads_the_ema_and_restores_the_training_weights():
                   loss="mse")
     x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
     y = np.random.default_rng(1).normal(size=(12, 2)).astype("float32")
-    probe = benchmarks.IterateProbe(model, x, batch_size=5, average=True)
+    probe = benchmarks.IterateProbe(model, x, batch_size=5, average="ema")
     flat = lambda: np.concatenate([v.numpy().ravel() for v in model.trainable_variables])  # noqa
     raw, read = [], []
 
@@ -162,6 +169,7 @@ def test_probe_reads_the_ema_and_restores_the_training_weights():
 @pytest.mark.parametrize(
     "method, window, forward",
     [("forward_sgd", None, True), ("forward_sgd_ema", None, True),
+     ("forward_sgd_polyak", None, True), ("schedule_free_adamw", None, True),
      ("backward_exact", None, False), ("backward_w1", 1, False), ("backward_w4", 4, False)],
 )
 def test_gradient_evaluations_match_the_formulas(result, method, window, forward):
@@ -189,7 +197,8 @@ def test_window_one_is_forward_sgd(result):
 
 def test_exact_and_baselines_differ_from_forward(result):
     forward = _run(result, "forward_sgd")["evals"][-1]["test_loss"]
-    for method in ("forward_sgd_decay", "forward_sgd_ema", "backward_exact"):
+    for method in ("forward_sgd_decay", "forward_sgd_ema", "forward_sgd_polyak",
+                   "schedule_free_adamw", "backward_exact"):
         assert _run(result, method)["evals"][-1]["test_loss"] != forward, method
 
 
@@ -232,6 +241,9 @@ def test_summarize_and_aggregate_by_hand():
     assert s["test_loss_std_last_half"] == pytest.approx(np.std([4.0, 6.0, 8.0]))
     assert s["test_loss_mean_last_half"] == 6.0
     assert s["param_movement_last_half"] == 17.0  # steps 6 and 8 (both >= 4)
+    # The geometric rate through (6, 16) and (8, 18): two steps multiply by 18/16.
+    assert s["contraction_rate_last_half"] == pytest.approx((18 / 16) ** 0.5)
+    assert s["half_life_steps_last_half"] == math.inf  # Growing: no contraction.
     assert s["logit_rms_change_last_half"] == pytest.approx(0.7)
     assert s["distance_to_final_last_half"] == 3.0  # steps 4 and 6: (4 + 2) / 2
     assert s["accuracy_at_forward_budget"] == 0.4  # step 4: 16 <= 20 < 36
@@ -278,6 +290,10 @@ def test_models_build():
     ({"forward_steps": -1}, "Received: forward_steps=-1"),
     ({"eval_every": 0}, "Received: eval_every=0"),
     ({"weight_decay": -0.1}, "Received: weight_decay=-0.1"),
+    ({"validation_fraction": 1.0}, "Received: validation_fraction=1.0"),
+    ({"validation_fraction": 0.0}, "Received: validation_fraction=0.0"),
+    ({"schedule_free_learning_rates": (0.01, 0.0)},
+     "Received: schedule_free_learning_rates=\\(0.01, 0.0\\)"),
     ({"dataset": "nope"}, "Received: name='nope'"),
 ])
 def test_invalid_compare_arguments(tmp_path, kwargs, message):
@@ -294,5 +310,170 @@ def test_compare_on_a_prepared_image_dataset(tmp_path):
             dataset="cifar10", model="linear", batch_size=4, forward_steps=2, steps=4,
             windows=(2,), baselines=False, eval_every=2, seeds=(0,), output=str(tmp_path),
         )
-    assert result.summary["config"]["train_examples"] == 16
+    config = result.summary["config"]
+    assert (config["train_examples"], config["validation_examples"]) == (14, 2)  # 16, 10% out
     assert result.summary["methods"]["backward_exact"]["grad_evals"]["mean"] == 2 + 4
+
+
+def test_fit_rate_recovers_a_geometric_rate():
+    steps = np.arange(500, 1001, 10)
+    rate, half_life, scale = benchmarks.fit_rate(steps, 3.0 * 0.998 ** steps)
+    assert rate == pytest.approx(0.998, abs=1e-12)
+    assert half_life == pytest.approx(math.log(2) / -math.log(0.998))
+    assert scale == pytest.approx(3.0)
+    # Multiplicative noise: still the rate, to within the noise's reach.
+    noisy = 0.998 ** steps * np.exp(np.random.default_rng(0).normal(0, 0.05, len(steps)))
+    assert benchmarks.fit_rate(steps, noisy).rate == pytest.approx(0.998, abs=2e-4)
+    # A zero distance (no movement at float resolution) is left out, not a crash.
+    assert benchmarks.fit_rate([1, 2, 3], [0.5, 0.25, 0.0]).rate == pytest.approx(0.5)
+    constant = benchmarks.fit_rate(steps, np.ones(len(steps)))
+    assert constant.rate == pytest.approx(1.0) and constant.half_life == math.inf
+    assert math.isnan(benchmarks.fit_rate([1, 2], [1.0, 0.0]).rate)
+    with pytest.raises(ValueError, match="Received: steps=2 values, distances=1 values"):
+        benchmarks.fit_rate([1, 2], [1.0])
+
+
+def _flat(model):
+    return np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+
+
+def _regression(seed=0):
+    keras.utils.set_random_seed(seed)
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(12, 2)).astype("float32")
+    return x, y
+
+
+def test_probe_reads_the_uniform_average_and_restores_the_training_weights():
+    x, y = _regression()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    probe = benchmarks.IterateProbe(model, x, batch_size=5, average="uniform")
+    before, _ = probe.read()  # No step yet: the weights themselves.
+    np.testing.assert_array_equal(before, _flat(model))
+    raw, read = [], []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append(_flat(self.model))
+            probe.observe()
+            read.append(probe.read()[0])
+            np.testing.assert_array_equal(_flat(self.model), raw[-1])  # Bit for bit.
+
+    model.fit(x, y, batch_size=2, shuffle=False, verbose=0, callbacks=[Watch()])
+    for k in range(len(raw)):
+        expected = np.mean(np.asarray(raw[: k + 1], "float64"), axis=0).astype("float32")
+        np.testing.assert_array_equal(read[k], expected)
+    assert not np.allclose(read[-1], raw[-1])  # The average is not the last iterate.
+
+
+def _schedule_free_steps(optimizer, steps=6):
+    """`(z, y)` after each of `steps` fixed-gradient steps of a schedule-free optimizer."""
+    v = keras.Variable(np.array([1.0, -2.0, 0.5], "float32"))
+    optimizer.build([v])
+    (z,) = [u for u in optimizer.variables if u.name.endswith("_momentum")]
+    rng = np.random.default_rng(0)
+    zs, ys = [], []
+    for _ in range(steps):
+        optimizer.apply_gradients([(rng.normal(size=3).astype("float32"), v)])
+        zs.append(np.array(z.numpy()))
+        ys.append(np.array(v.numpy()))
+    return np.array(zs), np.array(ys)
+
+
+def test_schedule_free_x_is_the_mean_of_z():
+    zs, ys = _schedule_free_steps(benchmarks.ScheduleFreeAdamW(0.05))
+    x = (ys - 0.1 * zs) / 0.9  # y = (1 - beta_1) z + beta_1 x
+    means = np.cumsum(zs, axis=0) / np.arange(1, len(zs) + 1)[:, None]
+    np.testing.assert_allclose(x, means, rtol=1e-5, atol=1e-6)
+
+
+def test_keras_schedule_free_on_tensorflow_still_reads_the_updated_z():
+    # Why benchmarks.ScheduleFreeAdamW exists: when this fails, Keras reads z
+    # before updating it on TensorFlow too, and the subclass can go.
+    zs, ys = _schedule_free_steps(keras.optimizers.ScheduleFreeAdamW(0.05))
+    x = (ys - 0.1 * zs) / 0.9
+    means = np.cumsum(zs, axis=0) / np.arange(1, len(zs) + 1)[:, None]
+    assert np.max(np.abs(x - means)) > 1e-3
+
+
+def test_probe_reads_schedule_free_x_and_restores_the_training_weights():
+    x, y = _regression()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = benchmarks.ScheduleFreeAdamW(0.05)
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=True)
+    optimizer.build(model.trainable_variables)
+    probe = benchmarks.IterateProbe(model, x, batch_size=5, average="schedule_free")
+    momentum = [v for v in optimizer.variables if v.name.endswith("_momentum")]
+    zs, raw, read = [], [], []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            zs.append(np.concatenate([v.numpy().ravel() for v in momentum]))
+            raw.append(_flat(self.model))
+            read.append(probe.read()[0])
+            np.testing.assert_array_equal(_flat(self.model), raw[-1])  # Bit for bit.
+
+    model.fit(x, y, batch_size=2, shuffle=False, verbose=0, callbacks=[Watch()])
+    for k in range(len(zs)):  # x_k, the mean of z_1..z_k, not the model's y.
+        np.testing.assert_allclose(read[k], np.mean(zs[: k + 1], axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(read[-1], raw[-1])
+
+
+def test_compile_builds_schedule_free_from_the_weights():
+    # Keras 3.15's TensorFlow fit() would start z at 0 and zero the weights in one step.
+    x, y = _regression()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, bias_initializer="ones")])
+    start = _flat(model)
+    runner._compile(model, benchmarks.ScheduleFreeAdamW(1e-4), {"jit_compile": True})
+    model.compile(optimizer=model.optimizer, loss="mse")
+    model.fit(x[:2], y[:2], batch_size=2, verbose=0)
+    np.testing.assert_allclose(_flat(model), start, atol=2e-4)
+
+
+def test_probe_recomputes_batch_norm_statistics_for_an_average():
+    x, y = _regression()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    calibration = np.random.default_rng(2).normal(size=(7, 3)).astype("float32")
+    probe = benchmarks.IterateProbe(model, x, batch_size=5, average="uniform",
+                                    recalibration_x=calibration)
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0,
+              callbacks=[keras.callbacks.LambdaCallback(
+                  on_train_batch_end=lambda *_, **__: probe.observe())])
+    state = [v.numpy() for v in model.variables]
+    _, logits = probe.read()
+    for variable, value in zip(model.variables, state):  # Statistics restored too, bit for bit.
+        np.testing.assert_array_equal(variable.numpy(), value)
+    # By hand: the average's weights, the calibration batch's statistics.
+    kernel, bias, gamma, beta, kernel2, bias2 = probe._uniform.mean()
+    hidden = calibration @ kernel + bias
+    mean, variance = hidden.mean(axis=0), hidden.var(axis=0)
+    normed = (x @ kernel + bias - mean) / np.sqrt(variance + 1e-3) * gamma + beta
+    np.testing.assert_allclose(logits, normed @ kernel2 + bias2, rtol=1e-4, atol=1e-5)
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    x, y = np.arange(50) * 10, np.arange(50)
+    (train_x, train_y), (held_x, held_y) = runner._split((x, y), 0.2)
+    assert len(held_x) == 10 and len(train_x) == 40
+    assert not set(train_y) & set(held_y) and set(train_y) | set(held_y) == set(range(50))
+    np.testing.assert_array_equal(train_x, train_y * 10)
+    again = runner._split((x, y), 0.2)
+    np.testing.assert_array_equal(again[1][1], held_y)
+    assert runner._split((x, y), 0.0) == ((x, y), None)
+
+
+def test_schedule_free_rate_is_the_best_held_out(result):
+    config = result.summary["config"]
+    sweep = config["schedule_free_sweep"]
+    losses = {float(r): loss for r, loss in sweep["held_out_loss"].items()}
+    assert sorted(losses) == sorted(SF_GRID) and sweep["seed"] == 0
+    assert config["schedule_free_learning_rate"] == min(losses, key=losses.get)
+    assert config["validation_examples"] == round(0.1 * 1437)
+    assert config["train_examples"] == 1437 - config["validation_examples"]
+    with open(result.paths["summary_md"]) as f:
+        text = f.read()
+    assert "| schedule_free_adamw | " + f"{config['schedule_free_learning_rate']:g} (Adam" in text
+    assert "held out of every run" in text

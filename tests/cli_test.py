@@ -67,6 +67,9 @@ def test_parser_defaults_are_the_runners(capsys):
         assert args[name] == expected, name
     args = cli._parser().parse_args(["compare", "--windows", "--no-exact", "--no-baselines"])
     assert args.windows == [] and not args.exact and not args.baselines
+    args = cli._parser().parse_args(["compare", "--schedule-free-lr", "0.001",
+                                     "--validation-fraction", "0.2"])
+    assert args.schedule_free_learning_rates == [0.001] and args.validation_fraction == 0.2
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "compare" in capsys.readouterr().out

@@ -4,13 +4,16 @@ Every metric is computed on the iterates at the evaluation steps (every `E`
 steps and the last one): the test loss and accuracy, how far the iterate
 moved between evaluations in parameter space (`||theta_k - theta_{k-E}||`)
 and in function space (the RMS change of the test-set logits), and its
-distance to the run's own final iterate. Stability is measured over the
-second half of the run.
+distance to the run's own final iterate, and the geometric rate at which
+the movement shrinks (`keras_bsgd.benchmarks.contraction`). Stability is
+measured over the second half of the run.
 """
 
 import math
 
 import numpy as np
+
+from keras_bsgd.benchmarks.contraction import fit_rate
 
 RUN_METRICS = (
     "final_test_accuracy",
@@ -18,6 +21,8 @@ RUN_METRICS = (
     "test_loss_mean_last_half",
     "test_loss_std_last_half",
     "param_movement_last_half",
+    "contraction_rate_last_half",
+    "half_life_steps_last_half",
     "logit_rms_change_last_half",
     "distance_to_final_last_half",
     "accuracy_at_forward_budget",
@@ -167,6 +172,10 @@ def summarize_run(step_rows, eval_rows, forward_budget=None):
         * `param_movement_last_half`, `logit_rms_change_last_half`: mean
           movement between successive evaluations of the second half, in
           parameter space and in function space;
+        * `contraction_rate_last_half`, `half_life_steps_last_half`: the
+          geometric rate per step of those parameter movements and the
+          steps over which they halve (`contraction.fit_rate`: below 1, the
+          run contracts; `inf` half-life, it does not);
         * `distance_to_final_last_half`: mean distance of the second half's
           iterates (the last one excluded) to the final iterate;
         * `accuracy_at_forward_budget`: test accuracy at the last evaluation
@@ -198,12 +207,17 @@ def summarize_run(step_rows, eval_rows, forward_budget=None):
         return float(np.mean(values)) if values else math.nan
 
     within = [r for r in eval_rows if forward_budget and r["grad_evals"] <= forward_budget]
+    rate, half_life, _ = fit_rate(
+        [eval_rows[i]["step"] for i in moves], [eval_rows[i]["param_movement"] for i in moves]
+    )
     return {
         "final_test_accuracy": float(eval_rows[-1]["test_accuracy"]),
         "final_test_loss": float(eval_rows[-1]["test_loss"]),
         "test_loss_mean_last_half": mean("test_loss", late),
         "test_loss_std_last_half": float(np.std([eval_rows[i]["test_loss"] for i in late])),
         "param_movement_last_half": mean("param_movement", moves),
+        "contraction_rate_last_half": rate,
+        "half_life_steps_last_half": half_life,
         "logit_rms_change_last_half": mean("logit_rms_change", moves),
         "distance_to_final_last_half": mean("distance_to_final", late[:-1]),
         "accuracy_at_forward_budget": (
@@ -222,7 +236,9 @@ def aggregate(summaries):
 
     Returns:
         A dict `{metric: {"mean": float, "std": float}}`; `std` is the sample
-        standard deviation (ddof=1), 0 for a single seed.
+        standard deviation (ddof=1), 0 for a single seed. A metric that is
+        infinite in some seed (a half-life without contraction) has mean
+        `inf` and std NaN.
 
     Example:
 
@@ -232,6 +248,9 @@ def aggregate(summaries):
     result = {}
     for key in summaries[0]:
         values = np.array([s[key] for s in summaries], "float64")
+        if np.isinf(values).any():
+            result[key] = {"mean": float(np.max(values)), "std": math.nan}
+            continue
         std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         result[key] = {"mean": float(np.mean(values)), "std": std}
     return result

@@ -6,6 +6,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from keras_bsgd.benchmarks.contraction import fit_rate
+
 # (column, x column, y label, log y), one panel each.
 _PANELS = (
     ("test_loss", "step", "test loss", False),
@@ -25,6 +27,20 @@ def _series(runs, method, column, x_column):
     return x, values
 
 
+def _contraction(ax, runs, method, color):
+    """The geometric fit of the mean movement over the second half, dashed, and its label."""
+    x, values = _series(runs, method, "param_movement", "step")
+    late = x >= x[-1] / 2
+    late[np.argmax(late)] = False  # A movement counts when both its ends are in the 2nd half.
+    fit = fit_rate(x[late], values[:, late].mean(axis=0))
+    if np.isnan(fit.rate):
+        return method
+    ax.plot(x[late], fit.scale * fit.rate ** x[late], color=color, linewidth=1.0,
+            linestyle="--")
+    half_life = "∞" if np.isinf(fit.half_life) else f"{fit.half_life:,.0f}"
+    return f"{method}: ρ={fit.rate:.5f}/step, t½={half_life}"
+
+
 def plot_comparison(runs, methods, path, title=""):
     """Draws the evaluation curves of every method, one panel per quantity.
 
@@ -32,6 +48,9 @@ def plot_comparison(runs, methods, path, title=""):
     x), the iterate movement between evaluations in parameter space and in
     function space (log y), the distance to the run's final iterate (log y)
     and the test accuracy. Thin lines are seeds, the bold line their mean.
+    The parameter-movement panel adds, dashed, the geometric fit
+    `scale * rho**k` of the mean movement over the second half, and its
+    legend gives each method's rate `rho` per step and half-life.
     Uses Matplotlib's object API (no global backend is set).
 
     Args:
@@ -59,8 +78,11 @@ def plot_comparison(runs, methods, path, title=""):
                 keep &= x > 0
             for seed_values in values[:, keep]:
                 ax.plot(x[keep], seed_values, color=color, linewidth=0.5, alpha=0.35)
+            label = method
+            if column == "param_movement":
+                label = _contraction(ax, runs, method, color)
             ax.plot(x[keep], values[:, keep].mean(axis=0), color=color, linewidth=1.8,
-                    label=method)
+                    label=label)
             ax.set_ylabel(label)
             ax.set_xlabel("gradient evaluations (log)" if x_column == "grad_evals" else
                           "step after the warm-up")
@@ -71,6 +93,8 @@ def plot_comparison(runs, methods, path, title=""):
     for ax in axes:
         ax.grid(alpha=0.3)
     figure.axes[0].legend(fontsize=8)
+    figure.axes[1].legend(fontsize=7, title="dashed: geometric fit, 2nd half",
+                          title_fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

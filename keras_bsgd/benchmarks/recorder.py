@@ -44,8 +44,9 @@ class StepRecorder(keras.callbacks.Callback):
     * `grad_evals`: the cumulative count of a `GradientCounter`;
     * `wall_time_s`: cumulative training time (evaluation excluded).
 
-    After steps that are multiples of `eval_every` and after step `steps`,
-    `evaluate(k)` is called outside the timed region. Before the first step
+    After every step `observe()` is called, and after steps that are
+    multiples of `eval_every` and after step `steps`, `evaluate(k)`; both
+    outside the timed region. Before the first step
     the recorder fingerprints every model weight (`start_sha256`): what the
     first step starts from.
 
@@ -56,13 +57,16 @@ class StepRecorder(keras.callbacks.Callback):
         evaluate: Function of the step `k`, called at evaluation steps.
         on_step: Optional function called with no arguments after each step
             (a progress bar). Defaults to `None`.
+        observe: Optional function called with no arguments after each
+            step, before any evaluation (a host-side average of the
+            iterates). Defaults to `None`.
     """
 
-    def __init__(self, counter, steps, eval_every, evaluate, on_step=None):
+    def __init__(self, counter, steps, eval_every, evaluate, on_step=None, observe=None):
         super().__init__()
         self.counter = counter
         self.steps, self.eval_every = steps, eval_every
-        self.evaluate, self.on_step = evaluate, on_step
+        self.evaluate, self.on_step, self.observe = evaluate, on_step, observe
         self.rows = []
         self.start_sha256 = None
         self._wall = 0.0
@@ -93,6 +97,8 @@ class StepRecorder(keras.callbacks.Callback):
                 "wall_time_s": self._wall,
             }
         )
+        if self.observe is not None:
+            self.observe()
         if step % self.eval_every == 0 or step == self.steps:
             self.evaluate(step)
         if self.on_step is not None:

@@ -21,6 +21,8 @@ _HEADERS = {
     "test_loss_mean_last_half": "mean test loss (2nd half)",
     "test_loss_std_last_half": "test-loss std (2nd half)",
     "param_movement_last_half": "‖θk−θk−E‖ (2nd half)",
+    "contraction_rate_last_half": "contraction rate ρ per step (2nd half)",
+    "half_life_steps_last_half": "half-life (steps)",
     "logit_rms_change_last_half": "RMS Δ test logits (2nd half)",
     "distance_to_final_last_half": "‖θk−θN‖ (2nd half)",
     "accuracy_at_forward_budget": "test acc at forward's grad budget",
@@ -43,6 +45,12 @@ def _cell(stats, key):
     mean, std = stats["mean"], stats["std"]
     if math.isnan(mean):
         return "–"
+    if math.isinf(mean):
+        return "∞ (no contraction)"
+    if key == "contraction_rate_last_half":
+        return f"{mean:.5f} ± {std:.5f}"
+    if key == "half_life_steps_last_half":
+        return f"{mean:,.0f} ± {std:,.0f}"
     if key == "grad_evals":
         return f"{mean:,.0f}"
     if key in ("wall_time_s", "peak_gpu_mb"):
@@ -67,18 +75,45 @@ def markdown_table(summary):
         summary: The comparison summary (see `write`).
 
     Returns:
-        A Markdown string: cells are `mean ± std` over seeds; peak GPU
-        memory, per run, appears when a GPU was used.
+        A Markdown string: the learning rate each method used, then cells
+        `mean ± std` over seeds; peak GPU memory, per run, appears when a
+        GPU was used.
     """
     keys = list(RUN_METRICS)
     if "peak_gpu_mb" in next(iter(summary["methods"].values())):
         keys.append("peak_gpu_mb")
-    header = "| method | " + " | ".join(_HEADERS[k] for k in keys) + " |"
-    lines = [header, "|" + "---|" * (len(keys) + 1)]
+    rates = summary["config"].get("method_learning_rates", {})
+    header = "| method | learning rate | " + " | ".join(_HEADERS[k] for k in keys) + " |"
+    lines = [header, "|" + "---|" * (len(keys) + 2)]
     for method, stats in summary["methods"].items():
         cells = " | ".join(_cell(stats[k], k) for k in keys)
-        lines.append(f"| {method} | {cells} |")
+        lines.append(f"| {method} | {rates.get(method, '–')} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def schedule_free_note(config):
+    """How `schedule_free_adamw`'s learning rate was chosen, one Markdown paragraph.
+
+    Args:
+        config: The comparison's settings.
+
+    Returns:
+        A string, empty when the method did not run.
+    """
+    rate = config.get("schedule_free_learning_rate")
+    if rate is None or "schedule_free_adamw" not in config["methods"]:
+        return ""
+    sweep = config.get("schedule_free_sweep")
+    if not sweep:
+        return f"schedule_free_adamw: learning rate {rate:g}, as given (no sweep).\n"
+    losses = ", ".join(f"{float(r):g}: {loss:.4f}" for r, loss in sweep["held_out_loss"].items())
+    return (
+        f"schedule_free_adamw (Adam-based, Keras' `ScheduleFreeAdamW`): learning rate "
+        f"{rate:g}, the lowest held-out loss of its averaged iterate x after "
+        f"{config['steps']} steps from seed {sweep['seed']}'s warm start, on "
+        f"{config['validation_examples']} training examples held out of every run "
+        f"(never the test set). Held-out loss by learning rate: {losses}.\n"
+    )
 
 
 def write(output, config, runs, summary):
@@ -122,7 +157,11 @@ def write(output, config, runs, summary):
             f"{config['momentum']}, weight decay {config['weight_decay'] or 0}, seeds {seeds}; "
             f"evaluated every {config['eval_every']} steps (backward-SGD replays there). "
             "Cells: mean ± std over seeds; 2nd half: the evaluations at steps ≥ N/2; "
-            "gradient evaluations and train time after the warm-up.\n\n"
+            "contraction rate: ‖θk−θk−E‖ ∝ ρ^k fitted over the 2nd half (ρ < 1: the "
+            "iterates contract); gradient evaluations and train time after the warm-up.\n\n"
         )
         f.write(markdown_table(summary))
+        note = schedule_free_note(config)
+        if note:
+            f.write("\n" + note)
     return paths

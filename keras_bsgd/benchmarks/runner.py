@@ -1,6 +1,7 @@
 """`compare`: backward-SGD against practitioners' baselines, from one shared warm start."""
 
 import dataclasses
+import math
 import os
 import time
 
@@ -35,6 +36,8 @@ DEFAULTS = {
     "seeds": (0, 1, 2),
     "exact": True,
     "baselines": True,
+    "schedule_free_learning_rates": methods_lib.SCHEDULE_FREE_GRID,
+    "validation_fraction": 0.1,
     "output": "bsgd_compare",
     "data_dir": None,
     "jit_compile": True,
@@ -68,9 +71,23 @@ class ComparisonResult:
     wall_time_s: float
 
 
+BATCH_NORM_EXAMPLES = 512
+"""Training examples whose batch statistics an averaged iterate's BatchNormalization gets."""
+
+
 def _as_numpy(ds):
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds.batch(4096)])
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def _data(config):
+    """`(spec, train, validation, test)` of the configured dataset, as NumPy arrays."""
+    name, data_dir = config["dataset"], config["data_dir"]
+    spec = datasets.info(name)
+    train = _as_numpy(datasets.load(name, "train", data_dir))
+    test = _as_numpy(datasets.load(name, "test", data_dir))
+    train, validation = _split(train, config["validation_fraction"])
+    return spec, train, validation, test
 
 
 def _build(model_name, spec):
@@ -88,6 +105,12 @@ def _compile(model, optimizer, config):
         metrics=["accuracy"],
         jit_compile=config["jit_compile"],
     )
+    if isinstance(optimizer, keras.optimizers.ScheduleFreeAdamW):
+        # Keras 3.15's TensorFlow trainer builds the optimizer while it traces
+        # the train step, and ScheduleFreeAdamW's build (copying the weights
+        # into its `momentum` z) then does not take: z starts at 0 and the
+        # first step sends the weights to ~0. Built here, eagerly, it does.
+        optimizer.build(model.trainable_variables)
 
 
 def _warm_up(model_name, spec, initial, stream, config, on_step):
@@ -118,16 +141,61 @@ def _warm_up(model_name, spec, initial, stream, config, on_step):
     return model.get_weights(), wall
 
 
+def _probe(model, method, x, config):
+    return IterateProbe(
+        model, x, config["eval_batch_size"], average=methods_lib.evaluated_average(method),
+        jit_compile=config["jit_compile"], recalibration_x=config["_batch_norm_x"],
+    )
+
+
+def _split(train, fraction):
+    """`(train, validation)`: a fixed `fraction` of the training examples held out."""
+    x, y = train
+    held = int(round(fraction * len(x)))
+    if not held:
+        return train, None
+    # One fixed draw for every seed and method: the held-out examples are never trained on.
+    order = np.random.default_rng(0).permutation(len(x))
+    keep, out = np.sort(order[held:]), np.sort(order[:held])
+    return (x[keep], y[keep]), (x[out], y[out])
+
+
+def _choose_schedule_free_rate(model_name, spec, warm, stream, validation, config, on_step):
+    """`schedule_free_adamw`'s learning rate: the grid's best on the held-out split.
+
+    Each rate of the grid runs the `steps` steps from the warm start `warm`
+    on the stream; the one whose averaged iterate `x` has the lowest
+    held-out loss at the last step wins (the test set is never looked at).
+    """
+    grid = [float(r) for r in config["schedule_free_learning_rates"]]
+    if len(grid) == 1:
+        return grid[0], {}
+    losses = {}
+    for rate in grid:
+        model, _ = _build(model_name, spec)
+        model.set_weights(warm)
+        _compile(model, methods_lib.schedule_free(
+            rate, config["learning_rate"], config["weight_decay"]), config)
+        callbacks = []
+        if on_step:
+            callbacks.append(keras.callbacks.LambdaCallback(
+                on_batch_end=lambda *_, **__: on_step()))
+        x, y = stream.chunk(config["forward_steps"], config["steps"])
+        model.fit(x, y, batch_size=stream.batch_size, epochs=1, shuffle=False, verbose=0,
+                  callbacks=callbacks)
+        logits = _probe(model, methods_lib.SCHEDULE_FREE, validation[0], config).read()[1]
+        loss = metrics.cross_entropy_and_accuracy(logits, validation[1])[0]
+        losses[rate] = loss if np.isfinite(loss) else math.inf
+    return min(grid, key=losses.get), {str(rate): loss for rate, loss in losses.items()}
+
+
 def _train(method, make_optimizer, model_name, spec, warm, stream, test, config, on_step):
     """One method's `steps` steps from the warm start `warm`; evaluates every `eval_every`."""
     model, counter = _build(model_name, spec)
     model.set_weights(warm)
     # A fresh optimizer: momentum (and the EMA) start from zero for every method.
     _compile(model, make_optimizer(), config)
-    probe = IterateProbe(
-        model, test[0], config["eval_batch_size"],
-        average=methods_lib.evaluates_average(method), jit_compile=config["jit_compile"],
-    )
+    probe = _probe(model, method, test[0], config)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
@@ -152,7 +220,8 @@ def _train(method, make_optimizer, model_name, spec, warm, stream, test, config,
         logits.append(test_logits.astype("float32"))
 
     steps, every = config["steps"], config["eval_every"]
-    recorder = StepRecorder(counter, steps, every, evaluate, on_step=on_step)
+    recorder = StepRecorder(counter, steps, every, evaluate, on_step=on_step,
+                            observe=probe.observe)
     evaluate(0)
     x, y = stream.chunk(config["forward_steps"], steps)
     # One fit() of N steps: backward-SGD replays at multiples of E and at the end.
@@ -202,6 +271,35 @@ def _validate(config):
     decay = config["weight_decay"]
     if decay is not None and decay < 0:
         raise ValueError(f"`weight_decay` must be >= 0 or None. Received: weight_decay={decay}")
+    fraction, grid = config["validation_fraction"], config["schedule_free_learning_rates"]
+    if not 0 <= fraction < 1:
+        raise ValueError(
+            f"`validation_fraction` must be in [0, 1). Received: validation_fraction={fraction}"
+        )
+    if not grid or any(not rate > 0 for rate in grid):
+        raise ValueError(
+            "Give at least one positive learning rate. "
+            f"Received: schedule_free_learning_rates={tuple(grid)}"
+        )
+    if config["baselines"] and len(grid) > 1 and not fraction:
+        raise ValueError(
+            "Choosing schedule_free_adamw's learning rate needs a held-out split: give "
+            "`validation_fraction` > 0 or a single learning rate. "
+            f"Received: validation_fraction={fraction}"
+        )
+
+
+def _method_learning_rates(methods, config):
+    """The learning rate each method uses, as the report writes it."""
+    lr = f"{config['learning_rate']:g}"
+    rates = {m: lr for m in methods}
+    if methods_lib.FORWARD_DECAY in rates:
+        rates[methods_lib.FORWARD_DECAY] = f"{lr} → 0 (cosine)"
+    if methods_lib.SCHEDULE_FREE in rates:
+        chosen = f"{config['schedule_free_learning_rate']:g} (Adam"
+        rates[methods_lib.SCHEDULE_FREE] = (
+            chosen + ", chosen on held-out)" if config["schedule_free_sweep"] else chosen + ")")
+    return rates
 
 
 def compare(
@@ -218,6 +316,8 @@ def compare(
     seeds=DEFAULTS["seeds"],
     exact=DEFAULTS["exact"],
     baselines=DEFAULTS["baselines"],
+    schedule_free_learning_rates=DEFAULTS["schedule_free_learning_rates"],
+    validation_fraction=DEFAULTS["validation_fraction"],
     output=DEFAULTS["output"],
     data_dir=DEFAULTS["data_dir"],
     jit_compile=DEFAULTS["jit_compile"],
@@ -228,31 +328,39 @@ def compare(
 
     The protocol, for every seed: one initial model (`keras.utils.
     set_random_seed(seed)`), one stream of batches (a seeded reshuffle per
-    epoch), and one forward-SGD warm-up of `forward_steps` steps
-    (`keras.optimizers.SGD` with the run's learning rate, momentum and weight
-    decay; 0 gives a cold start). Every method then starts from a copy of the
-    warm-up's weights `theta_W`, with a fresh optimizer (momentum and the
-    moving average start at zero), and runs the same `steps` following
-    batches at the same learning rate, momentum and weight decay. The
-    methods are those of `keras_bsgd.benchmarks.methods`: `forward_sgd`,
-    `forward_sgd_decay`, `forward_sgd_ema`, `backward_exact` and
-    `backward_w{w}` for each window; backward-SGD replays every `eval_every`
-    steps (`replay_every`), so the iterates evaluated are exact backward
-    iterates and the cost is what is observed.
+    epoch) from the training set less a held-out split
+    (`validation_fraction`, one fixed draw), and one forward-SGD warm-up of
+    `forward_steps` steps (`keras.optimizers.SGD` with the run's learning
+    rate, momentum and weight decay; 0 gives a cold start). Every method
+    then starts from a copy of the warm-up's weights `theta_W`, with a fresh
+    optimizer (momentum and the averages start at zero), and runs the same
+    `steps` following batches at the same learning rate, momentum and
+    weight decay. The methods are those of
+    `keras_bsgd.benchmarks.methods`: `forward_sgd`, `forward_sgd_decay`,
+    `forward_sgd_ema`, `forward_sgd_polyak`, `schedule_free_adamw`,
+    `backward_exact` and `backward_w{w}` for each window; backward-SGD
+    replays every `eval_every` steps (`replay_every`), so the iterates
+    evaluated are exact backward iterates and the cost is what is observed.
+    `schedule_free_adamw` is Adam-based: its learning rate is the one of
+    `schedule_free_learning_rates` whose run from the first seed's warm
+    start has the lowest held-out loss at its last step.
 
     Every step records the train loss Keras logs, the learning rate, the
     cumulative gradient evaluations (counted inside the compiled step) and
     the training time. Every `eval_every` steps (and at the last), the
-    evaluated iterate (the EMA for `forward_sgd_ema`) gives the test loss and
-    accuracy, and the metrics of `keras_bsgd.benchmarks.metrics`. The output
-    folder receives `steps.csv`, `evaluations.csv`, `runs.json`,
-    `summary.json`, `summary.md` and `comparison.png`. A run holds its
-    evaluated iterates in memory until it ends (evaluations x weights
-    float32: 2 MB for the default MLP, about 4.5 GB for a ResNet-18 with the
-    default 101 evaluations; raise `eval_every` for large models).
+    evaluated iterate (an average for the EMA, Polyak and schedule-free
+    methods, with BatchNormalization statistics recomputed for it) gives
+    the test loss and accuracy, and the metrics of
+    `keras_bsgd.benchmarks.metrics`. The output folder receives
+    `steps.csv`, `evaluations.csv`, `runs.json`, `summary.json`,
+    `summary.md` and `comparison.png`. A run holds its evaluated iterates
+    in memory until it ends (evaluations x weights float32: 2 MB for the
+    default MLP, about 4.5 GB for a ResNet-18 with the default 101
+    evaluations; raise `eval_every` for large models).
 
     Args:
-        dataset: A name of `keras_bsgd.datasets.DATASETS`.
+        dataset: A name of `keras_bsgd.datasets.DATASETS` or
+            `keras_bsgd.benchmarks.digit_images.DATASETS`.
         model: A name of `keras_bsgd.benchmarks.models.MODELS`.
         batch_size: Examples per batch.
         learning_rate: The learning rate (the schedule's initial value).
@@ -266,7 +374,12 @@ def compare(
         windows: Windows of windowed backward-SGD.
         seeds: Seeds (initial weights and batch order).
         exact: Whether to run `backward_exact`.
-        baselines: Whether to run `forward_sgd_decay` and `forward_sgd_ema`.
+        baselines: Whether to run `forward_sgd_decay`, `forward_sgd_ema`,
+            `forward_sgd_polyak` and `schedule_free_adamw`.
+        schedule_free_learning_rates: The learning rates tried for
+            `schedule_free_adamw` (one: used as given).
+        validation_fraction: Fraction of the training examples held out of
+            every run, to choose the schedule-free learning rate.
         output: Output folder.
         data_dir: TFDS data directory (`None`: TFDS' default).
         jit_compile: Whether to XLA-compile the steps.
@@ -293,32 +406,54 @@ def compare(
     config = {k: settings[k] for k in DEFAULTS}
     config["windows"] = [int(w) for w in config["windows"]]
     config["seeds"] = [int(s) for s in config["seeds"]]
+    config["schedule_free_learning_rates"] = [
+        float(r) for r in config["schedule_free_learning_rates"]]
     _validate(config)
-    spec = datasets.info(config["dataset"])
     started = time.perf_counter()
-    train = _as_numpy(datasets.load(config["dataset"], "train", config["data_dir"]))
-    test = _as_numpy(datasets.load(config["dataset"], "test", config["data_dir"]))
+    spec, train, validation, test = _data(config)
     W, N = config["forward_steps"], config["steps"]
-    methods = methods_lib.optimizers(
-        config["learning_rate"], N, config["eval_every"], config["windows"],
-        exact=config["exact"], baselines=config["baselines"],
-        momentum=config["momentum"], weight_decay=config["weight_decay"],
-    )
-    config.update(methods=list(methods), train_examples=len(train[0]),
-                  test_examples=len(test[0]), warmup_wall_time_s=[])
-    bar = keras.utils.Progbar((W + N * len(methods)) * len(config["seeds"])) if progress else None
+    grid = config["schedule_free_learning_rates"]
+    sweep = config["baselines"] and len(grid) > 1
+
+    def methods_with(schedule_free_rate):
+        return methods_lib.optimizers(
+            config["learning_rate"], N, config["eval_every"], config["windows"],
+            exact=config["exact"], baselines=config["baselines"],
+            momentum=config["momentum"], weight_decay=config["weight_decay"],
+            schedule_free_learning_rate=schedule_free_rate,
+        )
+
+    names = list(methods_with(grid[0]))
+    config.update(methods=names, train_examples=len(train[0]), test_examples=len(test[0]),
+                  validation_examples=len(validation[0]) if validation else 0,
+                  warmup_wall_time_s=[], schedule_free_sweep={},
+                  schedule_free_learning_rate=grid[0] if config["baselines"] else None)
+    # BatchNormalization statistics of averaged iterates come from these training examples.
+    config["_batch_norm_x"] = train[0][:BATCH_NORM_EXAMPLES]
+    total = (W + N * len(names)) * len(config["seeds"]) + (N * len(grid) if sweep else 0)
+    bar = keras.utils.Progbar(total) if progress else None
     on_step = (lambda: bar.add(1)) if bar else None
-    runs = []
+    runs, methods = [], None
     for seed in config["seeds"]:
         stream = BatchStream(*train, config["batch_size"], W + N, seed)
         keras.utils.set_random_seed(seed)
         initial = _build(config["model"], spec)[0].get_weights()
         warm, wall = _warm_up(config["model"], spec, initial, stream, config, on_step)
         config["warmup_wall_time_s"].append(wall)
+        if methods is None:  # The first seed's warm start chooses the schedule-free rate.
+            if sweep:
+                rate, losses = _choose_schedule_free_rate(
+                    config["model"], spec, warm, stream, validation, config, on_step)
+                config.update(schedule_free_learning_rate=rate, schedule_free_sweep={
+                    "seed": seed, "criterion": "held-out loss of x at the last step",
+                    "held_out_loss": losses})
+            methods = methods_with(config["schedule_free_learning_rate"])
         for method, make_optimizer in methods.items():
             runs.append(_train(
                 method, make_optimizer, config["model"], spec, warm, stream, test, config, on_step
             ))
+    del config["_batch_norm_x"]
+    config["method_learning_rates"] = _method_learning_rates(names, config)
     budgets = {r["seed"]: r["steps"][-1]["grad_evals"] for r in runs
                if r["method"] == methods_lib.FORWARD}
     for run in runs:
@@ -329,7 +464,7 @@ def compare(
         "config": config,
         "methods": {
             m: metrics.aggregate([r["summary"] for r in runs if r["method"] == m])
-            for m in methods
+            for m in names
         },
         "runs": [{"method": r["method"], "seed": r["seed"], **r["summary"]} for r in runs],
     }
@@ -338,7 +473,7 @@ def compare(
     start = f"warm start after {W} forward steps" if W else "cold start"
     decay = config["weight_decay"] or 0
     paths["plot"] = plots.plot_comparison(
-        runs, list(methods), os.path.join(output, "comparison.png"),
+        runs, names, os.path.join(output, "comparison.png"),
         title=f"{config['dataset']} / {config['model']}: {start}, then {N} steps; batch "
         f"{config['batch_size']}, lr {config['learning_rate']}, weight decay {decay}, "
         f"{len(config['seeds'])} seed(s)",
