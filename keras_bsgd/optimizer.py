@@ -350,6 +350,11 @@ class BackwardSGD(keras.optimizers.Optimizer):
             return inner.stateless_apply(map_variables, grads, trainable_variables)
 
     def apply(self, grads, trainable_variables=None):
+        if not list(grads):
+            # Keras' own no-op: Keras' train_step applies the empty gradients
+            # of a model without trainable weights, which keras_bsgd trains
+            # with Keras' step.
+            return
         # Reached only from a trainer that does not replay (e.g. a plain
         # keras.Model's train_step): training on would silently be forward SGD.
         raise TypeError(

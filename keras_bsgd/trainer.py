@@ -10,11 +10,13 @@ wrapped model's own `compute_loss` and metrics.
 import contextlib
 import hashlib
 import inspect
+import warnings
 
 import keras
 import numpy as np
 
 from keras_bsgd import custom_code
+from keras_bsgd import index_feed
 from keras_bsgd import random_layers
 from keras_bsgd.partial_batches import PartialBatches
 from keras_bsgd.optimizer import backward_sgd_of
@@ -64,11 +66,22 @@ class ReplayTrainerBase:
         """The scope of one `fit()` whose batches hold `batch_size` examples (None: unknown)."""
         self._fit_batch_size = batch_size
         self._partial_batches = PartialBatches()
+        nonfinite = self.skipped_batches
         try:
             yield
         finally:
             skipped, self._partial_batches = self._partial_batches, None
             skipped.warn(stacklevel=5)
+            nonfinite = self.skipped_batches - nonfinite
+            if nonfinite > 0:
+                warnings.warn(
+                    f"keras_bsgd skipped {nonfinite} batch(es) in this fit() whose "
+                    "values or loss were not finite (`on_nonfinite='skip'`): the state "
+                    "is that of the steps before them, and the logs (and "
+                    "TerminateOnNaN) see no NaN. Pass "
+                    "`BackwardSGD(on_nonfinite='raise')` to stop at the first one.",
+                    stacklevel=5,
+                )
 
     def _full_batches(self, batches, size_of, run_batch_size):
         """The batches of `batches` that are maps of the run; shorter ones are skipped.
@@ -95,7 +108,8 @@ class ReplayTrainerBase:
             size = size_of(batch)
             if skipped.admits(size, run_batch_size or self._fit_batch_size):
                 self._fit_batch_size = self._fit_batch_size or size
-                full.append(batch)
+                # As fit() feeds arrays: train_on_batch() passes them as given.
+                full.append(keras.tree.map_structure(_as_fit_feeds, batch))
         if self._partial_batches is None:
             skipped.warn(stacklevel=5)
         return full
@@ -121,6 +135,14 @@ class ReplayTrainerBase:
         if source is not None and custom_code.overrides(type(source), name):
             return getattr(source, name)
         return None
+
+    def _training_loss(self, x, y, y_pred, sample_weight):
+        """`compute_loss` in training mode; an override without `training` (Keras < 3.3) as Keras calls it."""
+        if "training" not in inspect.signature(self.compute_loss).parameters:
+            return self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+        return self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -164,3 +186,7 @@ class ReplayTrainerBase:
                 f"Received: a wrapped {type(source).__name__}"
             )
         return super().get_config()
+
+
+def _as_fit_feeds(leaf):
+    return index_feed.as_floatx(leaf) if isinstance(leaf, np.ndarray) else leaf

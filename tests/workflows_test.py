@@ -360,3 +360,95 @@ def test_train_step_override_that_calls_the_backward_step_is_kept():
     states = fit_recorded(Counting(inputs, outputs), xs, MODES["graph"], y=ys, batch_size=4)
     assert_matches_reference(states, batches, params)
     assert Counting.traces >= 1
+
+
+def small_data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    return x, x.sum(1, keepdims=True)
+
+
+def dense_net(model_class=keras_bsgd.Sequential):
+    return model_class([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="ones")])
+
+
+class LossWithoutTrainingArgument(keras_bsgd.Model):
+    """Keras 3.0-3.2's `compute_loss` signature, which Keras still calls."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+        return keras.ops.mean(keras.ops.square(y_pred - y))
+
+
+def test_compute_loss_without_training_argument_is_called_as_keras_calls_it():
+    x, y = small_data()
+    inputs = keras.Input((3,))
+    custom = LossWithoutTrainingArgument(
+        inputs, keras.layers.Dense(1, kernel_initializer="ones")(inputs)
+    )
+    custom.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2))
+    custom.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    plain = dense_net()
+    plain.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    plain.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    for a, b in zip(custom.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_train_on_batch_runs_eagerly_as_compiled():
+    x, y = small_data()
+    weights = []
+    for run_eagerly in (True, False):
+        model = dense_net()
+        model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse",
+                      run_eagerly=run_eagerly)
+        for i in range(0, 16, 4):
+            model.train_on_batch(x[i : i + 4], y[i : i + 4])
+        weights.append(model.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("index_buffering", [True, False])
+def test_model_without_trainable_weights_trains_as_keras_trains_it(index_buffering):
+    x, y = small_data(seed=1)
+    results = []
+    for optimizer in (
+        keras_bsgd.BackwardSGD(0.1, index_buffering=index_buffering), keras.optimizers.SGD(0.1)
+    ):
+        model_class = keras_bsgd.Sequential if optimizer.name != "SGD" else keras.Sequential
+        model = dense_net(model_class)
+        model.layers[0].trainable = False
+        normalize = keras.layers.BatchNormalization(center=False, scale=False)
+        model = model_class([keras.Input((3,)), normalize, *model.layers])
+        model.compile(optimizer=optimizer, loss="mse", metrics=["mae"])
+        assert not model.trainable_variables
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        results.append((history.history, [np.asarray(w) for w in model.get_weights()]))
+    (ours, our_weights), (keras_logs, keras_weights) = results
+    assert ours.keys() == keras_logs.keys()
+    for key in ours:
+        np.testing.assert_allclose(ours[key], keras_logs[key], rtol=1e-6)
+    for a, b in zip(our_weights, keras_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)  # BatchNorm statistics moved
+
+
+def test_float64_train_on_batch_then_float32_fit_is_one_run():
+    x, y = small_data(seed=2)
+    model = dense_net()
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    model.train_on_batch(x[:4].astype("float64"), y[:4].astype("float64"))
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations) == 5
+    assert model.replayed_step == 5
+
+
+def test_skipped_nonfinite_batches_are_reported_once_per_fit():
+    x, y = small_data(seed=3)
+    x[5, 0] = np.nan
+    model = dense_net()
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    with pytest.warns(UserWarning, match=r"skipped 1 batch\(es\) in this fit\(\).*"
+                      r"on_nonfinite='raise'"):
+        history = model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and model.skipped_batches == 1
+    assert set(history.history) == {"loss"}

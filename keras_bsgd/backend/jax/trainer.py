@@ -129,7 +129,11 @@ class ReplayTrainer(ReplayTrainerBase):
     def _index_buffered(self, run, optimizer, arguments):
         """Whether this fit() feeds example indices into the run's `DataStore` (made if new)."""
         data = tuple(arguments.get(k) for k in ("x", "y", "sample_weight"))
-        in_memory = index_feed.in_memory(data) and keras.distribution.distribution() is None
+        # A model without trainable weights runs Keras' own step, on the arrays.
+        in_memory = (
+            index_feed.in_memory(data) and keras.distribution.distribution() is None
+            and bool(self.trainable_variables)
+        )
         if run.state is None and run.data_store is None:
             if optimizer.index_buffering and optimizer.window is None and in_memory:
                 run.data_store = DataStore()
@@ -158,7 +162,9 @@ class ReplayTrainer(ReplayTrainerBase):
     def train_step(self, state, data):
         """Keras' stateless step: one backward-SGD step on `data` (see `keras_bsgd.backend.jax.step`)."""
         optimizer = self._backward_sgd()
-        if optimizer is None:
+        if optimizer is None or not self.trainable_variables:
+            # Without trainable weights nothing replays: Keras' own step
+            # (loss, metrics, BatchNorm statistics), as Keras trains such a model.
             return super().train_step(state, data)
         return Step(self, optimizer).train(state, data)
 

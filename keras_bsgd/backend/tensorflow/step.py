@@ -110,9 +110,10 @@ class BackwardStep:
         buffer = self._buffer_for(optimizer, replicas.first(item), replicas)
         if not self.trainable_variables:
             raise ValueError(
-                "Backward-SGD needs trainable weights to replay updates on, "
-                f"and model '{self.name}' has none (all layers frozen?). "
-                "Received: 0 trainable variables"
+                "Under a multi-replica strategy, backward-SGD needs trainable "
+                f"weights to replay updates on, and model '{self.name}' has none "
+                "(all layers frozen?). Train it without the strategy, or with "
+                "trainable weights. Received: 0 trainable variables"
             )
         if not self.optimizer.built:
             # Keras builds optimizers lazily in their `apply()`, which only
@@ -337,9 +338,7 @@ class BackwardStep:
         x, y, sample_weight = batch
         before = [tf.identity(v) for v in self.metrics_variables]
         y_pred = self(x, training=True)
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
+        loss = self._training_loss(x, y, y_pred, sample_weight)
         batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
         self._loss_tracker.update_state(
             loss * tf.distribute.get_strategy().num_replicas_in_sync,
@@ -407,9 +406,7 @@ class BackwardStep:
         """The gradients of a map's loss (times `scale`, if given) at the live state."""
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
+            loss = self._training_loss(x, y, y_pred, sample_weight)
             loss = optimizer.scale_loss(loss)
             if scale is not None:
                 loss = loss * scale

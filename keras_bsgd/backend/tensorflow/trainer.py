@@ -12,6 +12,7 @@ import inspect
 import itertools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_bsgd import custom_code
@@ -268,6 +269,10 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().train_step(data)
+        if not self.trainable_variables:
+            # Nothing to replay: Keras' own step (loss, metrics, BatchNorm
+            # statistics), as Keras trains a model without trainable weights.
+            return super().train_step(self._gathered(optimizer, data))
         # No part of the step may run before a batch of the wrong size has
         # failed the check: the state must stay as it was. A trace that
         # creates the buffer or the optimizer's variables cannot wait on its
@@ -279,6 +284,11 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             return self._backward_step(
                 optimizer, data, self._replicas or LocalReplicas()
             )
+
+    def _gathered(self, optimizer, data):
+        """`data`, or with index buffering the batch its example indices point to."""
+        store = self._run_for(optimizer).data_store
+        return data if store is None else store.gather(keras.utils.unpack_x_y_sample_weight(data)[0])
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
@@ -341,7 +351,8 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             full = self._full_batches(batches, self._replicas.local_size, run_batch_size())
             if not full:
                 return self.get_metrics_result()
-            logs = compiled(iter(full))
+            # Tensors, as a compiled step gets them (also with run_eagerly).
+            logs = compiled(iter(keras.tree.map_structure(_as_tensor, full)))
             raise_incident()
             return logs
 
@@ -407,3 +418,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             return step(next(iterator))
 
         return function
+
+
+def _as_tensor(leaf):
+    return tf.convert_to_tensor(leaf) if isinstance(leaf, np.ndarray) else leaf
