@@ -6,6 +6,8 @@ Example:
 keras-bsgd compare                        # bsgd_digits MLP from a warm start, ~3 min on 2 CPUs
 keras-bsgd compare --weight-decay 0       # the same without weight decay
 keras-bsgd compare --forward-steps 0 --steps 300 --eval-every 20   # a cold start
+keras-bsgd compare --regime paper_mlp     # the paper's regime: no weight decay, an MLP
+keras-bsgd compare --regime paper_resnet --forward-steps 0   # a ResNet-18 at width 8, cold
 python -m keras_bsgd compare --forward-steps 20 --steps 20 --windows 4 --output /tmp/tiny
 ```
 
@@ -22,6 +24,7 @@ import sys
 def _parser():
     # The runner owns the defaults; importing it needs the `bench` extra,
     # which `main` checks first.
+    from keras_bsgd.benchmarks.regimes import REGIMES
     from keras_bsgd.benchmarks.runner import DEFAULTS
 
     parser = argparse.ArgumentParser(
@@ -36,6 +39,7 @@ def _parser():
     )
     compare = commands.add_parser(
         "compare",
+        argument_default=argparse.SUPPRESS,
         help="Backward-SGD against forward SGD, a cosine schedule, an EMA, a uniform average "
         "and schedule-free AdamW, from a warm start.",
         description=(
@@ -51,40 +55,66 @@ def _parser():
         ),
         epilog="TensorFlow's C++ logs are hidden unless TF_CPP_MIN_LOG_LEVEL is set.",
     )
-    _compare_arguments(compare, DEFAULTS)
+    _compare_arguments(compare, DEFAULTS, REGIMES)
     return parser
 
 
-def _compare_arguments(compare, d):
-    """The options of `keras-bsgd compare`, with the runner's defaults `d`."""
-    windows = " ".join(map(str, d["windows"])) or "none"
-    compare.add_argument("--dataset", default=d["dataset"], help=(
-        "bsgd_digits or mnist1d (built offline on first use), or mnist, "
-        "fashion_mnist, cifar10, cifar100 (must already be prepared in --data-dir); "
-        f"default: {d['dataset']}"))
-    compare.add_argument("--model", default=d["model"], help=(
-        "linear (softmax regression), mlp (one hidden layer of 64), mlp_fashion, "
-        f"resnet18 or resnet50; default: {d['model']}"))
-    compare.add_argument("--batch-size", type=int, default=d["batch_size"],
+def _compare_arguments(compare, d, regimes):
+    """The options of `keras-bsgd compare`; their help gives the runner's defaults `d`.
+
+    The options have no argparse defaults (the subparser suppresses them): an
+    option not given stays out of the namespace, and `_compare_settings`
+    takes it from the `--regime`, else from `d`.
+    """
+    compare.add_argument("--regime", choices=sorted(regimes), help=(
+        f"a named setting ({', '.join(sorted(regimes))}): the paper's regime, without "
+        "weight decay, on image tasks rendered from the embedded digits "
+        "(docs/results.md); options given explicitly override it, e.g. --forward-steps 0 "
+        "for its cold start"))
+    compare.add_argument("--dataset", help=(
+        "bsgd_digits or mnist1d (built offline on first use), digits_28x28 or "
+        "digits_32x32x3 (rendered from bsgd_digits at Fashion-MNIST's and CIFAR's shapes), "
+        "or mnist, fashion_mnist, cifar10, cifar100 (must already be prepared in "
+        f"--data-dir); default: {d['dataset']}"))
+    compare.add_argument("--model", help=(
+        "linear (softmax regression), mlp (one hidden layer of 64), mlp_fashion, resnet18, "
+        f"resnet18_w8 or resnet50; default: {d['model']}"))
+    compare.add_argument("--batch-size", type=int,
                          help=f"examples per batch; default: {d['batch_size']}")
-    compare.add_argument("--learning-rate", type=float, default=d["learning_rate"],
-                         help=f"learning rate of every method; default: {d['learning_rate']}")
-    compare.add_argument("--momentum", type=float, default=d["momentum"],
+    compare.add_argument("--learning-rate", type=float,
+                         help=f"learning rate of every SGD method; default: {d['learning_rate']}")
+    compare.add_argument("--momentum", type=float,
                          help=f"SGD momentum of every method; default: {d['momentum']}")
-    compare.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+    compare.add_argument("--weight-decay", type=float,
                          help="Keras' decoupled weight decay of the warm-up and every method "
                          f"(0: none); default: {d['weight_decay']}")
-    compare.add_argument("--forward-steps", type=int, default=d["forward_steps"],
+    compare.add_argument("--forward-steps", type=int,
                          help="shared forward-SGD warm-up steps W (0: a cold start); default: "
                          f"{d['forward_steps']}")
-    compare.add_argument("--steps", type=int, default=d["steps"],
+    compare.add_argument("--steps", type=int,
                          help="steps N of every method after the warm-up (exact backward-SGD "
                          f"costs N(N+E)/(2E) gradients, E dividing N); default: {d['steps']}")
-    compare.add_argument("--eval-every", type=int, default=d["eval_every"],
+    compare.add_argument("--eval-every", type=int,
                          help="steps E between evaluations, and backward-SGD's replay_every; "
                          f"default: {d['eval_every']}")
-    compare.add_argument("--windows", type=int, nargs="*", default=list(d["windows"]),
-                         help=f"windows of windowed backward-SGD (give none to skip); default: "
+    _method_arguments(compare, d)
+    compare.add_argument("--seeds", type=int, nargs="+",
+                         help="seeds of initial weights and batch order; default: "
+                         + " ".join(map(str, d["seeds"])))
+    compare.add_argument("--output", help=f"output folder; default: {d['output']}")
+    compare.add_argument("--data-dir",
+                         help="TFDS data directory (default: $TFDS_DATA_DIR or "
+                         "~/tensorflow_datasets)")
+    compare.add_argument("--no-jit", dest="jit_compile", action="store_false",
+                         help="do not XLA-compile the training steps")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _method_arguments(compare, d):
+    """The options of `keras-bsgd compare` that choose and set up the methods."""
+    windows = " ".join(map(str, d["windows"])) or "none"
+    compare.add_argument("--windows", type=int, nargs="*",
+                         help="windows of windowed backward-SGD (give none to skip); default: "
                          f"{windows}")
     compare.add_argument("--no-exact", dest="exact", action="store_false",
                          help="skip exact backward-SGD")
@@ -93,22 +123,30 @@ def _compare_arguments(compare, d):
                          "schedule_free_adamw")
     grid = " ".join(f"{r:g}" for r in d["schedule_free_learning_rates"])
     compare.add_argument("--schedule-free-lr", dest="schedule_free_learning_rates", type=float,
-                         nargs="+", default=list(d["schedule_free_learning_rates"]),
-                         help="learning rates tried for schedule_free_adamw (Adam-based), the "
-                         "best on the held-out split wins; one: used as given; default: " + grid)
-    compare.add_argument("--validation-fraction", type=float, default=d["validation_fraction"],
+                         nargs="+", help="learning rates tried for schedule_free_adamw "
+                         "(Adam-based), the best on the held-out split wins; one: used as "
+                         f"given; default: {grid}")
+    compare.add_argument("--validation-fraction", type=float,
                          help="fraction of the training set held out of every run, to choose "
                          f"schedule_free_adamw's learning rate; default: "
                          f"{d['validation_fraction']}")
-    compare.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]),
-                         help="seeds of initial weights and batch order; default: "
-                         + " ".join(map(str, d["seeds"])))
-    compare.add_argument("--output", default=d["output"], help=f"output folder; default: {d['output']}")
-    compare.add_argument("--data-dir", default=d["data_dir"],
-                         help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    compare.add_argument("--no-jit", dest="jit_compile", action="store_false",
-                         help="do not XLA-compile the training steps")
-    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _compare_settings(args):
+    """`compare`'s keyword arguments: the runner's defaults, the regime's, the options given."""
+    from keras_bsgd.benchmarks import regimes
+    from keras_bsgd.benchmarks.runner import DEFAULTS
+
+    settings = {k: v for k, v in DEFAULTS.items() if k != "eval_batch_size"}
+    given = dict(vars(args))
+    regime = given.pop("regime", None)
+    if regime:
+        settings.update(regimes.settings(regime))
+    for name in ("command", "quiet"):
+        given.pop(name, None)
+    settings.update(given)
+    settings["weight_decay"] = settings["weight_decay"] or None  # 0: none.
+    return settings
 
 
 def _compare(args):
@@ -116,27 +154,7 @@ def _compare(args):
     from keras_bsgd.datasets import DatasetNotPreparedError
 
     try:
-        result = compare(
-            dataset=args.dataset,
-            model=args.model,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay or None,
-            forward_steps=args.forward_steps,
-            steps=args.steps,
-            eval_every=args.eval_every,
-            windows=args.windows,
-            exact=args.exact,
-            baselines=args.baselines,
-            schedule_free_learning_rates=args.schedule_free_learning_rates,
-            validation_fraction=args.validation_fraction,
-            seeds=args.seeds,
-            output=args.output,
-            data_dir=args.data_dir,
-            jit_compile=args.jit_compile,
-            progress=not args.quiet,
-        )
+        result = compare(**_compare_settings(args), progress=not getattr(args, "quiet", False))
     except (ValueError, DatasetNotPreparedError) as error:
         print(f"keras-bsgd compare: error: {error}", file=sys.stderr)
         return 2

@@ -279,6 +279,7 @@ def test_batch_stream_is_seeded_and_full():
 
 def test_models_build():
     assert models.build("mlp", (8, 8, 1), 10).output_shape == (None, 10)
+    assert models.build("resnet18_w8", (32, 32, 3), 10).count_params() == 177602
     assert models.resnet18(width=4).output_shape == (None, 10)
     assert models.resnet50(num_classes=100, width=2).output_shape == (None, 100)
     with pytest.raises(ValueError, match="Received: name='vgg'"):
@@ -294,7 +295,7 @@ def test_models_build():
     ({"validation_fraction": 0.0}, "Received: validation_fraction=0.0"),
     ({"schedule_free_learning_rates": (0.01, 0.0)},
      "Received: schedule_free_learning_rates=\\(0.01, 0.0\\)"),
-    ({"dataset": "nope"}, "Received: name='nope'"),
+    ({"dataset": "nope"}, "Received: dataset='nope'"),
 ])
 def test_invalid_compare_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -477,3 +478,35 @@ def test_schedule_free_rate_is_the_best_held_out(result):
         text = f.read()
     assert "| schedule_free_adamw | " + f"{config['schedule_free_learning_rate']:g} (Adam" in text
     assert "held out of every run" in text
+
+
+def test_digit_images_render_the_digits_at_the_papers_shapes():
+    from keras_bsgd.benchmarks import digit_images
+
+    rng = np.random.default_rng(0)
+    digits = rng.uniform(0, 1, (5, 8, 8, 1)).astype("float32")
+    small = digit_images.render("digits_28x28", digits, "train")
+    assert small.shape == (5, 28, 28, 1) and small.dtype == np.float32
+    # A bilinear resize keeps the mean brightness of each digit (to within its edges).
+    np.testing.assert_allclose(small.mean(axis=(1, 2, 3)), digits.mean(axis=(1, 2, 3)), atol=0.03)
+    colour = digit_images.render("digits_32x32x3", digits, "train")
+    assert colour.shape == (5, 32, 32, 3) and 0 <= colour.min() and colour.max() <= 1
+    np.testing.assert_array_equal(colour, digit_images.render("digits_32x32x3", digits, "train"))
+    assert not np.array_equal(colour, digit_images.render("digits_32x32x3", digits, "test"))
+    # A blank digit is its background colour, plus noise: one colour per image.
+    blank = digit_images.render("digits_32x32x3", np.zeros((3, 8, 8, 1), "float32"), "test")
+    assert np.all(blank.std(axis=(1, 2)) < 0.06)
+    with pytest.raises(ValueError, match="Received: name='digits_9x9'"):
+        digit_images.render("digits_9x9", digits, "train")
+
+
+def test_compare_on_a_rendered_task(tmp_path, data_dir):
+    result = benchmarks.compare(
+        dataset="digits_32x32x3", model="linear", forward_steps=2, steps=4, eval_every=2,
+        windows=(), exact=False, baselines=False, seeds=(0,), output=str(tmp_path),
+        data_dir=data_dir,
+    )
+    config = result.summary["config"]
+    assert config["train_examples"] + config["validation_examples"] == 1437
+    assert config["test_examples"] == 360
+    assert result.runs[0]["evals"][0]["test_loss"] > 0

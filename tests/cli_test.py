@@ -58,21 +58,36 @@ def test_unprepared_dataset_is_a_clean_error(tmp_path):
     assert "never downloads" in done.stderr and "Traceback" not in done.stderr
 
 
+def _settings(*argv):
+    return cli._compare_settings(cli._parser().parse_args(["compare", *argv]))
+
+
 def test_parser_defaults_are_the_runners(capsys):
-    args = vars(cli._parser().parse_args(["compare"]))
-    for name, default in runner.DEFAULTS.items():
-        if name == "eval_batch_size":  # Not a command-line option.
-            continue
-        expected = list(default) if isinstance(default, tuple) else default
-        assert args[name] == expected, name
-    args = cli._parser().parse_args(["compare", "--windows", "--no-exact", "--no-baselines"])
-    assert args.windows == [] and not args.exact and not args.baselines
-    args = cli._parser().parse_args(["compare", "--schedule-free-lr", "0.001",
-                                     "--validation-fraction", "0.2"])
-    assert args.schedule_free_learning_rates == [0.001] and args.validation_fraction == 0.2
+    expected = {k: v for k, v in runner.DEFAULTS.items() if k != "eval_batch_size"}
+    assert _settings() == expected  # Not a command-line option: eval_batch_size.
+    settings = _settings("--windows", "--no-exact", "--no-baselines", "--weight-decay", "0")
+    assert settings["windows"] == [] and not settings["exact"] and not settings["baselines"]
+    assert settings["weight_decay"] is None
+    settings = _settings("--schedule-free-lr", "0.001", "--validation-fraction", "0.2")
+    assert settings["schedule_free_learning_rates"] == [0.001]
+    assert settings["validation_fraction"] == 0.2
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "compare" in capsys.readouterr().out
+
+
+def test_regime_fills_the_options_not_given():
+    from keras_bsgd.benchmarks import regimes
+
+    settings = _settings("--regime", "paper_resnet")
+    assert {k: settings[k] for k in regimes.REGIMES["paper_resnet"]} == (
+        regimes.REGIMES["paper_resnet"])
+    assert settings["output"] == runner.DEFAULTS["output"]  # Not in the regime: the default.
+    cold = _settings("--regime", "paper_mlp", "--forward-steps", "0", "--seeds", "4")
+    assert (cold["forward_steps"], cold["seeds"], cold["model"]) == (0, [4], "mlp_fashion")
+    assert cold["weight_decay"] is None
+    with pytest.raises(SystemExit):
+        _settings("--regime", "nope")
 
 
 def test_missing_bench_extra_is_one_line(monkeypatch, capsys):

@@ -37,9 +37,10 @@ FORWARD_POLYAK = "forward_sgd_polyak"
 SCHEDULE_FREE = "schedule_free_adamw"
 EXACT = "backward_exact"
 
-SCHEDULE_FREE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+SCHEDULE_FREE_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 """Learning rates `compare` tries for `schedule_free_adamw`: half-decades
-around Keras' default 0.0025."""
+from Keras' default (0.0025) up; on the default task the held-out loss fell
+monotonically from 1e-4 to 1e-2, so the grid starts at 1e-3."""
 
 _EVALUATED = {FORWARD_EMA: "ema", FORWARD_POLYAK: "uniform", SCHEDULE_FREE: "schedule_free"}
 
@@ -125,8 +126,10 @@ def optimizers(
     Example:
 
     >>> names = list(optimizers(0.1, steps=10, replay_every=5, windows=(4,)))
-    >>> names[:4], names[4:]
-    (['forward_sgd', 'forward_sgd_decay', 'forward_sgd_ema', 'forward_sgd_polyak'], ['backward_exact', 'backward_w4'])
+    >>> names[:3]
+    ['forward_sgd', 'forward_sgd_decay', 'forward_sgd_ema']
+    >>> names[3:]
+    ['forward_sgd_polyak', 'backward_exact', 'backward_w4']
     """
     base = {"momentum": momentum, "weight_decay": weight_decay}
 

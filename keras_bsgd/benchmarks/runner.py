@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import keras_bsgd
 from keras_bsgd import datasets
+from keras_bsgd.benchmarks import digit_images
 from keras_bsgd.benchmarks import methods as methods_lib
 from keras_bsgd.benchmarks import metrics
 from keras_bsgd.benchmarks import models
@@ -32,7 +33,7 @@ DEFAULTS = {
     "forward_steps": 5000,
     "steps": 1000,
     "eval_every": 10,
-    "windows": (16, 64),
+    "windows": (16,),
     "seeds": (0, 1, 2),
     "exact": True,
     "baselines": True,
@@ -83,9 +84,14 @@ def _as_numpy(ds):
 def _data(config):
     """`(spec, train, validation, test)` of the configured dataset, as NumPy arrays."""
     name, data_dir = config["dataset"], config["data_dir"]
-    spec = datasets.info(name)
-    train = _as_numpy(datasets.load(name, "train", data_dir))
-    test = _as_numpy(datasets.load(name, "test", data_dir))
+    rendered = name in digit_images.DATASETS
+    spec = digit_images.DATASETS[name] if rendered else datasets.info(name)
+    source = "bsgd_digits" if rendered else name
+    train = _as_numpy(datasets.load(source, "train", data_dir))
+    test = _as_numpy(datasets.load(source, "test", data_dir))
+    if rendered:
+        train = digit_images.render(name, train[0], "train"), train[1]
+        test = digit_images.render(name, test[0], "test"), test[1]
     train, validation = _split(train, config["validation_fraction"])
     return spec, train, validation, test
 
@@ -251,6 +257,11 @@ def _transpose(columns):
 
 
 def _validate(config):
+    known = sorted(datasets.DATASETS) + sorted(digit_images.DATASETS)
+    if config["dataset"] not in known:
+        raise ValueError(
+            f"Unknown dataset. Expected one of {known}. Received: dataset={config['dataset']!r}"
+        )
     windows, seeds = config["windows"], config["seeds"]
     if any(w < 1 for w in windows):
         raise ValueError(
