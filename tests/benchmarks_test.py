@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from keras_bsgd import benchmarks  # noqa: E402
 from keras_bsgd.benchmarks import metrics  # noqa: E402
 from keras_bsgd.benchmarks import models  # noqa: E402
+from keras_bsgd.benchmarks import report  # noqa: E402
 from keras_bsgd.benchmarks import runner  # noqa: E402
 from keras_bsgd.benchmarks.recorder import weights_sha256  # noqa: E402
 
@@ -249,8 +250,12 @@ def test_summarize_and_aggregate_by_hand():
     assert s["accuracy_at_forward_budget"] == 0.4  # step 4: 16 <= 20 < 36
     assert s["grad_evals"] == 64 and s["wall_time_s"] == 4.0
     assert math.isnan(metrics.summarize_run(steps, evals)["accuracy_at_forward_budget"])
-    agg = metrics.aggregate([s, {**s, "grad_evals": 66}])
+    agg = metrics.aggregate([s, {**s, "grad_evals": 66, "half_life_steps_last_half": 50.0}])
     assert agg["grad_evals"] == {"mean": 65.0, "std": pytest.approx(math.sqrt(2))}
+    half_life = agg["half_life_steps_last_half"]
+    assert (half_life["mean"], half_life["infinite"], half_life["seeds"]) == (math.inf, 1, 2)
+    assert report._cell(half_life, "half_life_steps_last_half") == (
+        "∞ (no contraction in 1 of 2 seeds)")
 
 
 def test_expected_grad_evals_with_replay_every():
@@ -510,3 +515,22 @@ def test_compare_on_a_rendered_task(tmp_path, data_dir):
     assert config["train_examples"] + config["validation_examples"] == 1437
     assert config["test_examples"] == 360
     assert result.runs[0]["evals"][0]["test_loss"] > 0
+
+
+def test_comparison_figure_labels_and_contraction_legend():
+    from keras_bsgd.benchmarks import plots
+
+    steps = np.arange(0, 101, 10)
+
+    def run(method, movement):
+        rows = [{"step": int(k), "grad_evals": int(k), "test_loss": 1.0, "test_accuracy": 0.5,
+                 "param_movement": math.nan if k == 0 else movement(k),
+                 "logit_rms_change": 1.0, "distance_to_final": 1.0 + 100 - k} for k in steps]
+        return {"method": method, "evals": rows}
+
+    runs = [run("forward_sgd", lambda k: 1.0), run("backward_exact", lambda k: 0.99 ** k)]
+    figure = plots.comparison_figure(runs, ["forward_sgd", "backward_exact"])
+    assert [ax.get_ylabel() for ax in figure.axes] == [p[2] for p in plots._PANELS]
+    legend = [t.get_text() for t in figure.axes[1].get_legend().get_texts()]
+    assert legend == ["forward_sgd: ρ=1.00000/step, t½=∞",
+                      "backward_exact: ρ=0.99000/step, t½=69"]

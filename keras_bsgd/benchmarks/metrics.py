@@ -238,7 +238,7 @@ def aggregate(summaries):
         A dict `{metric: {"mean": float, "std": float}}`; `std` is the sample
         standard deviation (ddof=1), 0 for a single seed. A metric that is
         infinite in some seed (a half-life without contraction) has mean
-        `inf` and std NaN.
+        `inf`, std NaN, and the counts `infinite` and `seeds`.
 
     Example:
 
@@ -249,7 +249,9 @@ def aggregate(summaries):
     for key in summaries[0]:
         values = np.array([s[key] for s in summaries], "float64")
         if np.isinf(values).any():
-            result[key] = {"mean": float(np.max(values)), "std": math.nan}
+            infinite = int(np.isinf(values).sum())
+            result[key] = {"mean": math.inf, "std": math.nan, "infinite": infinite,
+                           "seeds": len(values)}
             continue
         std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         result[key] = {"mean": float(np.mean(values)), "std": std}

@@ -41,7 +41,7 @@ def _contraction(ax, runs, method, color):
     return f"{method}: ρ={fit.rate:.5f}/step, t½={half_life}"
 
 
-def plot_comparison(runs, methods, path, title=""):
+def comparison_figure(runs, methods, title=""):
     """Draws the evaluation curves of every method, one panel per quantity.
 
     Panels: test loss against step and against gradient evaluations (log
@@ -57,11 +57,10 @@ def plot_comparison(runs, methods, path, title=""):
         runs: Run dicts with `method` and `evals` rows (with the columns of
             `keras_bsgd.benchmarks.metrics.evaluation_columns`).
         methods: Method names, in legend order; forward SGD first.
-        path: The PNG file to write.
         title: Figure title. Defaults to `""`.
 
     Returns:
-        `path`.
+        A Matplotlib `Figure`.
     """
     figure = Figure(figsize=(16, 9))
     FigureCanvasAgg(figure)
@@ -78,11 +77,11 @@ def plot_comparison(runs, methods, path, title=""):
                 keep &= x > 0
             for seed_values in values[:, keep]:
                 ax.plot(x[keep], seed_values, color=color, linewidth=0.5, alpha=0.35)
-            label = method
+            legend = method
             if column == "param_movement":
-                label = _contraction(ax, runs, method, color)
+                legend = _contraction(ax, runs, method, color)
             ax.plot(x[keep], values[:, keep].mean(axis=0), color=color, linewidth=1.8,
-                    label=label)
+                    label=legend)
             ax.set_ylabel(label)
             ax.set_xlabel("gradient evaluations (log)" if x_column == "grad_evals" else
                           "step after the warm-up")
@@ -97,6 +96,22 @@ def plot_comparison(runs, methods, path, title=""):
                           title_fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
+    return figure
+
+
+def plot_comparison(runs, methods, path, title=""):
+    """Draws `comparison_figure` into a PNG file.
+
+    Args:
+        runs: Run dicts, as `comparison_figure`'s.
+        methods: Method names, in legend order; forward SGD first.
+        path: The PNG file to write.
+        title: Figure title. Defaults to `""`.
+
+    Returns:
+        `path`.
+    """
+    figure = comparison_figure(runs, methods, title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=80)
     return path

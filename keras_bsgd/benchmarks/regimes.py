@@ -24,7 +24,8 @@ REGIMES = {
         "steps": 1000,
         "eval_every": 10,
         "windows": (16,),
-        "seeds": (0, 1, 2),
+        # Two seeds: exact backward-SGD's 50,500 gradients take 40 s a seed here.
+        "seeds": (0, 1),
         "jit_compile": True,
     },
     "paper_resnet": {
@@ -39,6 +40,8 @@ REGIMES = {
         "eval_every": 10,
         "windows": (16,),
         "seeds": (0,),
+        # From its warm start the held-out loss rose from 1e-3 to 3e-2: lower rates.
+        "schedule_free_learning_rates": (1e-4, 3e-4, 1e-3, 3e-3),
         # XLA:CPU compiles each of the run's ResNet steps for 10-20 s and runs
         # them no faster than TensorFlow's own kernels here.
         "jit_compile": False,

@@ -46,7 +46,9 @@ def _cell(stats, key):
     if math.isnan(mean):
         return "–"
     if math.isinf(mean):
-        return "∞ (no contraction)"
+        seeds = stats.get("seeds", 1)
+        return "∞ (no contraction)" if seeds == 1 else (
+            f"∞ (no contraction in {stats['infinite']} of {seeds} seeds)")
     if key == "contraction_rate_last_half":
         return f"{mean:.5f} ± {std:.5f}"
     if key == "half_life_steps_last_half":
