@@ -69,6 +69,12 @@ class ReplayTrainerBase:
         nonfinite = self.skipped_batches
         try:
             yield
+        except BaseException:
+            # Stopped between steps or before one (Ctrl-C, a refused batch, an
+            # incident, a callback's error): the weights are the ones the
+            # trainer left, and the next fit() continues this run.
+            self._record_weights()
+            raise
         finally:
             skipped, self._partial_batches = self._partial_batches, None
             skipped.warn(stacklevel=5)

@@ -153,6 +153,13 @@ class ReplayTrainer(ReplayTrainerBase):
         optimizer = self._backward_sgd()
         return None if optimizer is None or optimizer.run_state is None else optimizer.run_state.data_store
 
+    def _record_weights(self):
+        # What the trainer left in the model; see `_start_run_if_weights_were_set`.
+        optimizer = self._backward_sgd()
+        run = None if optimizer is None else optimizer.run_state
+        if run is not None and run.state is not None:
+            run.left_weights = self._weights_digest()
+
     def _start_run_if_weights_were_set(self, run):
         """Starts a new run at the next step if the weights are not the ones the trainer left."""
         if run.left_weights is not None and self._weights_digest() != run.left_weights:
@@ -380,11 +387,7 @@ class RunCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # Also the end of an epoch that a callback stopped early.
         self.model.replay_to_current_step()
-        self._record_weights()
+        self.model._record_weights()
 
     def on_train_end(self, logs=None):
-        self._record_weights()
-
-    def _record_weights(self):
-        model = self.model
-        model.optimizer.run_state.left_weights = model._weights_digest()
+        self.model._record_weights()
