@@ -152,3 +152,21 @@ def test_empty_arrays_are_rejected():
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
     with pytest.raises(ValueError, match="Received: 0 samples"):
         model.fit(np.ones((0, 3), "float32"), np.ones((0, 2), "float32"), batch_size=4, verbose=0)
+
+
+@pytest.mark.parametrize("replay_every", [1, 2])
+def test_a_step_that_fails_inside_the_graph_keeps_the_state(replay_every):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), rng.integers(0, 3, 32)
+    model = keras_bsgd.Sequential([
+        keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3),
+    ])
+    model.compile(
+        optimizer=keras_bsgd.BackwardSGD(0.1, window=3, momentum=0.5, replay_every=replay_every),
+        loss="sparse_categorical_crossentropy", jit_compile=False,
+    )
+    model.fit(x, y, batch_size=4, verbose=0)
+    before = snapshot(model)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label"):
+        model.fit(x, np.full_like(y, 7), batch_size=4, verbose=0)  # labels out of range
+    assert_unchanged(model, before)

@@ -72,24 +72,27 @@ class BackwardStep:
         learning_rate = optimizer.current_learning_rate()
         self._start_run_at_its_first_step(optimizer, local)
         finite, before_logging, metrics = self._log(optimizer, batch, step, replicas)
-        forward, ok, replay = self._decide(optimizer, buffer, local, finite)
-        start_scale = None if loss_scale is None else loss_scale.start_step()
-        target, when = self._restore(optimizer, local, ok, replay, before_logging)
-        forward_maps = self._forward(
-            optimizer, item, learning_rate, step, tf.logical_and(replay, forward),
-            loss_scale, replicas,
-        )
-        write = functools.partial(
-            self._write, optimizer, buffer, local, item, learning_rate,
-            tf.logical_and(ok, tf.logical_not(forward)), replicas,
-        )
-        first = tf.equal(buffer.replayed_step, 0)
-        maps = self._replay(optimizer, buffer, target, when, loss_scale, replicas, write)
-        buffer.gradient_evaluations.assign_add(forward_maps + maps)
-        self._finish(
-            optimizer, buffer, step, ok, replay, finite, first, loss_scale, start_scale
-        )
-        replicas.run(self._keep_metrics, (finite, *metrics))
+        # Nothing changes before the logging pass's loss exists: a batch its
+        # loss fails on (labels out of range) raises with the state kept.
+        with tf.control_dependencies([finite]):
+            forward, ok, replay = self._decide(optimizer, buffer, local, finite)
+            start_scale = None if loss_scale is None else loss_scale.start_step()
+            target, when = self._restore(optimizer, local, ok, replay, before_logging)
+            forward_maps = self._forward(
+                optimizer, item, learning_rate, step, tf.logical_and(replay, forward),
+                loss_scale, replicas,
+            )
+            write = functools.partial(
+                self._write, optimizer, buffer, local, item, learning_rate,
+                tf.logical_and(ok, tf.logical_not(forward)), replicas,
+            )
+            first = tf.equal(buffer.replayed_step, 0)
+            maps = self._replay(optimizer, buffer, target, when, loss_scale, replicas, write)
+            buffer.gradient_evaluations.assign_add(forward_maps + maps)
+            self._finish(
+                optimizer, buffer, step, ok, replay, finite, first, loss_scale, start_scale
+            )
+            replicas.run(self._keep_metrics, (finite, *metrics))
         return self.get_metrics_result()
 
     def _step_inputs(self, optimizer, data, replicas):
