@@ -104,7 +104,10 @@ class RunState:
         leaves = self.leaves(batch)
         self.spec = [(tuple(leaf.shape), _dtype(leaf)) for leaf in leaves]
         self.batches = [
-            _variable(np.zeros((self.slots + 1, *shape), dtype), f"replay_batch_{i}")
+            _variable(
+                np.zeros((self.slots + 1, *shape), dtype), f"replay_batch_{i}",
+                layout=_batch_sharded(shape),
+            )
             for i, (shape, dtype) in enumerate(self.spec)
         ]
         self.learning_rates = _variable(np.zeros((self.slots + 1,), "float32"), "replay_lr")
@@ -159,8 +162,27 @@ class RunState:
         return high * EVALUATIONS_BASE + low
 
 
-def _variable(value, name):
-    return keras.Variable(value, dtype=str(value.dtype), trainable=False, name=name)
+def _variable(value, name, layout=None):
+    return keras.Variable(
+        value, dtype=str(value.dtype), trainable=False, name=name, layout=layout
+    )
+
+
+def _batch_sharded(batch_shape):
+    """The ring's layout under a `keras.distribution`: slots whole, each batch split as the data is.
+
+    Each device then holds its own shard of every buffered batch, not the
+    whole ring; None (Keras' default layout) without a distribution, or
+    where the batch does not split evenly.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None or not batch_shape:
+        return None
+    mesh = distribution.device_mesh
+    axis = distribution.batch_dim_name
+    if batch_shape[0] % mesh.shape[mesh.axis_names.index(axis)]:
+        return None
+    return keras.distribution.TensorLayout([None, axis, *[None] * (len(batch_shape) - 1)], mesh)
 
 
 def _dtype(leaf):
