@@ -10,13 +10,61 @@ from keras.src.models.functional import Functional
 
 from keras_bsgd import backend
 from keras_bsgd import custom_code
+from keras_bsgd import optimizer as optimizer_module
 
 # The trainer of the Keras backend in use, chosen once, when keras_bsgd is imported.
 ReplayTrainer = backend.trainer_class()
 
 
+class AllOrNothingLoad:
+    """`load_weights` that loads the whole file or, if any part is refused, nothing.
+
+    Keras loads a file object by object and, when one object refuses its
+    part (a backward-SGD run saved with another window, an optimizer of
+    another layout, a layer of another shape), loads all the others before
+    it raises: the model would be left with the file's weights, part of its
+    optimizer state and its own run. Here such a load leaves the model as
+    it was, bit for bit: weights, optimizer variables, metrics, and the run
+    (replay buffer, counters, seeds).
+    """
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Loads weights and training state as `keras.Model.load_weights`, all or nothing.
+
+        Raises:
+            ValueError: Keras' error, or keras_bsgd's refusal of a file whose
+                run does not fit this model (see docs/saving.md), after the
+                model is put back as it was before the call.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        backward_sgd = optimizer_module.backward_sgd_of(optimizer)
+        with optimizer_module.all_or_nothing(
+            _loadable_variables(self), backward_sgd, self.trainable_variables
+        ):
+            return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+
+
+def _loadable_variables(model):
+    """The variables a load may write: the model's, its metrics' and its optimizer's saved state.
+
+    Not the run's own (a replay buffer, a data store), which a load writes
+    only once it has succeeded (`optimizer.when_loaded`).
+    """
+    optimizer = getattr(model, "optimizer", None)
+    backward_sgd = optimizer_module.backward_sgd_of(optimizer)
+    run = None if backward_sgd is None else backward_sgd.run_state
+    run_variables = {id(v) for v in (run.variables if run is not None else [])}
+    variables = list(model.variables) + list(model.metrics_variables)
+    if optimizer is not None:
+        variables += [v for v in optimizer.variables if id(v) not in run_variables]
+    if backward_sgd is not None:
+        variables += backward_sgd.state_variables
+    unique = {id(v): v for v in variables}
+    return list(unique.values())
+
+
 @keras.saving.register_keras_serializable(package="keras_bsgd")
-class Model(ReplayTrainer, keras.Model):
+class Model(AllOrNothingLoad, ReplayTrainer, keras.Model):
     """A `keras.Model` whose `fit` runs backward-SGD when compiled with `BackwardSGD`.
 
     Use it like `keras.Model`: functional (`Model(inputs, outputs)`, which
@@ -88,14 +136,25 @@ def functional_arguments(args, kwargs):
 
 
 @keras.saving.register_keras_serializable(package="keras_bsgd")
-class Sequential(ReplayTrainer, keras.Sequential):
+class Sequential(AllOrNothingLoad, ReplayTrainer, keras.Sequential):
     """A `keras.Sequential` whose `fit` runs backward-SGD with `BackwardSGD`.
+
+    Keras' `clone_model` always makes a plain `keras.Sequential` of a
+    Sequential model (it has no hook for subclasses), and that one refuses
+    `BackwardSGD`; clone with `from_config` instead, as Keras documents for
+    its subclasses (functional and subclassed `keras_bsgd.Model`s keep their
+    class under `clone_model`).
 
     Example:
 
     >>> import keras, keras_bsgd
     >>> model = keras_bsgd.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> model.compile(optimizer=keras_bsgd.BackwardSGD(window=8), loss="mse")
+    >>> clone = keras_bsgd.Sequential.from_config(model.get_config())  # new weights
+    >>> clone.set_weights(model.get_weights())  # if the clone should start from them
+    >>> clone.compile_from_config(model.get_compile_config())  # a new BackwardSGD
+    >>> type(clone) is keras_bsgd.Sequential, type(clone.optimizer).__name__
+    (True, 'BackwardSGD')
     """
 
 

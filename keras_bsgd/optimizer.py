@@ -1,6 +1,8 @@
 """`BackwardSGD`: the Keras optimizer that holds backward-SGD's settings and state."""
 
 import contextlib
+import contextvars
+import math
 import numbers
 
 import keras
@@ -10,11 +12,22 @@ WRAP_HINT = (
     "BackwardSGD replays buffered batches, which needs the replaying trainer "
     "of keras_bsgd: build the model with `keras_bsgd.Model` / "
     "`keras_bsgd.Sequential`, or wrap an existing model with "
-    "`model = keras_bsgd.wrap(model)` before `compile()`."
+    "`model = keras_bsgd.wrap(model)` before `compile()`. (Keras' "
+    "`clone_model` makes a `keras.Sequential` of a `keras_bsgd.Sequential`: "
+    "clone one with `keras_bsgd.Sequential.from_config(model.get_config())`.)"
 )
 
 
 XLA_UNITS = ("auto", "step", "map")
+
+# Keras' `learning_rate` property, which `BackwardSGD` checks a rate against before it sets one.
+_KERAS_LEARNING_RATE = keras.optimizers.Optimizer.learning_rate
+
+# The `all_or_nothing()` load in progress: `(writes waiting for its end, its
+# BackwardSGD, the trainable variables that one will be built with)`. Not
+# attributes of the optimizer: Keras tracks the variables of every list an
+# optimizer holds as its own.
+_LOAD = contextvars.ContextVar("keras_bsgd_load", default=None)
 
 
 def _is_int(value):
@@ -161,6 +174,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
         # The run's variables (ring buffer, counters), set by a stateless
         # trainer (JAX) so that Keras carries them through its jitted step.
         self.run_state = None
+        # Loaded state waiting for build(): values, and the saved variable count.
         self._pending_state = None
         self._expected_variables = None
         # What an unbuilt BackwardSGD saves: its counter and learning rate,
@@ -320,6 +334,63 @@ class BackwardSGD(keras.optimizers.Optimizer):
             return None
         return self.window + self.replay_every - 1
 
+    @property
+    def learning_rate(self):
+        """The learning rate the next batch is frozen with (a schedule's at `iterations`)."""
+        return _KERAS_LEARNING_RATE.fget(self)
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        # Construction refuses a negative rate; a rate set later
+        # (`LearningRateScheduler`, `ReduceLROnPlateau`, user code) is
+        # refused here, before it is set. Schedules and callables are
+        # evaluated by `check_learning_rate`.
+        rate = _concrete_rate(learning_rate)
+        if rate is not None and not _valid_rate(rate):
+            raise ValueError(_rate_message(repr(learning_rate), self._next_step(), "set"))
+        _KERAS_LEARNING_RATE.fset(self, learning_rate)
+
+    def check_learning_rate(self):
+        """Raises `ValueError` if the next batch would be frozen with a rate that is not valid.
+
+        A map's learning rate is frozen into the buffer with its batch and
+        replayed at every later step, so a negative or non-finite rate
+        would corrupt every backward iterate after it. Construction and the
+        `learning_rate` setter refuse such a value; this checks what
+        neither sees, on the host: a value assigned to the rate's variable,
+        or what a schedule or callable returns at the next step.
+
+        Raises:
+            ValueError: naming the step and the rate.
+
+        Example:
+
+        >>> import keras_bsgd
+        >>> optimizer = keras_bsgd.BackwardSGD(0.1, window=4)
+        >>> _ = optimizer.learning_rate.assign(-0.1)  # the setter is not called
+        >>> optimizer.check_learning_rate()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The learning rate of a backward-SGD map must be ... Received: learning_rate=-0.1 for step 1
+        """
+        rate = float(keras.ops.convert_to_numpy(self.current_learning_rate()))
+        if not _valid_rate(rate):
+            raise ValueError(
+                _rate_message(
+                    f"{rate:.7g}",
+                    self._next_step(),
+                    "assigned to the optimizer's learning-rate variable, or "
+                    "returned by its schedule or callable,",
+                )
+            )
+
+    def _next_step(self):
+        """The step whose batch a rate set now is frozen with (int), or None inside a trace."""
+        try:
+            return int(keras.ops.convert_to_numpy(self.iterations)) + 1
+        except Exception:  # a symbolic counter: there is no step to name
+            return None
+
     def current_learning_rate(self):
         """The learning rate a batch arriving now is frozen with.
 
@@ -371,6 +442,8 @@ class BackwardSGD(keras.optimizers.Optimizer):
         if not self.built:
             # Restored by build(), once the variables exist (load_weights right
             # after compile(), unpickling).
+            if len(values) != sum(self._unbuilt_variables):
+                self._check_layout_before_build(len(values))
             self._pending_state = values
             return
         self._assign_state(values)
@@ -401,24 +474,56 @@ class BackwardSGD(keras.optimizers.Optimizer):
             count: The number of variables of the saved optimizer.
 
         Raises:
-            ValueError: now if the optimizer is built, else at `build()`.
+            ValueError: now if the optimizer is built or a load knows what
+                it will be built with (`all_or_nothing`), else at `build()`.
         """
         if self.built:
             self._check_layout(count)
         else:
+            self._check_layout_before_build(count)
             self._expected_variables = int(count)
 
-    def _check_layout(self, count):
-        if count != len(self.state_variables):
+    def _check_layout_before_build(self, count):
+        # Inside `all_or_nothing` the model's trainable variables are known,
+        # so a file of another layout is refused by the load, not by the
+        # first fit() after it.
+        load = _LOAD.get()
+        if load is not None and load[1] is self and load[2] is not None:
+            self._check_layout(count, self._count_when_built(load[2]))
+
+    def _count_when_built(self, var_list):
+        """The number of `state_variables` that `build(var_list)` will create.
+
+        Counted on a twin with the settings that shape the layout (momentum,
+        use_ema, a learning rate that is a variable or not) rather than
+        predicted: Keras' EMA adds variables of its own.
+        """
+        rate = self._learning_rate
+        twin = BackwardSGD(
+            learning_rate=0.0 if isinstance(rate, keras.Variable) else rate,
+            momentum=self.momentum,
+            use_ema=self.use_ema,
+            name=f"{self.name}_layout",
+        )
+        twin.model_state_source = self.model_state_source
+        twin.build(var_list)
+        return len(twin.state_variables)
+
+    def _check_layout(self, count, expected=None):
+        expected = len(self.state_variables) if expected is None else expected
+        if count != expected:
             raise ValueError(
                 f"Cannot load the state of optimizer '{self.name}': the file "
                 f"holds {count} optimizer variables and this "
-                f"BackwardSGD has {len(self.state_variables)} (iterations, learning "
+                f"BackwardSGD has {expected} (iterations, learning "
                 "rate, EMA, the anchor of weights, momentum and model state, "
                 "and the map optimizer's counter and momentum slots). Load "
                 "into a model with the same architecture compiled with the "
-                "same momentum and use_ema settings. Received: "
-                f"{count} variables"
+                "same momentum and use_ema settings; to start a new run from "
+                "the weights of a file saved with another optimizer (Keras "
+                "SGD, say), load them before compile() (or with "
+                "`keras.models.load_model(path, compile=False)`) and compile "
+                f"a new BackwardSGD. Received: {count} variables"
             )
 
     def get_config(self):
@@ -520,10 +625,10 @@ def _validate(learning_rate, momentum, window, max_steps, kwargs):
             f"Received: window={window!r}, max_steps={max_steps!r}"
         )
     if isinstance(learning_rate, bool) or (
-        isinstance(learning_rate, numbers.Real) and learning_rate < 0
+        isinstance(learning_rate, numbers.Real) and not _valid_rate(learning_rate)
     ):
         raise ValueError(
-            "`learning_rate` must be a non-negative float, a "
+            "`learning_rate` must be a finite float >= 0, a "
             "LearningRateSchedule or a callable. "
             f"Received: learning_rate={learning_rate!r}"
         )
@@ -552,6 +657,115 @@ def _validate(learning_rate, momentum, window, max_steps, kwargs):
             "Received: gradient_accumulation_steps="
             f"{kwargs['gradient_accumulation_steps']!r}"
         )
+
+
+def _valid_rate(rate):
+    return math.isfinite(rate) and rate >= 0
+
+
+def _concrete_rate(learning_rate):
+    """A learning rate being set as a float, or None for a schedule, a callable or a traced value."""
+    if isinstance(learning_rate, bool):
+        return math.nan  # Keras would set 1.0 or 0.0: refused, as at construction
+    if isinstance(learning_rate, numbers.Real):
+        return float(learning_rate)
+    if callable(learning_rate):
+        return None
+    try:
+        return float(keras.ops.convert_to_numpy(learning_rate))
+    except Exception:  # a symbolic tensor inside a trace
+        return None
+
+
+def _rate_message(rate, step, how):
+    at = "" if step is None else f" for step {step}"
+    return (
+        "The learning rate of a backward-SGD map must be a finite number >= 0: "
+        "each batch's rate is frozen with it in the replay buffer and replayed "
+        "at every later step, so a negative or non-finite one would corrupt "
+        f"every backward iterate after it. This rate was {how} after "
+        "construction (which refuses it too); nothing was trained with it. "
+        "Set a rate >= 0, or fix the schedule or callback that computed it. "
+        f"Received: learning_rate={rate}{at}"
+    )
+
+
+def when_loaded(write):
+    """Runs `write()` now, or at the end of the `all_or_nothing()` load around it.
+
+    The training state outside Keras variables (the replay buffer, the run)
+    is written through this, so that a load refused after its checks have
+    passed (by a later object of the file) has written none of it.
+
+    Args:
+        write: A function of no arguments that writes loaded state.
+    """
+    load = _LOAD.get()
+    if load is None:
+        write()
+    else:
+        load[0].append(write)
+
+
+@contextlib.contextmanager
+def all_or_nothing(variables, optimizer=None, trainable_variables=None):
+    """A load that changes everything or nothing: on an error, the state before it.
+
+    Keras loads a file object by object (layers, optimizer, the model's own
+    entry), and when one object refuses its part it loads every other one
+    before it raises. Inside this context the values of `variables` are
+    kept, the writes passed to `when_loaded` wait until the context ends
+    without an error, and an error puts `variables` and `optimizer`'s loaded
+    state awaiting `build()` back as they were, bit for bit, before it
+    propagates.
+
+    Args:
+        variables: Every variable the load may write: the model's, its
+            metrics' and its optimizer's (not the replay buffer's, which is
+            written through `when_loaded`).
+        optimizer: The model's `BackwardSGD`, or None.
+        trainable_variables: The model's trainable variables, which an
+            unbuilt `optimizer` will be built with: a file of another
+            layout is then refused by the load, not at `build()`.
+
+    Example:
+
+    >>> import keras
+    >>> v = keras.Variable(1.0)
+    >>> try:
+    ...     with all_or_nothing([v]):
+    ...         _ = v.assign(2.0)
+    ...         when_loaded(lambda: v.assign(3.0))
+    ...         raise ValueError("refused")
+    ... except ValueError:
+    ...     pass
+    >>> float(v.numpy())
+    1.0
+    """
+    if _LOAD.get() is not None:
+        yield  # inside a load already: that one's end decides
+        return
+    values = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+    host = None if optimizer is None else (optimizer._pending_state, optimizer._expected_variables)
+    writes = []
+    token = _LOAD.set((writes, optimizer, trainable_variables))
+    try:
+        yield
+    except BaseException as error:
+        _LOAD.reset(token)
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        if host is not None:
+            optimizer._pending_state, optimizer._expected_variables = host
+        error.add_note(
+            "keras_bsgd: nothing was loaded; the model's weights, its "
+            "optimizer's variables and the backward-SGD run are as they were "
+            "before the load."
+        )
+        raise
+    _LOAD.reset(token)
+    for write in writes:
+        write()
 
 
 def backward_sgd_of(optimizer):

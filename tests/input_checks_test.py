@@ -189,3 +189,151 @@ def test_a_refused_first_fit_leaves_a_new_run_free_to_take_any_input():
     untouched = bsgd_model(two_outputs=False)
     untouched.fit(Batches(x, y), verbose=0, shuffle=False)
     assert_same_state(state(model), state(untouched))
+
+
+# Learning rates set after construction (issue #21 item 6).
+
+
+def windowed_model(seed=0, learning_rate=0.05):
+    model = make_model(keras_bsgd.Model, two_outputs=False, seed=seed)
+    return compile_model(model, keras_bsgd.BackwardSGD(learning_rate, momentum=0.5, window=2))
+
+
+def windowed_fit(model, epochs=1, **kwargs):
+    x, y = good_data(np.random.default_rng(7), two_outputs=False)
+    return model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, **kwargs)
+
+
+@pytest.mark.parametrize("rate", [-0.05, float("nan"), float("inf"), np.float32(-1.0), True])
+def test_a_learning_rate_set_after_construction_is_refused_naming_the_step(rate):
+    """Issue #21: `optimizer.learning_rate = -0.05` trained silently (construction refuses it)."""
+    model = windowed_model()
+    windowed_fit(model)  # 4 steps
+    before = state(model)
+    with pytest.raises(ValueError, match=r"must be a finite number >= 0.*for step 5$") as error:
+        model.optimizer.learning_rate = rate
+    assert f"Received: learning_rate={rate!r}" in str(error.value)
+    assert_same_state(state(model), before)
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == np.float32(0.05)
+    model.optimizer.learning_rate = 0.0  # still settable to a valid rate
+
+
+@pytest.mark.parametrize("rate", [-0.05, float("nan")])
+def test_construction_refuses_the_same_rates(rate):
+    with pytest.raises(ValueError, match=f"Received: learning_rate={rate!r}"):
+        keras_bsgd.BackwardSGD(rate, window=2)
+
+
+def test_a_callback_setting_a_negative_rate_stops_fit_before_the_epoch_trains_with_it():
+    model, untouched = windowed_model(), windowed_model()
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, rate: 0.05 - 0.1 * epoch)
+    with pytest.raises(ValueError, match="Received: learning_rate=-0.05.* for step 5"):
+        windowed_fit(model, epochs=3, callbacks=[schedule])
+    windowed_fit(untouched)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4
+    assert_same_state(state(model), state(untouched))
+
+
+def test_check_learning_rate_sees_assigned_values_and_schedules():
+    optimizer = keras_bsgd.BackwardSGD(0.05, window=2)
+    optimizer.check_learning_rate()
+    optimizer.learning_rate.assign(-0.05)  # not through the setter
+    with pytest.raises(ValueError, match=r"Received: learning_rate=-0.05 for step 1$"):
+        optimizer.check_learning_rate()
+    decay = keras.optimizers.schedules.PolynomialDecay(0.1, 10, end_learning_rate=-0.1)
+    optimizer = keras_bsgd.BackwardSGD(decay, window=2)
+    optimizer.check_learning_rate()  # 0.1 at step 1
+    optimizer.iterations.assign(6)
+    with pytest.raises(ValueError, match=r"Received: learning_rate=-0.02 for step 7$"):
+        optimizer.check_learning_rate()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="The trainers do not call BackwardSGD.check_learning_rate() before a "
+    "train function call yet (their owner's change)",
+)
+def test_fit_refuses_a_rate_assigned_to_the_variable_before_any_step():
+    model = windowed_model()
+    windowed_fit(model)
+    before = state(model)
+    model.optimizer.learning_rate.assign(-0.05)
+    with pytest.raises(ValueError, match="for step 5"):
+        windowed_fit(model)
+    assert_same_state(state(model), before)
+
+
+# Cloning.
+
+
+def sequential_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras_bsgd.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)]
+    )
+
+
+def trains_by_backward_sgd(model):
+    x = np.random.default_rng(0).normal(size=(N, 6)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 3, N)
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    return model.gradient_evaluations == 1 + 2 + 3 + 3  # window 2: w + 1 once k > w
+
+
+def compiled_for_clone(model):
+    model.compile(
+        optimizer=keras_bsgd.BackwardSGD(0.05, window=2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+class Subclassed(keras_bsgd.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(5, activation="tanh")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, inputs):
+        return self.out(self.hidden(inputs))
+
+
+def functional_model():
+    inputs = keras.Input((6,))
+    return keras_bsgd.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(5)(inputs)))
+
+
+def subclassed_model():
+    model = Subclassed()
+    model(np.zeros((1, 6), "float32"))
+    return model
+
+
+def wrapped_model():
+    return keras_bsgd.wrap(
+        keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.Dense(3)])
+    )
+
+
+@pytest.mark.parametrize("make", [functional_model, subclassed_model, wrapped_model])
+def test_clone_model_of_a_keras_bsgd_model_is_one_and_trains_by_backward_sgd(make):
+    clone = keras.models.clone_model(compiled_for_clone(make()))
+    assert isinstance(clone, keras_bsgd.Model)
+    assert isinstance(clone.optimizer, keras_bsgd.BackwardSGD)
+    assert trains_by_backward_sgd(clone)
+
+
+def test_a_sequential_model_clones_with_from_config_and_trains_as_the_original():
+    """Keras' clone_model makes a keras.Sequential of any Sequential (no hook for subclasses)."""
+    model = compiled_for_clone(sequential_model())
+    plain = keras.models.clone_model(model)
+    assert type(plain) is keras.Sequential  # Keras' behaviour: if this changes, so can the docs
+    with pytest.raises(TypeError, match=r"keras_bsgd\.Sequential\.from_config\(model\.get_config\(\)\)"):
+        trains_by_backward_sgd(plain)
+    clone = keras_bsgd.Sequential.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    clone.compile_from_config(model.get_compile_config())
+    assert type(clone) is keras_bsgd.Sequential
+    assert trains_by_backward_sgd(clone) and trains_by_backward_sgd(model)
+    for a, b in zip(clone.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

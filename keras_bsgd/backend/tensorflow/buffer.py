@@ -95,7 +95,7 @@ class ReplayBuffer:
         Raises:
             ValueError: if `saved` has another capacity or batch structure.
         """
-        saved.check(self.capacity, self.spec, self._strategy.num_replicas_in_sync)
+        self.check_saved(saved)
         with tf.init_scope():
             if self.per_replica:
                 self._strategy.run(self._restore_shard, (saved,))
@@ -105,6 +105,10 @@ class ReplayBuffer:
             self.replayed_step.assign(saved.replayed_step)
             self.gradient_evaluations.assign(saved.gradient_evaluations)
             self.origin.assign(saved.origin)
+
+    def check_saved(self, saved):
+        """Raises `ValueError` unless `saved` fits this buffer (capacity, batch structure)."""
+        saved.check(self.capacity, self.spec, self._strategy.num_replicas_in_sync)
 
     def _restore_shard(self, saved):
         # Saved leaves hold global batches [capacity, B, ...]; replica r of R

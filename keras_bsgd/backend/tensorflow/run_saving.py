@@ -7,15 +7,16 @@ under `SavedBuffer.PREFIX` keys of the model's own entry in `.keras` and
 `.weights.h5` files, and into `tf.train.Checkpoint` through `ReplayState`,
 with the same code. So do the state format, the optimizer's variable count
 (a restore refuses another layout instead of mixing two states) and the
-settings that define the run's maps.
+settings that define the run's maps. Loading checks all of it before it
+writes any of it.
 """
 
 import numpy as np
 
 from keras_bsgd import errors
+from keras_bsgd.optimizer import when_loaded
 from keras_bsgd.backend.tensorflow.buffer import SavedBuffer
 from keras_bsgd.backend.tensorflow.data_store import DataStore
-from keras_bsgd.backend.tensorflow.run import Run
 
 _SEEDS = SavedBuffer.PREFIX + "seeds"
 _OPTIMIZER_VARIABLES = SavedBuffer.PREFIX + "optimizer_variables"
@@ -51,11 +52,14 @@ def save(store, run, optimizer, seed_states):
 
 
 def load(store, run, optimizer, seed_states):
-    """Reads what `save` wrote.
+    """Reads what `save` wrote: every check first, then every write.
 
-    A live buffer of the current run is overwritten in place (the compiled
-    train function holds its variables); otherwise the saved buffer
-    becomes the buffer at the next training step.
+    The writes go through `keras_bsgd.optimizer.when_loaded`: inside `load_weights`
+    they wait until the whole file has loaded, so that a file refused by a
+    later object (a layer of another shape, the optimizer's layout) writes
+    none of the run. A live buffer of the current run is overwritten in
+    place (the compiled train function holds its variables); otherwise the
+    saved buffer becomes the buffer at the next training step.
 
     Args:
         store: A dict-like Keras saving store.
@@ -64,54 +68,99 @@ def load(store, run, optimizer, seed_states):
         seed_states: The state variables of the model's random layers.
 
     Returns:
-        The model's run from now on: `run`, a new one holding the loaded
-        state, or None (no `BackwardSGD`: the file's run state is not
-        loaded, the model gets weights only).
+        The model's run from now on: `run` (which becomes a new run holding
+        the loaded state where the live buffer cannot take it), or None (no
+        `BackwardSGD`: the file's run state is not loaded, the model gets
+        weights only).
 
     Raises:
-        ValueError: if the format, the seeds, the buffer or the optimizer
-            layout do not fit this model and its optimizer (an unbuilt
-            optimizer checks its layout when it builds).
+        ValueError: if the format, the seeds, the settings, the buffer or
+            the optimizer layout do not fit this model and its optimizer,
+            before anything is written (an unbuilt optimizer checks its
+            layout when it builds, or in `load_weights` at once).
     """
     if optimizer is not None:
         errors.check_format(store)
-    if _SEEDS in store.keys():
-        seeds = np.asarray(store[_SEEDS])
-        if len(seed_states) != len(seeds):
-            raise ValueError(
-                f"The file holds the seeds of {len(seeds)} random layers "
-                f"and this model has {len(seed_states)}. Received: "
-                f"{len(seeds)} seeds"
-            )
-        for state, seed in zip(seed_states, seeds):
-            state.assign(seed)
+    seeds = _saved_seeds(store, seed_states)
     if optimizer is None:
+        when_loaded(lambda: _assign(seed_states, seeds))
         return None
     saved = SavedBuffer.load(store)
     if _OPTIMIZER_VARIABLES in store.keys():
         optimizer.expect_variables(int(np.asarray(store[_OPTIMIZER_VARIABLES])))
-    run.left_weights = None  # the loaded weights are the saved run's own
     if saved is None:
-        # Saved before the first step: a live buffer's slots are rewritten
-        # before the run reads them, its counters restart.
+        write = _write_unstarted(run)
+    else:
+        errors.check_run_settings(store, optimizer)
+        errors.check_capacity(saved, optimizer)
+        write = _write_saved(run, optimizer, saved, DataStore.load(store))
+
+    def load_all():
+        _assign(seed_states, seeds)
+        run.left_weights = None  # the loaded weights are the saved run's own
+        write()
+
+    when_loaded(load_all)
+    return run
+
+
+def _saved_seeds(store, seed_states):
+    """The saved seed states (checked against the model's random layers), or None."""
+    if _SEEDS not in store.keys():
+        return None
+    seeds = np.asarray(store[_SEEDS])
+    if len(seed_states) != len(seeds):
+        raise ValueError(
+            f"The file holds the seeds of {len(seeds)} random layers "
+            f"and this model has {len(seed_states)}. Load it into a model "
+            "with the same architecture. Received: "
+            f"{len(seeds)} seeds"
+        )
+    return seeds
+
+
+def _assign(seed_states, seeds):
+    if seeds is not None:
+        for state, seed in zip(seed_states, seeds):
+            state.assign(seed)
+
+
+def _write_unstarted(run):
+    """The write of a file saved before the run's first step."""
+
+    def write():
+        # A live buffer's slots are rewritten before the run reads them;
+        # its counters restart.
         if run.buffer is not None:
             buffer = run.buffer
             for counter in (buffer.skipped_batches, buffer.replayed_step,
                             buffer.gradient_evaluations, buffer.origin):
                 counter.assign(0)
         run.saved = None
-        return run
-    errors.check_run_settings(store, optimizer)
-    errors.check_capacity(saved, optimizer)
-    data_store = DataStore.load(store)
+
+    return write
+
+
+def _write_saved(run, optimizer, saved, data_store):
+    """The write of a saved buffer into `run` (checked against its live buffer first)."""
     same_data = DataStore.same_layout(run.data_store, data_store)
     if run.buffer is not None and same_data:
-        # The compiled step holds the live buffer's variables.
-        run.buffer.restore(saved)
-        run.saved = None
-        return run
-    # The next step builds the buffer from the loaded one. A store this
-    # fit() has filled with arrays of the saved layout (a `BackupAndRestore`
-    # at the start of a fit()) is the one the step gathers from; other
-    # indexed data (or none) retraces the step at the next fit().
-    return Run(optimizer, saved=saved, data_store=run.data_store if same_data else data_store)
+        run.buffer.check_saved(saved)
+
+        def restore():
+            # The compiled step holds the live buffer's variables.
+            run.buffer.restore(saved)
+            run.saved = None
+
+        return restore
+
+    def start_over():
+        # The next step builds the buffer from the loaded one. A store this
+        # fit() has filled with arrays of the saved layout (a
+        # `BackupAndRestore` at the start of a fit()) is the one the step
+        # gathers from; other indexed data (or none) retraces the step at
+        # the next fit(). The model holds `run`: it becomes the new run
+        # here, once the load has succeeded, rather than being replaced.
+        run.__init__(optimizer, saved=saved, data_store=run.data_store if same_data else data_store)
+
+    return start_over
