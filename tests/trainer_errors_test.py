@@ -115,16 +115,19 @@ def test_empty_data_and_zero_batch_size_are_rejected():
     assert model.replay_buffer is None
 
 
-def test_model_without_trainable_weights_is_rejected():
+def test_model_without_trainable_weights_trains_as_keras_on_a_dataset():
+    # Keras trains it as a no-op (loss, metrics); tests/workflows_test.py
+    # compares the logs and BatchNorm statistics with Keras' on arrays.
     batches, params = make_stream(seed=0, num_batches=2)
     model = make_mlp(params)
     model.trainable = False
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
     before = model.get_weights()
-    with pytest.raises(ValueError, match="Received: 0 trainable variables"):
-        model.fit(as_dataset(batches), verbose=0)
+    history = model.fit(as_dataset(batches), verbose=0)
+    assert set(history.history) == {"loss"} and np.isfinite(history.history["loss"][0])
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations) == 0  # as Keras: no update applied
 
 
 def test_integer_inputs_are_buffered_as_integers_and_train_like_floats():
