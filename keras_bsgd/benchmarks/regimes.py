@@ -26,6 +26,7 @@ REGIMES = {
         "windows": (16,),
         # Two seeds: exact backward-SGD's 50,500 gradients take 40 s a seed here.
         "seeds": (0, 1),
+        "schedule_free_learning_rates": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         "jit_compile": True,
     },
     "paper_resnet": {
