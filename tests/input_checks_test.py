@@ -12,7 +12,6 @@ import pytest
 
 import keras_bsgd
 
-ON_JAX = keras.backend.backend() == "jax"
 N, BATCH = 16, 4
 KINDS = (
     "y_length",
@@ -173,12 +172,6 @@ class Batches(keras.utils.PyDataset):
         return tuple(a[part] for a in self.x), self.y[part]
 
 
-@pytest.mark.xfail(
-    ON_JAX,
-    strict=True,
-    reason="The JAX trainer makes the run's DataStore before index_feed checks the "
-    "arrays; it needs index_feed.check_arrays(arguments) first in fit()",
-)
 def test_a_refused_first_fit_leaves_a_new_run_free_to_take_any_input():
     x, y = good_data(np.random.default_rng(0), two_outputs=False)
     model = bsgd_model(two_outputs=False)
@@ -248,16 +241,11 @@ def test_check_learning_rate_sees_assigned_values_and_schedules():
         optimizer.check_learning_rate()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The trainers do not call BackwardSGD.check_learning_rate() before a "
-    "train function call yet (their owner's change)",
-)
 def test_fit_refuses_a_rate_assigned_to_the_variable_before_any_step():
     model = windowed_model()
     windowed_fit(model)
-    before = state(model)
     model.optimizer.learning_rate.assign(-0.05)
+    before = state(model)
     with pytest.raises(ValueError, match="for step 5"):
         windowed_fit(model)
     assert_same_state(state(model), before)

@@ -406,8 +406,8 @@ def test_resuming_with_other_replay_settings_is_a_clear_error(setting, other, ma
         optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, window=3, **settings), loss="mse"
     )
     clashing.fit(stream(0, 8), verbose=0)
-    # Keras loads every saveable before it raises the first error, so the
-    # refusal cannot leave the state untouched (as for another window).
+    # Keras loads every saveable before it raises the first error; keras_bsgd's
+    # load_weights puts the state back (tests/atomic_load_test.py).
     with pytest.raises(ValueError, match=match):
         clashing.load_weights(tmp_path / "run.weights.h5")
     assert getattr(clashing.optimizer, setting) == other[setting]

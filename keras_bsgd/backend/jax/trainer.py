@@ -95,6 +95,8 @@ class ReplayTrainer(ReplayTrainerBase):
         custom_code.check_no_custom_train_step(type(self))
         arguments = _FIT_SIGNATURE.bind(self, *args, **kwargs).arguments
         arguments.pop("self")
+        index_feed.check_arrays(arguments)
+        optimizer.check_learning_rate()
         run = self._run_for(optimizer)
         self._start_run_if_weights_were_set(run)
         batch_size = fit_plan.plan(run, optimizer, arguments)
@@ -347,6 +349,21 @@ class ReplayTrainer(ReplayTrainerBase):
             self.optimizer.variables,
             self.metrics_variables,
         )
+
+    def load_own_variables(self, store):
+        """Loads the model's own variables; a TensorFlow file's saved run is left out, with a warning."""
+        ours = (errors.SAVED_RUN_PREFIX, "replay_data:")
+        keys = [k for k in store.keys() if not k.startswith(ours)]
+        if len(keys) != len(list(store.keys())):
+            warnings.warn(
+                "This file holds a backward-SGD run saved by the TensorFlow backend "
+                "(its replay buffer), which the JAX trainer cannot resume yet: the "
+                "weights and the optimizer's state are loaded, and the next fit() "
+                "starts a new run from them. Received: a file with "
+                f"{len(list(store.keys())) - len(keys)} saved-run entries",
+                stacklevel=2,
+            )
+        super().load_own_variables({k: store[k] for k in keys})
 
     def save_own_variables(self, store):
         optimizer = self._backward_sgd()

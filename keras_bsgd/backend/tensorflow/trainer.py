@@ -137,6 +137,8 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             return super().fit(*args, **kwargs)
         custom_code.check_no_custom_train_step(type(self))
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
+        index_feed.check_arrays(bound.arguments)
+        optimizer.check_learning_rate()
         self._start_run_if_weights_were_set(optimizer)
         batch_size = core_fit_plan.plan(self._run_for(optimizer), optimizer, bound.arguments)
         first, bound.arguments["x"] = fit_inputs.peek_first_batch(bound.arguments.get("x"))
