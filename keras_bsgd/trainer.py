@@ -115,7 +115,8 @@ class ReplayTrainerBase:
             if skipped.admits(size, run_batch_size or self._fit_batch_size):
                 self._fit_batch_size = self._fit_batch_size or size
                 # As fit() feeds arrays: train_on_batch() passes them as given.
-                full.append(keras.tree.map_structure(_as_fit_feeds, batch))
+                # Lists as tuples, as Keras' data adapters give fit()'s batches.
+                full.append(keras.tree.lists_to_tuples(keras.tree.map_structure(_as_fit_feeds, batch)))
         if self._partial_batches is None:
             skipped.warn(stacklevel=5)
         return full

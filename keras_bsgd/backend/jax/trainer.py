@@ -204,6 +204,8 @@ class ReplayTrainer(ReplayTrainerBase):
         self._compiled_step = jax.jit(train_step, donate_argnums=0) if jit else train_step
         self._compiled_replay = jax.jit(replay_step, donate_argnums=0) if jit else replay_step
 
+        last_logs = None
+
         def train_function(state, iterator):
             batches = list(itertools.islice(iterator, self.steps_per_execution))
             if not batches:
@@ -212,11 +214,12 @@ class ReplayTrainer(ReplayTrainerBase):
                 self.jax_state_sync()
                 self.replay_to_current_step()
                 raise StopIteration
-            logs = None
+            nonlocal last_logs
             run = self._run_for(optimizer)
             for data in self._full_batches(batches, partial_batches.leading_size, run.batch_size):
-                logs, state = self._train_one(optimizer, state, data)
-            return self._metrics_logs(state) if logs is None else logs, state
+                last_logs, state = self._train_one(optimizer, state, data)
+            # Every batch skipped: the logs of the last step (a custom train_step's keys too).
+            return self._metrics_logs(state) if last_logs is None else last_logs, state
 
         self.train_function = train_function
         return train_function

@@ -341,7 +341,10 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             run = self._run_of(optimizer)
             return None if run is None or run.buffer is None else run.buffer.batch_size
 
+        last_logs = None
+
         def train_function(iterator):
+            nonlocal last_logs
             # Batches are taken on the host, so that a partial one is skipped
             # before it reaches the step (whose batch shape is static).
             batches = list(itertools.islice(iterator, self.steps_per_execution))
@@ -352,10 +355,12 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
                 raise StopIteration
             full = self._full_batches(batches, self._replicas.local_size, run_batch_size())
             if not full:
-                return self.get_metrics_result()
+                # The logs of the last step (a custom train_step's keys too).
+                return self.get_metrics_result() if last_logs is None else last_logs
             # Tensors, as a compiled step gets them (also with run_eagerly).
             logs = compiled(iter(keras.tree.map_structure(_as_tensor, full)))
             raise_incident()
+            last_logs = logs
             return logs
 
         def replay_function():
