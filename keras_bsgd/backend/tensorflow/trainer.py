@@ -49,7 +49,6 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
     # The first batch of this fit() (its shapes build a lazily built model),
     # or None where fit() cannot see it without consuming it.
     _first_batch = None
-    _built_before_trace = False  # whether no variable is created in the step
     # The (DataStore, version) the train function was traced with: the
     # store's variables, and whether the buffer holds indices, are baked in.
     _traced_store = None
@@ -109,7 +108,6 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         super().compile(*args, **kwargs)
         if self._run is not None:
             self._run.left_weights = None
-        self._built_before_trace = False  # new metrics, loss and optimizer
         if self._replay_state is None:
             # Assigned after compile so that a restore the checkpoint deferred
             # until this dependency existed sees the new optimizer.
@@ -238,8 +236,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         except Exception:
             if not all(layer.built for layer in self._flatten_layers()):
                 raise
-            return  # a built model that only runs on tensors: the step builds the rest
-        self._built_before_trace = True
+            # A built model that only runs on tensors: the step builds the rest.
 
     def save_own_variables(self, store):
         """Saves the model's own variables and the replay state.
@@ -275,17 +272,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             # Nothing to replay: Keras' own step (loss, metrics, BatchNorm
             # statistics), as Keras trains a model without trainable weights.
             return super().train_step(self._gathered(optimizer, data))
-        # No part of the step may run before a batch of the wrong size has
-        # failed the check: the state must stay as it was. A trace that
-        # creates the buffer or the optimizer's variables cannot wait on its
-        # inputs (TF could not lift their initializers out of an XLA
-        # function); fit() builds them first wherever it sees the batch spec.
-        created = self._built_before_trace and self.optimizer.built
-        leaves = [t for t in keras.tree.flatten(data) if t is not None] if created else []
-        with tf.control_dependencies(leaves):
-            return self._backward_step(
-                optimizer, data, self._replicas or LocalReplicas()
-            )
+        return self._backward_step(optimizer, data, self._replicas or LocalReplicas())
 
     def _gathered(self, optimizer, data):
         """`data`, or with index buffering the batch its example indices point to."""
