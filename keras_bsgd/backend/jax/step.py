@@ -30,12 +30,14 @@ from keras_bsgd import schedule
 from keras_bsgd import errors
 from keras_bsgd import random_layers
 from keras_bsgd.backend.jax import keras_private
+from keras_bsgd.backend.jax.loss_scale import LossScale
 from keras_bsgd.backend.jax.run_state import EVALUATIONS_BASE
 
 # The training state S of docs/design.md §2: weights, the model's
 # non-trainable state, and the map optimizer's variables (its counter and
-# momentum slots).
-State = collections.namedtuple("State", ["weights", "model_state", "map_variables"])
+# momentum slots); with `mixed_float16`, also the loss scale the next map
+# starts from (None otherwise), which the maps lower where they overflow.
+State = collections.namedtuple("State", ["weights", "model_state", "map_variables", "scale"])
 
 
 def where(condition, new, old):
@@ -62,13 +64,19 @@ class Step:
         self.optimizer = optimizer
         self.run = optimizer.run_state.state
         self.store = optimizer.run_state.data_store
-        self.layout = Layout(model, optimizer)
+        # The model's optimizer: the `BackwardSGD`, or a `LossScaleOptimizer`
+        # around it, whose variables come first in the state Keras carries.
+        self.variables = model.optimizer.variables
+        self.loss_scale = None
+        if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+            self.loss_scale = LossScale(model.optimizer, self.variables)
+        self.layout = Layout(model, optimizer, self.loss_scale)
 
     # The whole step.
 
     def train(self, state, data):
         weights, non_trainable, optimizer_values, metrics = state
-        o = Values(self.optimizer.variables, optimizer_values)
+        o = Values(self.variables, optimizer_values)
         item = batch = keras.utils.unpack_x_y_sample_weight(data)
         if self.store is not None:
             item, batch = batch[0], self.gather(o, batch[0])
@@ -80,6 +88,7 @@ class Step:
         )
         forward, ok, replay = self.decide(o, local, finite)
         context = (non_trainable, metrics, optimizer_values)
+        start_scale = self.layout.scale(o)
         s, target, when = self.restore(o, weights, non_trainable, local, ok, replay)
         s, forward_maps = self.forward(s, batch, rate, k, replay & forward, *context)
         self.write(o, item, rate, local, ok & ~forward)
@@ -87,13 +96,15 @@ class Step:
         s, replayed = self.replay(s, o, target, when, *context)
         s = self.finish(s, o, k, replay, forward_maps + advances + replayed)
         self.count(o, k, ok, finite)
+        if self.loss_scale is not None:
+            s = s._replace(scale=self.loss_scale.count_step(o, s.scale, start_scale, ok))
         metrics = where(finite, logged_metrics, metrics)
         return self.logs(metrics), self.carried(s, logged_state, o, metrics)
 
     def replay_to_current_step(self, state):
         """Computes the output iterate of the current step (epoch ends with `replay_every > 1`)."""
         weights, non_trainable, optimizer_values, metrics = state
-        o = Values(self.optimizer.variables, optimizer_values)
+        o = Values(self.variables, optimizer_values)
         k = o[self.optimizer.iterations]
         local = k - o[self.run.origin]
         context = (non_trainable, metrics, optimizer_values)
@@ -146,7 +157,10 @@ class Step:
         anchor = self.layout.anchor(o)
         if self.optimizer.replay_every == 1:
             return anchor, ops.where(ok, local, local - 1), None
-        live = State(weights, self.layout.model_state(non_trainable), self.layout.map_values(o))
+        live = State(
+            weights, self.layout.model_state(non_trainable), self.layout.map_values(o),
+            self.layout.scale(o),
+        )
         return where(replay, anchor, live), local, replay
 
     def forward(self, s, batch, rate, k, when, *context):
@@ -241,18 +255,29 @@ class Step:
             self.layout.with_model_state(non_trainable, s.model_state), arrival
         )
 
-        def loss(weights):
-            value, aux = self.model.compute_loss_and_updates(
-                weights, keyed, metrics, x, y, sample_weight,
-                training=True, optimizer_variables=optimizer_values,
-            )
-            return value, aux[2]
+        def gradients(scale):
+            # Keras scales the loss by the wrapper's scale in optimizer_values.
+            values = optimizer_values
+            if scale is not None:
+                values = self.loss_scale.with_scale(optimizer_values, scale)
 
-        grads, non_trainable = jax.grad(loss, has_aux=True)(s.weights)
+            def loss(weights):
+                value, aux = self.model.compute_loss_and_updates(
+                    weights, keyed, metrics, x, y, sample_weight,
+                    training=True, optimizer_variables=values,
+                )
+                return value, aux[2]
+
+            return jax.grad(loss, has_aux=True)(s.weights)
+
+        if self.loss_scale is None:
+            (grads, non_trainable), scale = gradients(None), None
+        else:
+            grads, non_trainable, scale = self.loss_scale.gradients(gradients, s.scale)
         weights, map_variables = self.optimizer.stateless_apply_map(
             s.map_variables, grads, s.weights, rate
         )
-        return State(weights, self.layout.model_state(non_trainable), map_variables)
+        return State(weights, self.layout.model_state(non_trainable), map_variables, scale)
 
     # State in and out.
 
@@ -262,7 +287,7 @@ class Step:
 
     def learning_rate(self, optimizer_values):
         """The rate a batch arriving now is frozen with: the schedule at `iterations`."""
-        mapping = list(zip(self.optimizer.variables, optimizer_values))
+        mapping = list(zip(self.variables, optimizer_values))
         with keras.StatelessScope(state_mapping=mapping):
             return ops.cast(self.optimizer.learning_rate, "float32")
 
@@ -273,6 +298,7 @@ class Step:
 
     def carried(self, s, non_trainable, o, metrics):
         self.layout.set_map_values(o, s.map_variables)
+        self.layout.set_scale(o, s.scale)
         non_trainable = self.layout.with_model_state(non_trainable, s.model_state)
         return s.weights, non_trainable, o.values, metrics
 
@@ -304,8 +330,9 @@ class Values:
 class Layout:
     """Where the training state and its anchor sit in Keras' state lists."""
 
-    def __init__(self, model, optimizer):
+    def __init__(self, model, optimizer, loss_scale=None):
         self.optimizer = optimizer
+        self.loss_scale = loss_scale
         non_trainable = model.non_trainable_variables
         self.seeds = [i for i, v in enumerate(non_trainable) if random_layers.is_seed_state(v)]
         self.state = [i for i, v in enumerate(non_trainable) if not random_layers.is_seed_state(v)]
@@ -345,7 +372,16 @@ class Layout:
             [o[v] for v in optimizer.anchor_weights],
             [o[v] for v in optimizer.anchor_model_state],
             map_variables,
+            self.scale(o),
         )
+
+    def scale(self, o):
+        """The loss scale the next map starts from, or None without loss scaling."""
+        return None if self.loss_scale is None else o[self.loss_scale.wrapper.dynamic_scale]
+
+    def set_scale(self, o, scale):
+        if self.loss_scale is not None:
+            o[self.loss_scale.wrapper.dynamic_scale] = scale
 
     def set_anchor(self, o, s):
         optimizer = self.optimizer

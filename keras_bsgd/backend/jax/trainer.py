@@ -67,16 +67,6 @@ class ReplayTrainer(ReplayTrainerBase):
         run = self._synced_run()
         return 0 if run is None else int(np.asarray(run.skipped.value))
 
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) and self._backward_sgd():
-            raise ValueError(
-                "keras_bsgd does not support the `mixed_float16` policy (a "
-                "LossScaleOptimizer) on the JAX backend yet. Use `mixed_bfloat16`, "
-                "which needs no loss scaling, or the TensorFlow backend. Received: "
-                "optimizer=LossScaleOptimizer(BackwardSGD)"
-            )
-
     def _synced_run(self):
         if self.replay_buffer is None:
             return None
@@ -270,8 +260,8 @@ class ReplayTrainer(ReplayTrainerBase):
         Copies, not the live arrays: Keras donates the state to the step, and
         one array may not be donated twice.
         """
-        variables = optimizer.variables
-        index = {id(v): i for i, v in enumerate(variables)}
+        # The model's optimizer's: a LossScaleOptimizer's come before the BackwardSGD's.
+        index = {id(v): i for i, v in enumerate(self.optimizer.variables)}
         values = list(optimizer_values)
 
         def put(variable, value):
@@ -303,7 +293,7 @@ class ReplayTrainer(ReplayTrainerBase):
         run = optimizer.run_state
         optimizer_values = state[2]
         # By identity: `==` on a keras.Variable is an op.
-        position = [id(v) for v in optimizer.variables].index(id(run.state.incident))
+        position = [id(v) for v in self.optimizer.variables].index(id(run.state.incident))
         code, step = (int(v) for v in np.asarray(optimizer_values[position]))
         if not code:
             return
@@ -397,7 +387,7 @@ class RunCallback(keras.callbacks.Callback):
         # After every callback's `on_epoch_begin`, which may set weights.
         if batch == 0:
             model = self.model
-            model._start_run_if_weights_were_set(model.optimizer.run_state)
+            model._start_run_if_weights_were_set(model._backward_sgd().run_state)
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps")
