@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_bsgd import errors
 from keras_bsgd import structures
+from keras_bsgd.saved_run import SavedBuffer
 
 
 
@@ -107,8 +108,19 @@ class ReplayBuffer:
             self.origin.assign(saved.origin)
 
     def check_saved(self, saved):
-        """Raises `ValueError` unless `saved` fits this buffer (capacity, batch structure)."""
-        saved.check(self.capacity, self.spec, self._strategy.num_replicas_in_sync)
+        """Raises `ValueError` unless `saved` fits this buffer (capacity, batch structure).
+
+        The saved batches are global: each is `num_replicas_in_sync` of this
+        replica's.
+        """
+        replicas = self._strategy.num_replicas_in_sync
+        expected = [
+            None
+            if s is None
+            else ((self.capacity, s.shape[0] * replicas, *s.shape[1:]), s.dtype.name)
+            for s in keras.tree.flatten(self.spec)
+        ]
+        saved.check(self.capacity, expected, dtype_name=lambda d: tf.as_dtype(d).name)
 
     def _restore_shard(self, saved):
         # Saved leaves hold global batches [capacity, B, ...]; replica r of R
@@ -131,6 +143,19 @@ class ReplayBuffer:
             )
             for v in self._slots
         ]
+
+    def saved(self):
+        """The buffer's contents as a `SavedBuffer` (global batches)."""
+        learning_rates = self._strategy.experimental_local_results(self.learning_rates)
+        return SavedBuffer(
+            self.capacity,
+            self.global_slots(),
+            learning_rates[0].numpy(),
+            int(self.skipped_batches.numpy()),
+            int(self.replayed_step.numpy()),
+            int(self.gradient_evaluations.numpy()),
+            int(self.origin.numpy()),
+        )
 
     @property
     def variables(self):
@@ -219,157 +244,6 @@ _NONE_NOTE = (
     "or `tf.py_function` in `map()`: map before `batch()`, or restore the "
     "size in that map with `tf.ensure_shape`)."
 )
-
-
-class SavedBuffer:
-    """The contents of a `ReplayBuffer` as stored in a file or a checkpoint.
-
-    `.keras` / `.weights.h5` files hold it under `PREFIX` keys of the model's
-    entry; `tf.train.Checkpoint` holds the same keys inside a `ReplayState`.
-
-    A saved buffer becomes a live `ReplayBuffer` at the first training step
-    after loading, once the batch structure is known again.
-
-    Args:
-        capacity: Number of slots.
-        leaves: One array `[capacity, *shape]` per batch leaf (None for
-            empty leaves), in `keras.tree.flatten` order.
-        learning_rates: Array `[capacity]` of frozen learning rates.
-        skipped_batches: How many non-finite batches the run has dropped.
-        replayed_step: The step whose output iterate the model holds.
-        gradient_evaluations: The gradient evaluations counted so far.
-        origin: The step count at which the current run started.
-    """
-
-    PREFIX = errors.SAVED_RUN_PREFIX
-
-    def __init__(
-        self,
-        capacity,
-        leaves,
-        learning_rates,
-        skipped_batches=0,
-        replayed_step=0,
-        gradient_evaluations=0,
-        origin=0,
-    ):
-        self.capacity = int(capacity)
-        self.leaves = leaves
-        self.learning_rates = np.asarray(learning_rates, "float32")
-        self.skipped_batches = int(skipped_batches)
-        self.replayed_step = int(replayed_step)
-        self.gradient_evaluations = int(gradient_evaluations)
-        self.origin = int(origin)
-
-    @classmethod
-    def of(cls, buffer):
-        learning_rates = buffer._strategy.experimental_local_results(buffer.learning_rates)
-        return cls(
-            buffer.capacity,
-            buffer.global_slots(),
-            learning_rates[0].numpy(),
-            int(buffer.skipped_batches.numpy()),
-            int(buffer.replayed_step.numpy()),
-            int(buffer.gradient_evaluations.numpy()),
-            int(buffer.origin.numpy()),
-        )
-
-    def save(self, store):
-        """Writes the buffer under `PREFIX` keys of a Keras saving `store`."""
-        store[self.PREFIX + "capacity"] = np.array(self.capacity, "int64")
-        store[self.PREFIX + "learning_rates"] = self.learning_rates
-        store[self.PREFIX + "skipped_batches"] = np.array(self.skipped_batches, "int64")
-        store[self.PREFIX + "replayed_step"] = np.array(self.replayed_step, "int64")
-        store[self.PREFIX + "gradient_evaluations"] = np.array(
-            self.gradient_evaluations, "int64"
-        )
-        store[self.PREFIX + "origin"] = np.array(self.origin, "int64")
-        present = [leaf is not None for leaf in self.leaves]
-        store[self.PREFIX + "present"] = np.array(present, "bool")
-        for i, leaf in enumerate(self.leaves):
-            if leaf is None:
-                continue
-            if leaf.dtype == object:
-                # String batches (text models): HDF5 and `.npz` hold no
-                # Python objects, so each string is stored as its bytes.
-                strings = [bytes(b) for b in leaf.ravel()]
-                store[f"{self.PREFIX}leaf_{i}:bytes"] = np.frombuffer(
-                    b"".join(strings), "uint8"
-                )
-                store[f"{self.PREFIX}leaf_{i}:lengths"] = np.array(
-                    [len(b) for b in strings], "int64"
-                ).reshape(leaf.shape)
-            else:
-                store[f"{self.PREFIX}leaf_{i}"] = leaf
-
-    @classmethod
-    def load(cls, store):
-        """Reads a buffer written by `save`, or returns None if there is none."""
-        if cls.PREFIX + "capacity" not in store.keys():
-            return None
-        present = np.asarray(store[cls.PREFIX + "present"])
-        leaves = [
-            _load_leaf(store, f"{cls.PREFIX}leaf_{i}") if p else None
-            for i, p in enumerate(present)
-        ]
-
-        def read(key):
-            return np.asarray(store[cls.PREFIX + key])
-
-        return cls(
-            read("capacity"),
-            leaves,
-            read("learning_rates"),
-            read("skipped_batches"),
-            read("replayed_step"),
-            read("gradient_evaluations"),
-            read("origin"),
-        )
-
-    def check(self, capacity, spec, num_replicas=1):
-        """Raises `ValueError` unless the saved buffer fits this run.
-
-        Args:
-            capacity: The run's buffer capacity.
-            spec: One replica's batch spec.
-            num_replicas: Replicas in sync; the saved batches are global.
-        """
-        expected = [
-            None
-            if s is None
-            else (
-                (self.capacity, s.shape[0] * num_replicas, *s.shape[1:]),
-                s.dtype.name,
-            )
-            for s in keras.tree.flatten(spec)
-        ]
-        saved = [
-            None if leaf is None else (leaf.shape, tf.as_dtype(leaf.dtype).name)
-            for leaf in self.leaves
-        ]
-        if self.capacity != capacity or expected != saved:
-            raise ValueError(
-                "The saved replay buffer does not fit this run: it was saved "
-                f"with capacity {self.capacity} and batch leaves {saved}, and "
-                f"this run needs capacity {capacity} and {expected}. Resume "
-                "with the optimizer settings (window, max_steps, replay_every, "
-                "forward_steps) and batch "
-                "shapes of the saved run. Received: capacity="
-                f"{self.capacity}"
-            )
-
-
-def _load_leaf(store, key):
-    """A leaf written by `SavedBuffer.save`: an array, or strings from their bytes."""
-    if key + ":lengths" not in store.keys():
-        return np.asarray(store[key])
-    lengths = np.asarray(store[key + ":lengths"])
-    data = np.asarray(store[key + ":bytes"]).tobytes()
-    ends = np.cumsum(lengths.ravel())
-    strings = [data[end - n : end] for n, end in zip(lengths.ravel(), ends)]
-    leaf = np.empty(len(strings), object)
-    leaf[:] = strings
-    return leaf.reshape(lengths.shape)
 
 
 def _spec(batch):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_bsgd import saved_run
 from keras_bsgd import structures
 
 
@@ -39,7 +40,7 @@ class DataStore:
     ([[3, 4], [0, 1]], 'uint8', [1, 0])
     """
 
-    PREFIX = "replay_data:"
+    PREFIX = saved_run.DATA_PREFIX
 
     def __init__(self):
         # [fingerprint, offset, size, leaves]: leaves are the flat arrays
@@ -109,7 +110,7 @@ class DataStore:
             raise ValueError(
                 "Index buffering numbers examples with int32, and this run's "
                 f"datasets would hold {self.size + size}. Compile with "
-                "`BackwardSGD(index_buffering=False)`. Received: "
+                "`compile(..., index_buffering=False)`. Received: "
                 f"{size} more examples"
             )
         self._check_structure(data)
@@ -172,12 +173,7 @@ class DataStore:
 
     def save(self, store):
         """Writes each dataset's fingerprint, offset and size into a Keras saving `store`."""
-        store[self.PREFIX + "fingerprints"] = np.array(
-            [list(bytes.fromhex(f)) for f in self.fingerprints], "uint8"
-        ).reshape(-1, 16)
-        store[self.PREFIX + "ranges"] = np.array(
-            [[offset, size] for _, offset, size, _ in self._datasets], "int64"
-        ).reshape(-1, 2)
+        saved_run.save_datasets(store, [entry[:3] for entry in self._datasets])
 
     @staticmethod
     def same_layout(live, loaded):
@@ -199,15 +195,11 @@ class DataStore:
     @classmethod
     def load(cls, store):
         """A store awaiting the datasets recorded by `save`, or None if there are none."""
-        if cls.PREFIX + "fingerprints" not in store.keys():
+        entries = saved_run.load_datasets(store)
+        if entries is None:
             return None
         out = cls()
-        fingerprints = np.asarray(store[cls.PREFIX + "fingerprints"])
-        ranges = np.asarray(store[cls.PREFIX + "ranges"])
-        out._datasets = [
-            [bytes(f.tolist()).hex(), int(offset), int(size), None]
-            for f, (offset, size) in zip(fingerprints, ranges)
-        ]
+        out._datasets = [[*entry, None] for entry in entries]
         return out
 
 

@@ -5,7 +5,8 @@ would replay different batches. Keras does not save `SeedGenerator` states
 either, and the seeds of random layers key every replayed draw. Both go
 under `SavedBuffer.PREFIX` keys of the model's own entry in `.keras` and
 `.weights.h5` files, and into `tf.train.Checkpoint` through `ReplayState`,
-with the same code. So do the state format, the optimizer's variable count
+with the same code (the format and the checks are the backends' shared
+`keras_bsgd.saved_run`). So do the state format, the optimizer's variable count
 (a restore refuses another layout instead of mixing two states) and the
 settings that define the run's maps. Loading checks all of it before it
 writes any of it.
@@ -13,13 +14,9 @@ writes any of it.
 
 import numpy as np
 
-from keras_bsgd import errors
+from keras_bsgd import saved_run
 from keras_bsgd.optimizer import when_loaded
-from keras_bsgd.backend.tensorflow.buffer import SavedBuffer
 from keras_bsgd.backend.tensorflow.data_store import DataStore
-
-_SEEDS = SavedBuffer.PREFIX + "seeds"
-_OPTIMIZER_VARIABLES = SavedBuffer.PREFIX + "optimizer_variables"
 
 
 def save(store, run, optimizer, seed_states):
@@ -31,18 +28,10 @@ def save(store, run, optimizer, seed_states):
         optimizer: The model's `BackwardSGD`, or None.
         seed_states: The state variables of the model's random layers.
     """
-    errors.save_format(store)
-    seeds = [np.array(v.numpy()) for v in seed_states]
-    if seeds:
-        store[_SEEDS] = np.stack(seeds)
-    if optimizer is not None:
-        if optimizer.built:
-            store[_OPTIMIZER_VARIABLES] = np.array(len(optimizer.variables), "int64")
-        for name in errors.RUN_SETTINGS:
-            store[SavedBuffer.PREFIX + name] = np.array(getattr(optimizer, name), "int64")
+    saved_run.save_settings(store, optimizer, [np.array(v.numpy()) for v in seed_states])
     if run is None or not run.serves(optimizer):
         return  # no run, or one another optimizer trained
-    saved = run.saved if run.buffer is None else SavedBuffer.of(run.buffer)
+    saved = run.saved if run.buffer is None else run.buffer.saved()
     if saved is not None:
         saved.save(store)
         # Indices are saved, the data they point into is not: the file
@@ -79,50 +68,22 @@ def load(store, run, optimizer, seed_states):
             before anything is written (an unbuilt optimizer checks its
             layout when it builds, or in `load_weights` at once).
     """
-    if optimizer is not None:
-        errors.check_format(store)
-    seeds = _saved_seeds(store, seed_states)
+    seeds, saved = saved_run.check(store, optimizer, len(seed_states))
     if optimizer is None:
-        when_loaded(lambda: _assign(seed_states, seeds))
+        when_loaded(lambda: saved_run.assign_seeds(seed_states, seeds))
         return None
-    saved = SavedBuffer.load(store)
-    if _OPTIMIZER_VARIABLES in store.keys():
-        optimizer.expect_variables(int(np.asarray(store[_OPTIMIZER_VARIABLES])))
     if saved is None:
         write = _write_unstarted(run)
     else:
-        errors.check_run_settings(store, optimizer)
-        errors.check_capacity(saved, optimizer)
         write = _write_saved(run, optimizer, saved, DataStore.load(store))
 
     def load_all():
-        _assign(seed_states, seeds)
+        saved_run.assign_seeds(seed_states, seeds)
         run.left_weights = None  # the loaded weights are the saved run's own
         write()
 
     when_loaded(load_all)
     return run
-
-
-def _saved_seeds(store, seed_states):
-    """The saved seed states (checked against the model's random layers), or None."""
-    if _SEEDS not in store.keys():
-        return None
-    seeds = np.asarray(store[_SEEDS])
-    if len(seed_states) != len(seeds):
-        raise ValueError(
-            f"The file holds the seeds of {len(seeds)} random layers "
-            f"and this model has {len(seed_states)}. Load it into a model "
-            "with the same architecture. Received: "
-            f"{len(seeds)} seeds"
-        )
-    return seeds
-
-
-def _assign(seed_states, seeds):
-    if seeds is not None:
-        for state, seed in zip(seed_states, seeds):
-            state.assign(seed)
 
 
 def _write_unstarted(run):
