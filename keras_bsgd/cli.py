@@ -11,6 +11,12 @@ keras-bsgd compare --regime paper_resnet --forward-steps 0   # a ResNet-18 at wi
 python -m keras_bsgd compare --forward-steps 20 --steps 20 --windows 4 --output /tmp/tiny
 ```
 
+Both commands run on the Keras backend of `KERAS_BACKEND` (TensorFlow or JAX),
+or of `--backend tensorflow|jax`, which sets it (`import keras_bsgd` imports
+Keras, so a command line whose Keras already runs on the other backend
+starts itself again; set `KERAS_BACKEND` to spare that). Their reports say
+which backend ran.
+
 TensorFlow's C++ start-up logs are hidden unless `TF_CPP_MIN_LOG_LEVEL` is set
 (e.g. `TF_CPP_MIN_LOG_LEVEL=0 keras-bsgd compare` shows them all); see
 `keras_bsgd.native_logs`.
@@ -19,6 +25,9 @@ TensorFlow's C++ start-up logs are hidden unless `TF_CPP_MIN_LOG_LEVEL` is set
 import argparse
 import importlib.util
 import sys
+
+from keras_bsgd.benchmarks import backend_choice
+from keras_bsgd.benchmarks.backend_choice import BACKENDS
 
 
 def _parser():
@@ -108,6 +117,8 @@ def _compare_arguments(compare, d, regimes):
     compare.add_argument("--no-jit", dest="jit_compile", action="store_false",
                          help="do not XLA-compile the training steps")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare.add_argument("--backend", choices=BACKENDS, help=(
+        "the Keras backend to train on (sets KERAS_BACKEND); default: $KERAS_BACKEND"))
 
 
 def _method_arguments(compare, d):
@@ -142,7 +153,7 @@ def _compare_settings(args):
     regime = given.pop("regime", None)
     if regime:
         settings.update(regimes.settings(regime))
-    for name in ("command", "quiet"):
+    for name in ("command", "quiet", "backend"):
         given.pop(name, None)
     settings.update(given)
     settings["weight_decay"] = settings["weight_decay"] or None  # 0: none.
@@ -200,7 +211,13 @@ def main(argv=None):
         The exit status: 0 on success, 2 on a usage or data error or when
         the `bench` extra is not installed.
     """
+    command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["bench"], ["compare"]) and "-h" not in argv and "--help" not in argv:
+        status = _select_backend(argv, command_line)
+        if status is not None:
+            return status
+        argv = backend_choice.pop_backend(argv)[1]
     # The tools need the `bench` extra and the library does not: a lean
     # install gets one line saying what to install, before TensorFlow's
     # import can print anything.
@@ -215,6 +232,18 @@ def main(argv=None):
         if missing not in BENCH_MODULES:
             raise
         return _bench_extra_error(argv[0], [missing])
+
+
+def _select_backend(argv, command_line):
+    """Applies `--backend`; an exit status if it cannot, else `None` (see `backend_choice`)."""
+    try:
+        requested = backend_choice.pop_backend(argv)[0]
+        if requested is not None:
+            backend_choice.select(requested, command_line)
+    except (ValueError, RuntimeError) as error:
+        print(f"keras-bsgd {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+    return None
 
 
 def _run(argv):

@@ -1,35 +1,40 @@
-"""Tests of the `keras-bsgd` command line (`python -m keras_bsgd`)."""
+"""Tests of the `keras-bsgd` command line (`python -m keras_bsgd`), on either backend."""
 
 import json
 import os
 import subprocess
 import sys
 
+import keras
 import pytest
 
 from keras_bsgd import cli
+from keras_bsgd import datasets
 
 from keras_bsgd import native_logs
 from keras_bsgd.benchmarks import runner
 
-pytestmark = pytest.mark.tensorflow
+from keras_bsgd.benchmarks import backend_choice
+
+BACKEND = keras.backend.backend()
+OTHER = "jax" if BACKEND == "tensorflow" else "tensorflow"
 
 # No TF_CPP_MIN_LOG_LEVEL: the command line must hide TensorFlow's C++ logs itself.
 ENV = {k: v for k, v in os.environ.items() if k != native_logs.LEVEL}
-ENV["KERAS_BACKEND"] = "tensorflow"
+ENV["KERAS_BACKEND"] = BACKEND
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=120, env=None):
     return subprocess.run(
         [sys.executable, "-m", "keras_bsgd", *args],
-        capture_output=True, text=True, env=ENV, timeout=timeout,
+        capture_output=True, text=True, env=env or ENV, timeout=timeout,
     )
 
 
 def test_compare_tiny_run(tmp_path):
     output = tmp_path / "out"
     done = _run(
-        "compare", "--forward-steps", "4", "--steps", "6", "--batch-size", "8",
+        "compare", "--backend", BACKEND, "--forward-steps", "4", "--steps", "6", "--batch-size", "8",
         "--windows", "2", "--no-baselines", "--weight-decay", "0", "--seeds", "0",
         "--eval-every", "3", "--output", str(output), "--data-dir", str(tmp_path / "tfds"),
     )
@@ -48,9 +53,12 @@ def test_compare_tiny_run(tmp_path):
     assert summary["methods"]["backward_exact"]["grad_evals"]["mean"] == 3 + 6  # replays
     assert summary["config"]["forward_steps"] == 4
     assert summary["config"]["weight_decay"] is None
+    assert summary["config"]["backend"] == BACKEND
+    assert f"Backend: {BACKEND} " in done.stdout
     assert (output / "comparison.png").stat().st_size > 0
 
 
+@pytest.mark.skipif(not datasets.tfds_available(), reason="needs TensorFlow and TFDS installed")
 def test_unprepared_dataset_is_a_clean_error(tmp_path):
     done = _run("compare", "--dataset", "cifar10", "--model", "resnet18",
                 "--output", str(tmp_path / "out"), "--data-dir", str(tmp_path), "--quiet")
@@ -116,3 +124,36 @@ def test_other_import_errors_propagate(monkeypatch):
     monkeypatch.setattr(cli, "_compare", broken)
     with pytest.raises(ModuleNotFoundError, match="nope"):
         cli.main(["compare"])
+
+
+def test_backend_flag_is_parsed_and_removed():
+    assert backend_choice.pop_backend(["compare", "--backend", "jax", "--quiet"]) == (
+        "jax", ["compare", "--quiet"])
+    assert backend_choice.pop_backend(["bench", "--backend=tensorflow"]) == (
+        "tensorflow", ["bench"])
+    assert backend_choice.pop_backend(["compare"]) == (None, ["compare"])
+    with pytest.raises(ValueError, match="Received: --backend 'torch'"):
+        backend_choice.pop_backend(["compare", "--backend", "torch"])
+
+
+@pytest.mark.parametrize("command", ["compare", "bench"])
+def test_conflicting_backend_in_process_is_refused(command, capsys):
+    # Keras is imported here: a call from Python cannot change its backend.
+    assert cli.main([command, "--backend", OTHER]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"keras-bsgd {command}: error: --backend {OTHER} asked for")
+    assert f"already imported with the {BACKEND} backend" in line
+    assert f"Set KERAS_BACKEND={OTHER}" in line
+
+
+def test_backend_flag_starts_the_command_line_again_on_that_backend():
+    # KERAS_BACKEND names the other backend: --backend wins, the process starts again.
+    # `bench --memory-only` is seconds on TensorFlow, and refused on JAX, by name.
+    done = _run("bench", "--backend", BACKEND, "--tiny", "--memory-only", "--memory-examples",
+                "10", env={**ENV, "KERAS_BACKEND": OTHER})
+    if BACKEND == "tensorflow":
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "data_store_bytes(10 uint8" in done.stdout
+    else:
+        assert done.returncode == 2
+        assert "--memory-only measures TensorFlow's" in done.stderr, done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Smoke test of keras_bsgd.benchmarks.speed in its tiny configuration.
+"""Smoke test of keras_bsgd.benchmarks.speed in its tiny configuration, on TensorFlow and JAX.
 
 Checks keys and that every ratio is finite and positive; it never asserts a
 timing (the CI machine is shared).
@@ -13,8 +13,6 @@ import pytest  # noqa: E402
 
 from keras_bsgd.benchmarks import models  # noqa: E402
 from keras_bsgd.benchmarks import speed  # noqa: E402
-
-pytestmark = pytest.mark.tensorflow
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +31,7 @@ def _positive(value):
     return math.isfinite(value) and value > 0
 
 
+@pytest.mark.tensorflow
 def test_main_prints_ratios(tiny):
     import json
 
@@ -48,6 +47,7 @@ def test_main_prints_ratios(tiny):
         assert key in text, key
 
 
+@pytest.mark.tensorflow
 def test_result_keys_and_ratios(tiny):
     import json
 
@@ -57,6 +57,7 @@ def test_result_keys_and_ratios(tiny):
             "targets", "wall_time_s"} <= set(result)
     machine = result["machine"]
     assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["tensorflow"]
+    assert machine["backend"] == "tensorflow"
     (run,) = result["runs"]
     assert run["model"] == "mlp_tiny" and run["batch_size"] == 8
     assert _positive(run["t_sgd_s"])
@@ -80,6 +81,7 @@ def test_result_keys_and_ratios(tiny):
     assert memory["buffer_bytes"]["exact (capacity 4)"] == 4 * slot
 
 
+@pytest.mark.tensorflow
 def test_buffer_memory_uint8_vs_float32(tiny):
     import json
 
@@ -99,6 +101,7 @@ def test_buffer_memory_uint8_vs_float32(tiny):
     assert p["total_bytes"]["int32 indices"] == 100 * (128 * 4 + 4) + 1000 * (3072 + 4)
 
 
+@pytest.mark.tensorflow
 def test_memory_only_rewrites_only_the_memory_section(tiny, tmp_path, capsys):
     _, report, _ = tiny
     text = report.read_text()
@@ -113,6 +116,7 @@ def test_memory_only_rewrites_only_the_memory_section(tiny, tmp_path, capsys):
     assert "data_store_bytes(10 uint8" in capsys.readouterr().out
 
 
+@pytest.mark.tensorflow
 def test_report_keeps_hand_written_text(tiny):
     _, report, _ = tiny
     text = report.read_text()
@@ -135,3 +139,23 @@ def test_benchmark_models_come_from_the_one_registry():
     assert models.build("mlp_1024", (784,), 10).count_params() == 1_863_690
     # `compare`'s "mlp" keeps its meaning: one hidden layer of 64.
     assert models.build("mlp", (784,), 10).count_params() == 784 * 64 + 64 + 64 * 10 + 10
+
+
+@pytest.mark.jax
+def test_jax_bench_times_inside_fit_and_keeps_the_tensorflow_tables(tmp_path, capsys):
+    report = tmp_path / "performance.md"
+    report.write_text(f"# Title\n\n{speed.BEGIN}\nTensorFlow's\n{speed.END}\n\nNotes.\n")
+    json_path = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--quiet", "--windows", "1", "--depths", "2", "--steps", "2",
+                       "--output", str(report), "--json", str(json_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mlp_tiny b8: R(w=1) = " in out and "mlp_tiny b8: R_exact(k=2) = " in out
+    text = report.read_text()
+    assert "TensorFlow's" in text and text.rstrip().endswith(speed.JAX_END)
+    jax_part = text.split(speed.JAX_BEGIN)[1]
+    assert "### JAX, CPU" in jax_part and "R = " in jax_part and "R_exact = " in jax_part
+    import json
+
+    (run,) = json.loads(json_path.read_text())["runs"]
+    assert _positive(run["R"]["w=1"]) and _positive(run["R_exact"]["k=2"])
+    assert speed.main(["--tiny", "--memory-only", "--output", str(report)]) == 2

@@ -19,7 +19,6 @@ difficulty: 1,437 training images instead of 50,000-60,000.
 """
 
 import numpy as np
-import tensorflow as tf
 
 from keras_bsgd.datasets import DatasetInfo
 
@@ -59,10 +58,10 @@ def render(name, x, split):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     x = np.asarray(x, "float32")
     if name == "digits_28x28":
-        return tf.image.resize(x, (28, 28), "bilinear").numpy().clip(0.0, 1.0)
+        return resize_bilinear(x, 28, 28).clip(0.0, 1.0)
     rng = np.random.default_rng(_SEEDS[split])
     n = len(x)
-    digits = tf.image.resize(x, (24, 24), "bilinear").numpy().clip(0.0, 1.0)
+    digits = resize_bilinear(x, 24, 24).clip(0.0, 1.0)
     background = rng.uniform(0.0, 1.0, (n, 1, 1, 3))
     foreground = (background + rng.uniform(0.25, 0.75, (n, 1, 1, 3))) % 1.0
     mask = np.zeros((n, 32, 32, 1), "float32")
@@ -72,3 +71,38 @@ def render(name, x, split):
     images = background + (foreground - background) * mask
     images += rng.normal(0.0, 0.05, images.shape)
     return images.clip(0.0, 1.0).astype("float32")
+
+
+def _bilinear_weights(in_size, out_size):
+    """Source rows (or columns) and weights of TensorFlow's half-pixel bilinear resize."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    centers = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(centers)
+    lower = np.maximum(floor.astype(np.int64), 0)
+    upper = np.minimum(np.ceil(centers).astype(np.int64), in_size - 1)
+    return lower, upper, centers - floor
+
+
+def resize_bilinear(images, height, width):
+    """`tf.image.resize(images, (height, width), "bilinear")` in NumPy, float32.
+
+    TensorFlow's kernel (half-pixel centres, no antialiasing), operation for
+    operation in float32, so that the rendered tasks are the same bit for bit
+    without TensorFlow (`tests/benchmarks_test.py` compares the two).
+
+    Args:
+        images: Array of shape `(n, rows, columns, channels)`.
+        height: Rows of the result.
+        width: Columns of the result.
+
+    Returns:
+        A float32 array of shape `(n, height, width, channels)`.
+    """
+    images = np.asarray(images, np.float32)
+    top_row, bottom_row, y_lerp = _bilinear_weights(images.shape[1], height)
+    left, right, x_lerp = _bilinear_weights(images.shape[2], width)
+    x_lerp, y_lerp = x_lerp[None, None, :, None], y_lerp[None, :, None, None]
+    top, bottom = images[:, top_row], images[:, bottom_row]
+    top = top[:, :, left] + (top[:, :, right] - top[:, :, left]) * x_lerp
+    bottom = bottom[:, :, left] + (bottom[:, :, right] - bottom[:, :, left]) * x_lerp
+    return top + (bottom - top) * y_lerp

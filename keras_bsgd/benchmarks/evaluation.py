@@ -2,9 +2,9 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_bsgd.benchmarks.averaging import UniformAverage
+from keras_bsgd.benchmarks.forward import compiled_call
 
 AVERAGES = (None, "ema", "uniform", "schedule_free")
 """What `IterateProbe` can evaluate: the weights, or one of three averages."""
@@ -105,13 +105,11 @@ class IterateProbe:
             raise ValueError(f"`average` must be one of {AVERAGES}. Received: average={average!r}")
         self.model, self.x = model, x
         self.batch_size, self.average = batch_size, average
-        self._forward = tf.function(
-            lambda x: model(x, training=False), jit_compile=jit_compile, reduce_retracing=True
-        )
+        self._forward = compiled_call(model, training=False, jit_compile=jit_compile)
         self._uniform = UniformAverage(model.trainable_variables) if average == "uniform" else None
         self._batch_norms = _batch_norm_layers(model) if recalibration_x is not None else []
         self._recalibration_x = recalibration_x
-        self._recalibrate = tf.function(lambda x: model(x, training=True), jit_compile=jit_compile)
+        self._recalibrate = compiled_call(model, training=True, jit_compile=jit_compile)
 
     def observe(self):
         """Records the weights after a step (for the uniform average; else nothing)."""
@@ -123,7 +121,7 @@ class IterateProbe:
             [np.asarray(v.numpy()).ravel() for v in self.model.trainable_variables]
         )
         logits = [
-            self._forward(self.x[i : i + self.batch_size]).numpy()
+            self._forward(self.x[i : i + self.batch_size])
             for i in range(0, len(self.x), self.batch_size)
         ]
         return weights, np.concatenate(logits)

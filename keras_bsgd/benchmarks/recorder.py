@@ -82,7 +82,7 @@ class StepRecorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         mean = float(logs["loss"])  # Waits for the step: the time below includes it.
-        count = int(np.asarray(self.counter.count.numpy()))
+        count = int(self.counter.count)
         self._wall += time.perf_counter() - self._began
         n = batch + 1
         loss = n * mean - (n - 1) * self._running_mean
@@ -97,6 +97,9 @@ class StepRecorder(keras.callbacks.Callback):
                 "wall_time_s": self._wall,
             }
         )
+        # On JAX, `self.model` writes the state fit() holds into the variables,
+        # which the average and the evaluation read (a no-op on TensorFlow).
+        _ = self.model
         if self.observe is not None:
             self.observe()
         if step % self.eval_every == 0 or step == self.steps:

@@ -70,6 +70,14 @@ def _start(config):
     return f"Warm start: {steps} shared forward-SGD steps ({wall:.1f} s per seed)"
 
 
+def _backend(config):
+    """`"Backend: jax 0.10.2 (Keras 3.15.1). "`, or nothing for a config without one."""
+    if "backend" not in config:
+        return ""
+    return (f"Backend: {config['backend']} {config.get('backend_version', '')} "
+            f"(Keras {config.get('keras_version', '?')}). ")
+
+
 def markdown_table(summary):
     """Formats `summary["methods"]` as a Markdown table, one row per method.
 
@@ -154,7 +162,7 @@ def write(output, config, runs, summary):
     with open(paths["summary_md"], "w") as f:
         f.write(
             f"# Forward vs backward SGD: {config['dataset']}, {config['model']}\n\n"
-            f"{_start(config)}, then {config['steps']} steps per method; batch "
+            f"{_backend(config)}{_start(config)}, then {config['steps']} steps per method; batch "
             f"{config['batch_size']}, learning rate {config['learning_rate']}, momentum "
             f"{config['momentum']}, weight decay {config['weight_decay'] or 0}, seeds {seeds}; "
             f"evaluated every {config['eval_every']} steps (backward-SGD replays there). "

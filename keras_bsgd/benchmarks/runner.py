@@ -7,7 +7,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_bsgd
 from keras_bsgd import datasets
@@ -78,22 +77,21 @@ BATCH_NORM_EXAMPLES = 512
 """Training examples whose batch statistics an averaged iterate's BatchNormalization gets."""
 
 
-def _as_numpy(ds):
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds.batch(4096)])
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def _data(config):
     """`(spec, train, validation, test)` of the configured dataset, as NumPy arrays."""
     name, data_dir = config["dataset"], config["data_dir"]
     rendered = name in digit_images.DATASETS
     spec = digit_images.DATASETS[name] if rendered else datasets.info(name)
     source = "bsgd_digits" if rendered else name
-    train = _as_numpy(datasets.load(source, "train", data_dir))
-    test = _as_numpy(datasets.load(source, "test", data_dir))
+    # The same arrays on every backend: TFDS' on TensorFlow, NumPy's (equal bitwise) on JAX.
+    train = datasets.load_arrays(source, "train", data_dir)
+    test = datasets.load_arrays(source, "test", data_dir)
     if rendered:
         train = digit_images.render(name, train[0], "train"), train[1]
         test = digit_images.render(name, test[0], "test"), test[1]
+    if keras.backend.backend() == "jax":
+        # JAX without x64 holds int64 labels as int32 (and warns); the values are the same.
+        train, test = (train[0], train[1].astype("int32")), (test[0], test[1].astype("int32"))
     train, validation = _split(train, config["validation_fraction"])
     return spec, train, validation, test
 
@@ -118,6 +116,7 @@ def _compile(model, optimizer, config):
         # the train step, and ScheduleFreeAdamW's build (copying the weights
         # into its `momentum` z) then does not take: z starts at 0 and the
         # first step sends the weights to ~0. Built here, eagerly, it does.
+        # (JAX's trainer builds it eagerly itself: the same z either way.)
         optimizer.build(model.trainable_variables)
 
 
@@ -204,9 +203,9 @@ def _train(method, make_optimizer, model_name, spec, warm, stream, test, config,
     # A fresh optimizer: momentum (and the EMA) start from zero for every method.
     _compile(model, make_optimizer(), config)
     probe = _probe(model, method, test[0], config)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+    gpu = _tensorflow_gpu()
     if gpu:
-        tf.config.experimental.reset_memory_stats("GPU:0")
+        gpu.experimental.reset_memory_stats("GPU:0")
     eval_rows, iterates, logits = [], [], []
 
     backward = isinstance(model.optimizer, keras_bsgd.BackwardSGD)
@@ -248,8 +247,29 @@ def _train(method, make_optimizer, model_name, spec, warm, stream, test, config,
     if backward:  # The library's own count, beside the counter layer's.
         run["library_grad_evals"] = model.gradient_evaluations
     if gpu:
-        run["peak_gpu_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        run["peak_gpu_mb"] = gpu.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return run
+
+
+def _tensorflow_gpu():
+    """`tf.config` where TensorFlow trains on a GPU (its peak memory is measured), else `None`.
+
+    On JAX no peak is recorded: its allocator's peak cannot be reset per run.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return tf.config if tf.config.list_physical_devices("GPU") else None
+
+
+def backend_info():
+    """The Keras backend that trains, and its version, as a dict for the report."""
+    import importlib.metadata
+
+    backend = keras.backend.backend()
+    return {"backend": backend, "backend_version": importlib.metadata.version(backend),
+            "keras_version": keras.__version__}
 
 
 def _transpose(columns):
@@ -422,6 +442,7 @@ def compare(
     config["schedule_free_learning_rates"] = [
         float(r) for r in config["schedule_free_learning_rates"]]
     _validate(config)
+    config.update(backend_info())
     started = time.perf_counter()
     spec, train, validation, test = _data(config)
     W, N = config["forward_steps"], config["steps"]

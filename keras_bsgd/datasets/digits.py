@@ -3,7 +3,9 @@
 import numpy as np
 import tensorflow_datasets as tfds
 
-NUM_TRAIN = 1437
+from keras_bsgd.datasets import sources
+
+NUM_TRAIN = sources.DIGITS_TRAIN
 """The first `NUM_TRAIN` of scikit-learn's 1,797 digits form the train split."""
 
 
@@ -63,17 +65,9 @@ class BsgdDigits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: the data ships with scikit-learn.
-        return {
-            "train": self._generate_examples(slice(0, NUM_TRAIN)),
-            "test": self._generate_examples(slice(NUM_TRAIN, None)),
-        }
+        return {split: self._generate_examples(split) for split in sources.SPLITS}
 
-    def _generate_examples(self, index):
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = digits.images.astype(np.uint8)[index]
-        labels = digits.target.astype(np.int64)[index]
-        offset = index.start
-        for i, (image, label) in enumerate(zip(images, labels)):
-            yield offset + i, {"image": image[..., None], "label": int(label)}
+    def _generate_examples(self, split):
+        keys, images, labels = sources.digits_examples(split)
+        for key, image, label in zip(keys, images, labels):
+            yield int(key), {"image": image, "label": int(label)}

@@ -1,16 +1,18 @@
-"""`load`: one (x float32, y int64) `tf.data.Dataset` per dataset name, never downloading."""
+"""`load` (a `tf.data.Dataset`) and `load_arrays` (NumPy) of a dataset split, never downloading.
+
+TensorFlow and TFDS are imported only by what needs them: `load_arrays`
+serves the embedded datasets from NumPy on the JAX backend or without TFDS.
+"""
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import sys
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
+import numpy as np
 
-# Importing the builders registers them with TFDS under their names.
-from keras_bsgd.datasets import digits  # noqa: F401
-from keras_bsgd.datasets import mnist_1d  # noqa: F401
+from keras_bsgd.datasets import sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,13 @@ def load(name, split, data_dir=None):
     >>> x.shape, x.dtype.name, y.dtype.name
     (TensorShape([8, 8, 1]), 'float32', 'int64')
     """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    # Importing the builders registers them with TFDS under their names.
+    from keras_bsgd.datasets import digits  # noqa: F401
+    from keras_bsgd.datasets import mnist_1d  # noqa: F401
+
     spec = info(name)
     if spec.embedded:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -123,6 +132,65 @@ def load(name, split, data_dir=None):
         return tf.cast(x, "float32") / scale, tf.cast(y, "int64")
 
     return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def tfds_available():
+    """Whether TensorFlow and TFDS are installed (looked up, not imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tensorflow_datasets"))
+
+
+def _from_numpy(spec):
+    """Whether `load_arrays` builds `spec`'s arrays from NumPy rather than through TFDS."""
+    import keras
+
+    return spec.embedded and (keras.backend.backend() != "tensorflow" or not tfds_available())
+
+
+def load_arrays(name, split, data_dir=None):
+    """Loads a whole dataset split as NumPy arrays `(x, y)`, offline.
+
+    The same arrays as `load(name, split, data_dir)`, bit for bit and in
+    the same order. On the TensorFlow backend with TFDS installed they come
+    through `load`; otherwise (the JAX backend, or no TFDS) the embedded
+    datasets (`bsgd_digits`, `mnist1d`) are generated from NumPy
+    (`keras_bsgd.datasets.sources`), with neither TensorFlow nor TFDS, and
+    the others still need TFDS.
+
+    Args:
+        name: One of `DATASETS`.
+        split: A TFDS split; from NumPy, `"train"` or `"test"`.
+        data_dir: The TFDS data directory (unused from NumPy). Defaults to
+            `None`: TFDS' default.
+
+    Returns:
+        `(x, y)`: `x` float32 of shape `(n, *info(name).input_shape)` in
+        [0, 1] for images, `y` int64 of shape `(n,)`.
+
+    Raises:
+        ValueError: If `name` is unknown, or a split other than `"train"` or
+            `"test"` is asked of NumPy.
+        DatasetNotPreparedError: If a non-embedded dataset is not in `data_dir`.
+        ModuleNotFoundError: If a non-embedded dataset is asked without TFDS.
+
+    Example:
+
+    >>> x, y = load_arrays("bsgd_digits", "test")
+    >>> x.shape, x.dtype.name, y.dtype.name
+    ((360, 8, 8, 1), 'float32', 'int64')
+    """
+    spec = info(name)
+    if _from_numpy(spec):
+        return sources.load_arrays(name, split, spec.scale)
+    if not tfds_available():
+        raise ModuleNotFoundError(
+            f"Dataset {name!r} is read through TFDS, which is not installed (only the "
+            "embedded 'bsgd_digits' and 'mnist1d' load without it): pip install "
+            f"tensorflow tensorflow-datasets. Received: name={name!r}",
+            name="tensorflow_datasets",
+        )
+    pairs = [(x.numpy(), y.numpy()) for x, y in load(name, split, data_dir).batch(4096)]
+    xs, ys = zip(*pairs)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _prepare_hint(name, data_dir):

@@ -3,7 +3,9 @@
 import numpy as np
 import tensorflow_datasets as tfds
 
-SEED = 42
+from keras_bsgd.datasets import sources
+
+SEED = sources.MNIST1D_SEED
 """Seed of `mnist1d.data.make_dataset` (the package's default, as in the paper)."""
 
 
@@ -66,29 +68,10 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: the data is generated here.
-        data = _generate()
-        return {
-            "train": self._generate_examples(data["x"], data["y"]),
-            "test": self._generate_examples(data["x_test"], data["y_test"]),
-        }
+        data = sources.mnist1d_generate()
+        return {split: self._generate_examples(split, data) for split in sources.SPLITS}
 
-    def _generate_examples(self, signals, labels):
-        for i, (signal, label) in enumerate(zip(signals, labels)):
-            yield i, {"signal": signal.astype(np.float32), "label": int(label)}
-
-
-def _generate():
-    """Runs the `mnist1d` generator without disturbing the global RNGs."""
-    import random
-
-    from mnist1d.data import get_dataset_args
-    from mnist1d.data import make_dataset
-
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
-        args = get_dataset_args()
-        args.seed = SEED
-        return make_dataset(args)
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
+    def _generate_examples(self, split, data):
+        keys, signals, labels = sources.mnist1d_examples(split, data)
+        for key, signal, label in zip(keys, signals, labels):
+            yield int(key), {"signal": signal, "label": int(label)}

@@ -28,34 +28,57 @@ work at step k depends only on k and the buffer capacity (it replays
 `min(k, capacity)` slots), so the step timed is the step at depth k, without
 paying the k(k-1)/2 gradient evaluations that lead there. `--no-fast-forward`
 runs every step for real instead.
+
+That is the TensorFlow benchmark. On JAX (`KERAS_BACKEND=jax` or `--backend
+jax`) the step times come from `keras_bsgd.benchmarks.step_timing` instead:
+every step inside `fit()`, without fast-forward (`keras_bsgd.benchmarks.
+speed.jax_timing`); the buffer-memory section, which measures TensorFlow's
+`keras_bsgd.ReplayBuffer`, stays TensorFlow's.
 """
 
-from keras_bsgd.benchmarks.speed.cli import PROG
-from keras_bsgd.benchmarks.speed.cli import build_parser
-from keras_bsgd.benchmarks.speed.cli import main
-from keras_bsgd.benchmarks.speed.config import DEFAULTS
-from keras_bsgd.benchmarks.speed.config import INPUT_SHAPES
-from keras_bsgd.benchmarks.speed.config import TINY
-from keras_bsgd.benchmarks.speed.harness import bench_model
-from keras_bsgd.benchmarks.speed.harness import benchmark
-from keras_bsgd.benchmarks.speed.machine import machine_info
-from keras_bsgd.benchmarks.speed.markdown import BEGIN
-from keras_bsgd.benchmarks.speed.markdown import END
-from keras_bsgd.benchmarks.speed.markdown import MEMORY_BEGIN
-from keras_bsgd.benchmarks.speed.markdown import MEMORY_END
-from keras_bsgd.benchmarks.speed.markdown import memory_markdown
-from keras_bsgd.benchmarks.speed.markdown import to_markdown
-from keras_bsgd.benchmarks.speed.markdown import write_memory_section
-from keras_bsgd.benchmarks.speed.markdown import write_report
-from keras_bsgd.benchmarks.speed.memory import PeakMemory
-from keras_bsgd.benchmarks.speed.memory import buffer_memory
-from keras_bsgd.benchmarks.speed.summary import memory_summary_lines
-from keras_bsgd.benchmarks.speed.summary import summary_lines
-from keras_bsgd.benchmarks.speed.targets import COMPILE_RATIO_TARGET
-from keras_bsgd.benchmarks.speed.targets import R_TARGET
-from keras_bsgd.benchmarks.speed.targets import check_targets
+# Imported on first use: the TensorFlow harness must not load on JAX.
+import importlib
+
+_EXPORTS = {
+    "PROG": "keras_bsgd.benchmarks.speed.cli",
+    "build_parser": "keras_bsgd.benchmarks.speed.cli",
+    "main": "keras_bsgd.benchmarks.speed.cli",
+    "DEFAULTS": "keras_bsgd.benchmarks.speed.config",
+    "INPUT_SHAPES": "keras_bsgd.benchmarks.speed.config",
+    "TINY": "keras_bsgd.benchmarks.speed.config",
+    "bench_model": "keras_bsgd.benchmarks.speed.harness",
+    "benchmark": "keras_bsgd.benchmarks.speed.harness",
+    "machine_info": "keras_bsgd.benchmarks.speed.machine",
+    "BEGIN": "keras_bsgd.benchmarks.speed.markdown",
+    "END": "keras_bsgd.benchmarks.speed.markdown",
+    "MEMORY_BEGIN": "keras_bsgd.benchmarks.speed.markdown",
+    "MEMORY_END": "keras_bsgd.benchmarks.speed.markdown",
+    "memory_markdown": "keras_bsgd.benchmarks.speed.markdown",
+    "to_markdown": "keras_bsgd.benchmarks.speed.markdown",
+    "write_memory_section": "keras_bsgd.benchmarks.speed.markdown",
+    "write_report": "keras_bsgd.benchmarks.speed.markdown",
+    "PeakMemory": "keras_bsgd.benchmarks.speed.memory",
+    "buffer_memory": "keras_bsgd.benchmarks.speed.memory",
+    "memory_summary_lines": "keras_bsgd.benchmarks.speed.summary",
+    "summary_lines": "keras_bsgd.benchmarks.speed.summary",
+    "COMPILE_RATIO_TARGET": "keras_bsgd.benchmarks.speed.targets",
+    "R_TARGET": "keras_bsgd.benchmarks.speed.targets",
+    "check_targets": "keras_bsgd.benchmarks.speed.targets",
+    "JAX_BEGIN": "keras_bsgd.benchmarks.speed.jax_timing",
+    "JAX_END": "keras_bsgd.benchmarks.speed.jax_timing",
+}
+_ALIASES = {"JAX_BEGIN": "BEGIN", "JAX_END": "END"}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), _ALIASES.get(name, name))
+
 
 __all__ = [
+    "JAX_BEGIN",
+    "JAX_END",
     "BEGIN",
     "COMPILE_RATIO_TARGET",
     "DEFAULTS",

@@ -5,15 +5,10 @@ import json
 import shlex
 import sys
 
-from keras_bsgd.benchmarks.speed import markdown
+from keras_bsgd.benchmarks import backend_choice
 from keras_bsgd.benchmarks.speed.config import DEFAULTS
 from keras_bsgd.benchmarks.speed.config import INPUT_SHAPES
 from keras_bsgd.benchmarks.speed.config import TINY
-from keras_bsgd.benchmarks.speed.harness import benchmark
-from keras_bsgd.benchmarks.speed.memory import buffer_memory
-from keras_bsgd.benchmarks.speed.memory import memory_capacity
-from keras_bsgd.benchmarks.speed.summary import memory_summary_lines
-from keras_bsgd.benchmarks.speed.summary import summary_lines
 
 PROG = "python -m keras_bsgd.benchmarks.speed"
 
@@ -63,6 +58,13 @@ def build_parser(prog=PROG):
                         help="Markdown file to write the tables into (e.g. docs/performance.md)")
     parser.add_argument("--json", default=None, help="also write the full result as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="JAX only: steps timed per setting inside fit(); default: 10 "
+                        "(--tiny: 3)")
+    parser.add_argument("--backend", choices=backend_choice.BACKENDS, default=None,
+                        help="the Keras backend (sets KERAS_BACKEND before Keras is imported); "
+                        "default: $KERAS_BACKEND. On JAX the steps are timed inside fit(), "
+                        "without fast-forward (keras_bsgd.benchmarks.speed.jax_timing)")
     return parser
 
 
@@ -78,6 +80,12 @@ def main(argv=None, prog=PROG):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(prog).parse_args(argv)
+    if args.backend is not None:
+        try:
+            backend_choice.select(args.backend, command_line=False)
+        except RuntimeError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return 2
     config = dict(TINY if args.tiny else DEFAULTS)
     for key in config:
         value = getattr(args, key, None)
@@ -90,8 +98,16 @@ def main(argv=None, prog=PROG):
             with open(args.json, "w") as f:
                 json.dump(partial, f, indent=1)
 
+    import keras  # After --backend.
+
+    if keras.backend.backend() == "jax":
+        return _main_jax(args, config, prog, " ".join([prog, *map(shlex.quote, argv)]), log)
     if args.memory_only:
         return _memory_only(config, args.output)
+    from keras_bsgd.benchmarks.speed import markdown
+    from keras_bsgd.benchmarks.speed.harness import benchmark
+    from keras_bsgd.benchmarks.speed.summary import summary_lines
+
     result = benchmark(**config, command=" ".join([prog, *map(shlex.quote, argv)]), log=log,
                        checkpoint=checkpoint)
     print()
@@ -107,7 +123,38 @@ def main(argv=None, prog=PROG):
     return 0
 
 
+def _main_jax(args, config, prog, command, log):
+    """The JAX benchmark: fit()-based step times (`jax_timing`); no buffer memory."""
+    from keras_bsgd.benchmarks.speed import jax_timing
+
+    if args.memory_only:
+        print(f"{prog}: error: --memory-only measures TensorFlow's keras_bsgd.ReplayBuffer; "
+              "run it with KERAS_BACKEND=tensorflow. Received: --memory-only on JAX",
+              file=sys.stderr)
+        return 2
+    steps = args.steps or jax_timing.STEPS["tiny" if args.tiny else "full"]
+    result = jax_timing.benchmark(config, steps, command=command, log=log)
+    print()
+    for line in jax_timing.summary_lines(result):
+        print(line)
+    print("(JAX: timed inside fit(), every step run; the buffer-memory section is "
+          "TensorFlow's)")
+    if args.output:
+        jax_timing.write_report(result, args.output)
+        print(f"Wrote {args.output}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"Wrote {args.json}")
+    return 0
+
+
 def _memory_only(config, output):
+    from keras_bsgd.benchmarks.speed import markdown
+    from keras_bsgd.benchmarks.speed.memory import buffer_memory
+    from keras_bsgd.benchmarks.speed.memory import memory_capacity
+    from keras_bsgd.benchmarks.speed.summary import memory_summary_lines
+
     bm = buffer_memory(config["memory_batch_size"], (32, 32, 3),
                        memory_capacity(config["windows"]), config["memory_steps"],
                        config["memory_examples"])

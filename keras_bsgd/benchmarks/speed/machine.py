@@ -1,11 +1,11 @@
 """`machine_info`: what the benchmark ran on, recorded with its results."""
 
+import importlib.metadata
 import os
 import platform
 import re
 
 import keras
-import tensorflow as tf
 
 import keras_bsgd
 
@@ -27,20 +27,39 @@ def machine_info():
         memory_gb = psutil.virtual_memory().total / 2**30
     except ImportError:  # pragma: no cover - psutil comes with the bench extra
         physical, memory_gb = None, None
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        gpus.append(details.get("device_name", device.name))
+    backend = keras.backend.backend()
     return {
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "physical_cores": physical,
         "memory_gb": None if memory_gb is None else round(memory_gb, 1),
-        "gpus": gpus,
-        "tensorflow": tf.__version__,
+        "gpus": _gpus(backend),
+        "backend": backend,
+        "backend_version": importlib.metadata.version(backend),
+        # Its version whichever backend ran (TFDS and tf.data need it); None: not installed.
+        "tensorflow": _version("tensorflow"),
         "keras": keras.__version__,
         "keras_bsgd": keras_bsgd.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gpus(backend):
+    """The GPUs the backend trains on, by name."""
+    if backend == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    import tensorflow as tf
+
+    return [tf.config.experimental.get_device_details(d).get("device_name", d.name)
+            for d in tf.config.list_physical_devices("GPU")]

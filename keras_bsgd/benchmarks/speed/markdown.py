@@ -26,6 +26,13 @@ def _size(n):
     return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else _mb(n)
 
 
+def _backend(machine):
+    """`"backend TensorFlow 2.21.0"`; results from before the backend was recorded were TensorFlow's."""
+    if machine.get("backend", "tensorflow") == "tensorflow":
+        return f"backend TensorFlow {machine['tensorflow']}"
+    return f"backend {machine['backend']} {machine['backend_version']}"
+
+
 def to_markdown(result):
     """The measured tables as Markdown (the generated part of docs/performance.md)."""
     m, c = result["machine"], result["config"]
@@ -39,7 +46,7 @@ def to_markdown(result):
         f"({m['physical_cores']} physical), {m['memory_gb']} GB RAM, GPU: {gpu}; "
         f"load average {m['load_average'][0]} at start, "
         f"{m.get('load_average_end', ['?'])[0]} at end  ",
-        f"Software: TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
+        f"Software: {_backend(m)}, Keras {m['keras']}, "
         f"keras_bsgd {m['keras_bsgd']}, Python {m['python']}  ",
         f"Configuration: windows {c['windows']}, exact depths {c['depths']}, SGD "
         f"`steps_per_execution={c['sgd_steps_per_execution']}`, BackwardSGD "

@@ -2,8 +2,8 @@
 
 import gc
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_bsgd
 from keras_bsgd.benchmarks import rss
@@ -15,13 +15,13 @@ class PeakMemory:
     `start()` resets the kernel's high-water mark (`/proc/self/clear_refs`);
     where that is not possible the peak is the process-lifetime peak from
     `getrusage`, and `resettable` is False. On a GPU the TensorFlow allocator's
-    peak is tracked too.
+    peak is tracked too (on TensorFlow only: JAX's cannot be reset).
     """
 
     def __init__(self):
         self.resettable = False
         self.rss_start = 0
-        self._gpu = bool(tf.config.list_physical_devices("GPU"))
+        self._gpu = _tensorflow_gpu()
 
     def start(self):
         gc.collect()
@@ -29,9 +29,9 @@ class PeakMemory:
         self.rss_start = rss.rss_bytes()
         if self._gpu:
             try:
-                tf.config.experimental.reset_memory_stats("GPU:0")
+                self._gpu.experimental.reset_memory_stats("GPU:0")
             except (ValueError, RuntimeError):
-                self._gpu = False
+                self._gpu = None
         return self
 
     def peak(self):
@@ -44,8 +44,17 @@ class PeakMemory:
             method = "ru_maxrss (lifetime peak RSS) of the process"
         out = {"peak_rss_bytes": peak, "rss_start_bytes": self.rss_start, "method": method}
         if self._gpu:
-            out["gpu_peak_bytes"] = tf.config.experimental.get_memory_info("GPU:0")["peak"]
+            out["gpu_peak_bytes"] = self._gpu.experimental.get_memory_info("GPU:0")["peak"]
         return out
+
+
+def _tensorflow_gpu():
+    """`tf.config` where TensorFlow trains on a GPU, else `None`."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return tf.config if tf.config.list_physical_devices("GPU") else None
 
 
 def buffer_memory(batch_size=128, image_shape=(32, 32, 3), capacity=64, steps=10_000,
@@ -62,6 +71,8 @@ def buffer_memory(batch_size=128, image_shape=(32, 32, 3), capacity=64, steps=10
     Returns:
         A dict with `measured` (a list of dicts), `data_store` and `projection`.
     """
+    import tensorflow as tf  # `keras_bsgd.ReplayBuffer` is the TensorFlow backend's.
+
     pixels = int(np.prod(image_shape))
     measured = []
     for dtype in ("uint8", "float32", "int32 indices"):
