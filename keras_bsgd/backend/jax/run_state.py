@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_bsgd import errors
 from keras_bsgd import schedule
+from keras_bsgd.saved_run import SavedBuffer
 
 # Counter words of the gradient-evaluation count: JAX has no int64 by default,
 # and exact mode's N(N+1)/2 passes 2**31 near N = 65,000.
@@ -29,6 +30,9 @@ class Run:
         state: The `RunState`, created at the run's first step; None before.
         data_store: The `DataStore` its buffered example indices point into
             (index buffering), or None.
+        saved: A `SavedBuffer` loaded from a file, which fills the
+            `RunState` at the run's next step (the file does not hold the
+            batch structure the state is made from); None otherwise.
         planned_steps: The steps of the run that `fit()` plans for, which
             size exact mode's buffer when nothing else does; None if unknown.
         pending_start: Whether the next step starts the run over from the
@@ -42,6 +46,7 @@ class Run:
     def __init__(self):
         self.state = None
         self.data_store = None
+        self.saved = None
         self.planned_steps = None
         self.pending_start = True
         self.left_weights = None
@@ -58,16 +63,20 @@ class Run:
 
     def steps_done(self, optimizer):
         """Steps of the current run, an int (host)."""
-        if self.state is None or self.pending_start:
+        if self.saved is not None:
+            origin = self.saved.origin
+        elif self.state is None or self.pending_start:
             return 0
-        return int(np.asarray(optimizer.iterations.value)) - int(np.asarray(self.state.origin.value))
+        else:
+            origin = int(np.asarray(self.state.origin.value))
+        return int(np.asarray(optimizer.iterations.value)) - origin
 
     def capacity(self, optimizer):
         """The batches of the backward phase exact mode's buffer holds, or None where unknown.
 
-        The live buffer's, else `max_steps - forward_steps`, else the planned
-        steps after the forward phase (at least one). Windowed mode: the
-        window's `window_capacity`.
+        The live buffer's, else `max_steps - forward_steps`, else the loaded
+        buffer's, else the planned steps after the forward phase (at least
+        one). Windowed mode: the window's `window_capacity`.
         """
         if optimizer.window is not None:
             return optimizer.window_capacity
@@ -75,6 +84,8 @@ class Run:
             return self.state.slots
         if optimizer.max_steps is not None:
             return optimizer.max_steps - optimizer.forward_steps
+        if self.saved is not None:
+            return self.saved.capacity
         if self.planned_steps is not None:
             return max(self.planned_steps - optimizer.forward_steps, 1)
         return None
@@ -160,6 +171,79 @@ class RunState:
         """The run's gradient evaluations so far, an int (host)."""
         low, high = (int(v) for v in np.asarray(self.evaluations.value))
         return high * EVALUATIONS_BASE + low
+
+    def saved(self, capacity, step, forward_steps):
+        """The ring and counters as a `SavedBuffer` of `capacity` slots (the file's layout).
+
+        Args:
+            capacity: The slots of the saved ring (`window_capacity` in
+                windowed mode, one fewer than this ring's).
+            step: The run's last step (`iterations - origin`).
+            forward_steps: The optimizer's `forward_steps`.
+        """
+        leaves = iter(np.asarray(v.value)[: self.slots] for v in self.batches)
+        flat = [None if a is None else next(leaves) for a in keras.tree.flatten(self.structure)]
+        ring = SavedBuffer(
+            self.slots, flat, np.asarray(self.learning_rates.value)[: self.slots]
+        )
+        flat, rates = ring.relayout(capacity, step, forward_steps)
+        return SavedBuffer(
+            capacity, flat, rates,
+            skipped_batches=int(np.asarray(self.skipped.value)),
+            replayed_step=int(np.asarray(self.replayed_step.value)),
+            gradient_evaluations=self.gradient_evaluations(),
+            origin=int(np.asarray(self.origin.value)),
+        )
+
+    def check_saved(self, saved, capacity):
+        """Raises `ValueError` unless `saved` fits this ring.
+
+        Args:
+            saved: A `SavedBuffer`.
+            capacity: The capacity this run saves with (`saved_capacity`).
+        """
+        expected = [
+            None if a is None else ((capacity, *tuple(a.shape)), _dtype(a))
+            for a in keras.tree.flatten(self.structure)
+        ]
+        saved.check(capacity, expected)
+
+    def restore(self, saved, capacity, step, forward_steps):
+        """Overwrites the ring and counters with `saved` (checked first), laid out for this ring.
+
+        Args:
+            saved: A `SavedBuffer`.
+            capacity: The capacity this run saves with (`saved_capacity`).
+            step: The run's last step (`iterations - saved.origin`).
+            forward_steps: The optimizer's `forward_steps`.
+        """
+        self.check_saved(saved, capacity)
+        flat, rates = saved.relayout(self.slots, step, forward_steps)
+        leaves = [leaf for leaf in flat if leaf is not None]
+        for variable, leaf in zip(self.batches, leaves):
+            variable.assign(_with_scratch(leaf, variable.dtype))
+        self.learning_rates.assign(_with_scratch(rates, "float32"))
+        evaluations = saved.gradient_evaluations
+        self.evaluations.assign(
+            np.array([evaluations % EVALUATIONS_BASE, evaluations // EVALUATIONS_BASE], "int32")
+        )
+        self.origin.assign(np.int32(saved.origin))
+        self.replayed_step.assign(np.int32(saved.replayed_step))
+        self.skipped.assign(np.int32(saved.skipped_batches))
+        self.incident.assign(np.zeros((2,), "int32"))
+
+    def reset_counters(self):
+        """Zeroes the counters (a file saved before its run's first step was loaded)."""
+        for counter in (self.origin, self.replayed_step, self.skipped):
+            counter.assign(np.int32(0))
+        for words in (self.evaluations, self.incident):
+            words.assign(np.zeros((2,), "int32"))
+
+
+def _with_scratch(rows, dtype):
+    """`rows` with the scratch slot (zeros) appended, in `dtype`."""
+    rows = np.asarray(rows).astype(str(dtype))
+    return np.concatenate([rows, np.zeros((1, *rows.shape[1:]), rows.dtype)])
 
 
 def _variable(value, name, layout=None):

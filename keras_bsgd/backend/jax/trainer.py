@@ -23,9 +23,11 @@ from keras_bsgd import fit_plan
 from keras_bsgd import index_feed
 from keras_bsgd import partial_batches
 from keras_bsgd import random_layers
+from keras_bsgd import saved_run
 from keras_bsgd import schedule
 from keras_bsgd import xla_cpu
 from keras_bsgd.backend.jax import keras_private
+from keras_bsgd.backend.jax import run_saving
 from keras_bsgd.backend.jax.data_store import DataStore
 from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
@@ -53,19 +55,32 @@ class ReplayTrainer(ReplayTrainerBase):
     def gradient_evaluations(self):
         """Gradient evaluations this run's maps have cost so far (an int; 0 before the first step)."""
         run = self._synced_run()
-        return 0 if run is None else run.gradient_evaluations()
+        if run is None:
+            return self._loaded_counter("gradient_evaluations")
+        return run.gradient_evaluations()
 
     @property
     def replayed_step(self):
         """The step whose output iterate the model's weights hold (an int)."""
         run = self._synced_run()
-        return 0 if run is None else int(np.asarray(run.replayed_step.value))
+        if run is None:
+            return self._loaded_counter("replayed_step")
+        return int(np.asarray(run.replayed_step.value))
 
     @property
     def skipped_batches(self):
         """Batches this run dropped because a value or the loss was not finite (an int)."""
         run = self._synced_run()
-        return 0 if run is None else int(np.asarray(run.skipped.value))
+        if run is None:
+            return self._loaded_counter("skipped_batches")
+        return int(np.asarray(run.skipped.value))
+
+    def _loaded_counter(self, name):
+        """A counter of the run loaded from a file before its next step (0 without one)."""
+        optimizer = self._backward_sgd()
+        run = None if optimizer is None else optimizer.run_state
+        saved = None if run is None else run.saved
+        return 0 if saved is None else getattr(saved, name)
 
     def _synced_run(self):
         if self.replay_buffer is None:
@@ -126,7 +141,7 @@ class ReplayTrainer(ReplayTrainerBase):
             index_feed.in_memory(data) and keras.distribution.distribution() is None
             and bool(self.trainable_variables)
         )
-        if run.state is None and run.data_store is None:
+        if run.state is None and run.saved is None and run.data_store is None:
             if optimizer.index_buffering and optimizer.window is None and in_memory:
                 run.data_store = DataStore()
         if run.data_store is not None and not in_memory:
@@ -247,6 +262,9 @@ class ReplayTrainer(ReplayTrainerBase):
             run.state = RunState(
                 item, schedule.ring_slots(optimizer.window, optimizer.replay_every, capacity)
             )
+            if run.saved is not None:
+                position = [id(v) for v in self.optimizer.variables].index(id(optimizer.iterations))
+                run_saving.resume(run, optimizer, int(np.asarray(optimizer_values[position])))
             optimizer_values = [*optimizer_values, *(v.value for v in run.state.variables)]
         run.state.check(item)
         if run.pending_start:
@@ -343,34 +361,30 @@ class ReplayTrainer(ReplayTrainerBase):
             self.metrics_variables,
         )
 
-    def load_own_variables(self, store):
-        """Loads the model's own variables; a TensorFlow file's saved run is left out, with a warning."""
-        ours = (errors.SAVED_RUN_PREFIX, "replay_data:")
-        keys = [k for k in store.keys() if not k.startswith(ours)]
-        if len(keys) != len(list(store.keys())):
-            warnings.warn(
-                "This file holds a backward-SGD run saved by the TensorFlow backend "
-                "(its replay buffer), which the JAX trainer cannot resume yet: the "
-                "weights and the optimizer's state are loaded, and the next fit() "
-                "starts a new run from them. Received: a file with "
-                f"{len(list(store.keys())) - len(keys)} saved-run entries",
-                stacklevel=2,
-            )
-        super().load_own_variables({k: store[k] for k in keys})
-
     def save_own_variables(self, store):
+        """Saves the model's own variables and the run (see `run_saving`).
+
+        The run (ring buffer, counters, random layers' seeds) goes under
+        `replay_buffer:...` keys of the model's own entry, in the TensorFlow
+        trainer's format.
+        """
+        super().save_own_variables(store)
+        self.jax_state_sync()
         optimizer = self._backward_sgd()
         run = None if optimizer is None else optimizer.run_state
-        if run is not None and run.state is not None and not run.pending_start:
-            warnings.warn(
-                "keras_bsgd on JAX does not save the replay buffer yet: the file "
-                "holds the weights and the optimizer's state, and a model loaded "
-                "from it starts a new backward-SGD run from those weights. Use the "
-                "TensorFlow backend to save and resume a run exactly. Received: "
-                f"a run at step {int(np.asarray(self.optimizer.iterations.value))}",
-                stacklevel=2,
-            )
-        super().save_own_variables(store)
+        run_saving.save(store, run, optimizer, self._seed_states())
+
+    def load_own_variables(self, store):
+        """Loads what `save_own_variables` (or the TensorFlow trainer) wrote."""
+        ours = (errors.SAVED_RUN_PREFIX, saved_run.DATA_PREFIX)
+        keys = [k for k in store.keys() if not k.startswith(ours)]
+        super().load_own_variables({k: store[k] for k in keys})
+        optimizer = self._backward_sgd()
+        run = None if optimizer is None else self._run_for(optimizer)
+        run_saving.load(store, run, optimizer, self._seed_states())
+
+    def _seed_states(self):
+        return [v for v in self.non_trainable_variables if random_layers.is_seed_state(v)]
 
 
 class RunCallback(keras.callbacks.Callback):
