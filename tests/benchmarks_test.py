@@ -432,6 +432,7 @@ def test_probe_reads_schedule_free_x_and_restores_the_training_weights():
 
     class Watch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
+            _ = self.model  # On JAX: fit()'s state into the variables read here.
             zs.append(np.concatenate([v.numpy().ravel() for v in momentum]))
             raw.append(_flat(self.model))
             read.append(probe.read()[0])
