@@ -8,6 +8,8 @@ import numbers
 import keras
 import numpy as np
 
+from keras_bsgd import execution
+
 WRAP_HINT = (
     "BackwardSGD replays buffered batches, which needs the replaying trainer "
     "of keras_bsgd: build the model with `keras_bsgd.Model` / "
@@ -18,7 +20,6 @@ WRAP_HINT = (
 )
 
 
-XLA_UNITS = ("auto", "step", "map")
 
 # Keras' `learning_rate` property, which `BackwardSGD` checks a rate against before it sets one.
 _KERAS_LEARNING_RATE = keras.optimizers.Optimizer.learning_rate
@@ -90,11 +91,6 @@ class BackwardSGD(keras.optimizers.Optimizer):
         on_nonfinite: `"skip"` drops a batch with a NaN/Inf value or loss
             (`model.skipped_batches` counts it), `"raise"` stops `fit()`;
             either way the state is unchanged. Defaults to `"skip"`.
-        index_buffering: Whether exact mode on NumPy arrays buffers example
-            indices instead of batches (same trajectory). Defaults to `True`.
-        xla_unit: TensorFlow only: what one XLA program covers under
-            `jit_compile=True`, `"step"`, `"map"` or `"auto"`. Defaults to
-            `"auto"`.
         replay_every: Integer `E >= 1`: compute the backward iterate only
             every `E` steps and at epoch ends (exact, not an approximation).
             Defaults to `1`.
@@ -102,7 +98,10 @@ class BackwardSGD(keras.optimizers.Optimizer):
             a warm start for the backward phase. Defaults to `0`.
         **kwargs: The keyword arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
-            `loss_scale_factor`, `use_ema`, `name`, ...).
+            `loss_scale_factor`, `use_ema`, `name`, ...). How the steps
+            run (`xla_unit`, `index_buffering`) is set at the model's
+            `compile()`; passed here (their old place) they warn and are
+            passed on to it.
 
     References:
         - [Dherin et al., 2025](https://arxiv.org/abs/2502.01557), "How
@@ -136,8 +135,8 @@ class BackwardSGD(keras.optimizers.Optimizer):
         window=None,
         max_steps=None,
         on_nonfinite="skip",
-        index_buffering=True,
-        xla_unit="auto",
+        index_buffering=None,
+        xla_unit=None,
         replay_every=1,
         forward_steps=0,
         name="backward_sgd",
@@ -145,7 +144,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
     ):
         _validate(learning_rate, momentum, window, max_steps, kwargs)
         _validate_schedule(replay_every, forward_steps, max_steps)
-        _validate_policies(on_nonfinite, index_buffering, xla_unit)
+        _validate_on_nonfinite(on_nonfinite)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
@@ -160,8 +159,10 @@ class BackwardSGD(keras.optimizers.Optimizer):
         self.window = None if window is None else int(window)
         self.max_steps = None if max_steps is None else int(max_steps)
         self.on_nonfinite = on_nonfinite
-        self.index_buffering = index_buffering
-        self.xla_unit = xla_unit
+        # Execution settings passed here in their old spelling, for compile().
+        self.execution_settings = execution.from_optimizer(
+            name, xla_unit=xla_unit, index_buffering=index_buffering
+        )
         self.replay_every = int(replay_every)
         self.forward_steps = int(forward_steps)
         # Set by the trainer at compile(): returns the model's non-trainable
@@ -535,8 +536,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 "window": self.window,
                 "max_steps": self.max_steps,
                 "on_nonfinite": self.on_nonfinite,
-                "index_buffering": self.index_buffering,
-                "xla_unit": self.xla_unit,
+                **self.execution_settings,
                 "replay_every": self.replay_every,
                 "forward_steps": self.forward_steps,
             }
@@ -560,23 +560,12 @@ class _MapSGD(keras.optimizers.SGD):
         pass
 
 
-def _validate_policies(on_nonfinite, index_buffering, xla_unit):
+def _validate_on_nonfinite(on_nonfinite):
     if on_nonfinite not in ("skip", "raise"):
         raise ValueError(
             "`on_nonfinite` must be 'skip' (drop a batch whose loss or "
             "values are NaN/Inf, leaving the state unchanged) or 'raise'. "
             f"Received: on_nonfinite={on_nonfinite!r}"
-        )
-    if not isinstance(index_buffering, bool):
-        raise TypeError(
-            "`index_buffering` must be True or False. Received: "
-            f"index_buffering={index_buffering!r}"
-        )
-    if xla_unit not in XLA_UNITS:
-        raise ValueError(
-            f"`xla_unit` must be one of {', '.join(map(repr, XLA_UNITS))}: "
-            "what one XLA program covers under `jit_compile=True`. "
-            f"Received: xla_unit={xla_unit!r}"
         )
 
 

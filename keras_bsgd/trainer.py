@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_bsgd import custom_code
+from keras_bsgd import execution
 from keras_bsgd import index_feed
 from keras_bsgd import random_layers
 from keras_bsgd.partial_batches import PartialBatches
@@ -34,13 +35,36 @@ class ReplayTrainerBase:
     # fixes it (fit()'s plan, or the first batch), and what fit() skipped.
     _fit_batch_size = None
     _partial_batches = None
+    # How the steps run (`keras_bsgd.execution`), set by compile().
+    xla_unit = execution.DEFAULTS["xla_unit"]
+    index_buffering = execution.DEFAULTS["index_buffering"]
 
-    def compile(self, *args, **kwargs):
+    def compile(self, *args, xla_unit=None, index_buffering=None, **kwargs):
+        """Keras' `compile()`, and how keras_bsgd runs the steps.
+
+        Args:
+            *args: Keras' `compile()` arguments.
+            xla_unit: TensorFlow: what one XLA program covers under
+                `jit_compile=True`: `"step"` (the whole step), `"map"`
+                (each map's pass) or `"auto"` (`"map"` for models with
+                convolutions on CPUs, else `"step"`). Defaults to `"auto"`.
+            index_buffering: Whether exact mode on in-memory arrays buffers
+                example indices instead of whole batches (the same
+                trajectory). Defaults to `True`.
+            **kwargs: Keras' `compile()` arguments.
+        """
         self._fit_batch_size = None
         arguments = _COMPILE_SIGNATURE.bind(self, *args, **kwargs).arguments
-        if backward_sgd_of(arguments.get("optimizer")) is not None:
+        optimizer = backward_sgd_of(arguments.get("optimizer"))
+        if optimizer is not None:
             custom_code.check_no_custom_train_step(type(self))
+        settings = execution.resolve(
+            {"xla_unit": xla_unit, "index_buffering": index_buffering},
+            {} if optimizer is None else optimizer.execution_settings,
+        )
         super().compile(*args, **kwargs)
+        self.xla_unit = settings["xla_unit"]
+        self.index_buffering = settings["index_buffering"]
         source = self._hook_source()
         if source is not None and custom_code.overrides(type(source), "compute_loss"):
             # The wrapped model's compute_loss runs as a method of that model:
@@ -53,6 +77,12 @@ class ReplayTrainerBase:
         optimizer = self._backward_sgd()
         if optimizer is not None:
             optimizer.model_state_source = self._model_state
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config.update(xla_unit=self.xla_unit, index_buffering=self.index_buffering)
+        return config
 
     def compile_from_config(self, config):
         # Keras skips compiling custom `compile()` methods when loading; this
@@ -106,7 +136,7 @@ class ReplayTrainerBase:
                 "This run's replay buffer holds example indices into the arrays "
                 "of its fit() calls (index buffering), so train_on_batch() cannot "
                 "add a batch to it; the state is unchanged. To mix fit() and "
-                "train_on_batch(), compile with `BackwardSGD(index_buffering=False)`. "
+                "train_on_batch(), compile with `index_buffering=False`. "
                 "Received: a train_on_batch() call in an index-buffered run"
             )
         full = []

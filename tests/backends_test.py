@@ -475,9 +475,9 @@ def test_index_buffering_equals_buffering_whole_batches(fit_kwargs):
     for index_buffering in (True, False):
         model = index_model()
         model.compile(
-            optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, max_steps=40,
-                                             index_buffering=index_buffering),
+            optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, max_steps=40),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            index_buffering=index_buffering,
         )
         logs = []
         # A second fit() on other arrays of the same layout (weights too).

@@ -1,7 +1,7 @@
 """Subprocess body of compile_test: trains under XLA with --xla_dump_to set.
 
 Usage: python -m tests.compile_probe DUMP_DIR STEPS WINDOW:UNIT[:E:W]...  (WINDOW:
-int or "exact"; UNIT: BackwardSGD's xla_unit; E, W: its replay_every and
+int or "exact"; UNIT: compile()'s xla_unit; E, W: BackwardSGD's replay_every and
 forward_steps, default 1 and 0)
 Runs the cases one after the other and prints, for each, the XLA modules it
 compiled per function name and the number of Python traces of train_step, as
@@ -51,12 +51,12 @@ def main(window, steps, xla_unit, replay_every=1, forward_steps=0):
             0.05,
             momentum=0.5,
             window=window,
-            xla_unit=xla_unit,
             replay_every=replay_every,
             forward_steps=forward_steps,
         ),
         loss="mse",
         jit_compile=True,
+        xla_unit=xla_unit,
     )
     rng = np.random.default_rng(0)
     x = rng.random((steps * 4, 3), "float32")

@@ -35,11 +35,10 @@ def compiled(index_buffering=True, seed=0, jit_compile=False, **optimizer_kwargs
     model = make_model(seed)
     optimizer_kwargs.setdefault("max_steps", 40)
     model.compile(
-        optimizer=keras_bsgd.BackwardSGD(
-            0.05, momentum=0.5, index_buffering=index_buffering, **optimizer_kwargs
-        ),
+        optimizer=keras_bsgd.BackwardSGD(0.05, momentum=0.5, **optimizer_kwargs),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
+        index_buffering=index_buffering,
     )
     return model
 
@@ -111,8 +110,8 @@ def test_nonfinite_row_drops_its_batch():
     for index_buffering in (True, False):
         keras.utils.set_random_seed(0)
         model = keras_bsgd.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-        model.compile(optimizer=keras_bsgd.BackwardSGD(0.05, index_buffering=index_buffering),
-                      loss="mse", jit_compile=True)
+        model.compile(optimizer=keras_bsgd.BackwardSGD(0.05), loss="mse", jit_compile=True,
+                      index_buffering=index_buffering)
         model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
         assert model.skipped_batches == 1
         assert int(model.optimizer.iterations) == N // BATCH - 1

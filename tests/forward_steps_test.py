@@ -35,9 +35,9 @@ def test_every_step_equals_the_float64_reference(mode, xla_unit, window):
         **settings,
     )
     optimizer = keras_bsgd.BackwardSGD(
-        LEARNING_RATE, window=window, forward_steps=forward_steps, xla_unit=xla_unit, **settings
+        LEARNING_RATE, window=window, forward_steps=forward_steps, **settings
     )
-    states = run(make_mlp(params), optimizer, batches, mode)
+    states = run(make_mlp(params), optimizer, batches, mode, xla_unit=xla_unit)
     errors = [max_relative_error(s, e) for s, e in zip(states, expected, strict=True)]
     assert max(errors) <= 1e-5, errors
     assert int(optimizer.iterations) == num_steps

@@ -57,15 +57,17 @@ def test_the_step_is_traced_once_per_run(monkeypatch, settings):
 
 
 @pytest.mark.parametrize(
-    "settings",
-    [dict(window=4, replay_every=2), dict(max_steps=30, index_buffering=False), dict(max_steps=30)],
+    "settings, index_buffering",
+    [(dict(window=4, replay_every=2), True), (dict(max_steps=30), False),
+     (dict(max_steps=30), True)],
     ids=["window", "exact", "exact-index-buffering"],
 )
-def test_the_ring_buffer_is_updated_in_place(settings):
+def test_the_ring_buffer_is_updated_in_place(settings, index_buffering):
     # XLA copies a donated buffer whole when a read of a slot must come
     # before the write to it: the step writes the new batch first.
     model = mlp()
-    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, **settings), loss="mse", jit_compile=True)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, **settings), loss="mse", jit_compile=True,
+                  index_buffering=index_buffering)
     x, y = data()
     model.fit(x[:24], y[:24], batch_size=4, verbose=0, shuffle=False)
     state = model._get_jax_state(True, True, True, True)

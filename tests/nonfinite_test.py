@@ -130,10 +130,8 @@ def test_dropped_batch_leaves_batchnorm_statistics_and_random_draws_untouched(xl
             keras.layers.Dropout(0.3),
             keras.layers.Dense(stream[0][1].shape[1]),
         ])
-        optimizer = keras_bsgd.BackwardSGD(
-            0.1, window=window, max_steps=None if window else 8, xla_unit=xla_unit
-        )
-        model.compile(optimizer=optimizer, loss="mse", jit_compile=True)
+        optimizer = keras_bsgd.BackwardSGD(0.1, window=window, max_steps=None if window else 8)
+        model.compile(optimizer=optimizer, loss="mse", jit_compile=True, xla_unit=xla_unit)
         model.fit(dataset(stream), verbose=0)
         return model
 

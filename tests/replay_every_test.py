@@ -53,9 +53,8 @@ def test_replayed_iterates_equal_the_every_step_run_and_hold_between(mode, xla_u
             momentum=MOMENTUM,
             window=window,
             replay_every=replay_every,
-            xla_unit=xla_unit,
         )
-        return run(make_mlp(params), optimizer, batches, mode)
+        return run(make_mlp(params), optimizer, batches, mode, xla_unit=xla_unit)
 
     every_step, every_four = states(1), states(4)
     expected = expected_observed(params, batches, window, 4)

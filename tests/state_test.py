@@ -142,8 +142,8 @@ def test_base_optimizer_features_match_keras_composition(xla_unit, kwargs):
     batches = make_batches(10)
     ours_model = random_layers_model(keras_bsgd.Sequential)
     plain = random_layers_model(keras.Sequential)
-    optimizer = keras_bsgd.BackwardSGD(0.2, window=3, xla_unit=xla_unit, **kwargs)
-    ours = fit_batches(ours_model, optimizer, batches, "xla")
+    optimizer = keras_bsgd.BackwardSGD(0.2, window=3, **kwargs)
+    ours = fit_batches(ours_model, optimizer, batches, "xla", xla_unit=xla_unit)
     expected = keras_reference.backward_states(
         plain, keras.optimizers.SGD(0.2, **kwargs), batches, window=3, jit_compile=True
     )

@@ -57,10 +57,10 @@ def test_trajectory_matches_float64_reference(mode, window, sgd):
         **settings,
     )
     xla_unit = "step" if mode == "xla_step" else "map"
-    optimizer = keras_bsgd.BackwardSGD(
-        LEARNING_RATE, window=window, xla_unit=xla_unit, **settings
+    optimizer = keras_bsgd.BackwardSGD(LEARNING_RATE, window=window, **settings)
+    states = run(
+        make_mlp(params), optimizer, batches, mode.removesuffix("_step"), xla_unit=xla_unit
     )
-    states = run(make_mlp(params), optimizer, batches, mode.removesuffix("_step"))
 
     assert len(states) == num_steps
     errors = [max_relative_error(s, e) for s, e in zip(states, expected)]
@@ -255,8 +255,10 @@ def test_auto_xla_unit_compiles_the_map_only_for_convolutions_on_cpu(layer, unit
     # XLA:CPU emits as naive loops inside a loop (docs/performance.md).
     shape = (8, 8, 3) if isinstance(layer, keras.layers.SeparableConv2D) else (8, 3)
     model = keras_bsgd.Sequential([keras.Input(shape), layer, keras.layers.Flatten()])
-    assert xla_units.xla_unit(keras_bsgd.BackwardSGD(), model) == unit
-    assert xla_units.xla_unit(keras_bsgd.BackwardSGD(xla_unit="step"), model) == "step"
+    model.compile(optimizer=keras_bsgd.BackwardSGD(), loss="mse")
+    assert xla_units.xla_unit(model) == unit
+    model.compile(optimizer=keras_bsgd.BackwardSGD(), loss="mse", xla_unit="step")
+    assert xla_units.xla_unit(model) == "step"
 
 
 @pytest.mark.parametrize(

@@ -413,14 +413,15 @@ def test_model_without_trainable_weights_trains_as_keras_trains_it(index_bufferi
     x, y = small_data(seed=1)
     results = []
     for optimizer in (
-        keras_bsgd.BackwardSGD(0.1, index_buffering=index_buffering), keras.optimizers.SGD(0.1)
+        keras_bsgd.BackwardSGD(0.1), keras.optimizers.SGD(0.1)
     ):
         model_class = keras_bsgd.Sequential if optimizer.name != "SGD" else keras.Sequential
         model = dense_net(model_class)
         model.layers[0].trainable = False
         normalize = keras.layers.BatchNormalization(center=False, scale=False)
         model = model_class([keras.Input((3,)), normalize, *model.layers])
-        model.compile(optimizer=optimizer, loss="mse", metrics=["mae"])
+        model.compile(optimizer=optimizer, loss="mse", metrics=["mae"],
+                      **({} if model_class is keras.Sequential else {"index_buffering": index_buffering}))
         assert not model.trainable_variables
         history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
         results.append((history.history, [np.asarray(w) for w in model.get_weights()]))

@@ -142,14 +142,14 @@ class ReplayTrainer(ReplayTrainerBase):
             and bool(self.trainable_variables)
         )
         if run.state is None and run.saved is None and run.data_store is None:
-            if optimizer.index_buffering and optimizer.window is None and in_memory:
+            if self.index_buffering and optimizer.window is None and in_memory:
                 run.data_store = DataStore()
         if run.data_store is not None and not in_memory:
             raise ValueError(
                 "This run's replay buffer holds example indices into in-memory "
                 "arrays (index buffering), so every fit() of the run must get "
                 "NumPy arrays. To mix arrays with other input, compile with "
-                "`BackwardSGD(index_buffering=False)`. Received: x of type "
+                "`index_buffering=False`. Received: x of type "
                 f"{type(arguments.get('x')).__name__}"
             )
         return run.data_store is not None

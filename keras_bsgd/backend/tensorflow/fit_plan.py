@@ -9,7 +9,7 @@ from keras_bsgd import index_feed
 from keras_bsgd.backend.tensorflow.data_store import DataStore
 
 
-def data_store(run, optimizer, arguments, strategy):
+def data_store(run, optimizer, arguments, strategy, index_buffering):
     """The `DataStore` a run's buffered example indices point into, or None.
 
     A run keeps the store it started with (or loaded); a new exact run on
@@ -20,6 +20,7 @@ def data_store(run, optimizer, arguments, strategy):
         optimizer: The run's `BackwardSGD`.
         arguments: `fit()`'s arguments by name.
         strategy: The model's own `tf.distribute` strategy, or None.
+        index_buffering: The model's `compile(index_buffering=...)`.
 
     Raises:
         ValueError: if an index-buffered run gets input other than arrays.
@@ -28,7 +29,7 @@ def data_store(run, optimizer, arguments, strategy):
     in_memory = index_feed.in_memory((x, y, sample_weight)) and strategy is None
     if run.buffer is not None or run.saved is not None:
         store = run.data_store  # the run's own, or loaded with the buffer
-    elif optimizer.index_buffering and optimizer.window is None and in_memory:
+    elif index_buffering and optimizer.window is None and in_memory:
         store = DataStore()
     else:
         store = None
@@ -37,7 +38,7 @@ def data_store(run, optimizer, arguments, strategy):
             "This run's replay buffer holds example indices into in-memory "
             "arrays (index buffering), so every fit() of the run must get "
             "NumPy arrays, on one device. To mix arrays with other input, "
-            "compile with `BackwardSGD(index_buffering=False)`. Received: "
+            "compile with `index_buffering=False`. Received: "
             f"x of type {type(x).__name__}"
             + (f" under {type(strategy).__name__}" if strategy is not None else "")
         )

@@ -65,7 +65,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         """The `DataStore` the buffered example indices point into.
 
         `None` unless this run buffers indices (exact mode on NumPy arrays,
-        see `BackwardSGD(index_buffering=...)`).
+        see `compile(index_buffering=...)`).
         """
         return None if self._run is None else self._run.data_store
 
@@ -192,7 +192,9 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
     def _index_arguments(self, optimizer, arguments):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
         run = self._run_for(optimizer)
-        store = fit_plan.data_store(run, optimizer, arguments, self._distribute_strategy)
+        store = fit_plan.data_store(
+            run, optimizer, arguments, self._distribute_strategy, self.index_buffering
+        )
         run.data_store = store
         if store is not None:
             arguments = index_feed.feed_indices(store, arguments)
@@ -292,7 +294,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         if strategy.num_replicas_in_sync > 1:
             compiled = self._make_distributed_train_function(optimizer, strategy)
             replay = self._make_replay_function(optimizer, self._replicas, jit_compile=False)
-        elif self.jit_compile and xla_units.xla_unit(optimizer, self) == "map":
+        elif self.jit_compile and xla_units.xla_unit(self) == "map":
             # Keras would compile the whole step with XLA; here the step is
             # a graph and each map's forward and backward pass an XLA call.
             self._replicas = LocalReplicas(jit_gradients=True)

@@ -1,4 +1,4 @@
-"""What one XLA program covers on this device (`BackwardSGD(xla_unit=...)`), and XLA:CPU's pitfalls."""
+"""What one XLA program covers on this device (`compile(xla_unit=...)`), and XLA:CPU's pitfalls."""
 
 import warnings
 
@@ -12,9 +12,10 @@ def on_cpu():
     return not any(d.device_type in ("GPU", "TPU") for d in devices)
 
 
-def xla_unit(optimizer, model):
-    if optimizer.xla_unit != "auto":
-        return optimizer.xla_unit
+def xla_unit(model):
+    """The unit `model.compile(xla_unit=...)` chose, `"auto"` resolved for this device and model."""
+    if model.xla_unit != "auto":
+        return model.xla_unit
     return "map" if on_cpu() and has_convolution(model) else "step"
 
 
