@@ -163,7 +163,6 @@ def test_mixed_float16_overflow_recomputes_the_map_instead_of_skipping_it(jit_co
     assert 1.0 <= scales[1] <= 2.0**16
 
 
-@pytest.mark.tensorflow
 def test_mixed_float16_resume_from_keras_file_is_bitwise_exact(tmp_path):
     # The loss scale and its growth count are training state too.
     from tests.saving_test import make_model, stream
@@ -177,7 +176,7 @@ def test_mixed_float16_resume_from_keras_file_is_bitwise_exact(tmp_path):
                 ),
                 loss="mse", jit_compile=True,
             )
-        model.fit(stream(start, stop), verbose=0)
+        model.fit(stream(start, stop), verbose=0, shuffle=False)
         return model
 
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -190,6 +189,8 @@ def test_mixed_float16_resume_from_keras_file_is_bitwise_exact(tmp_path):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     for name in ("dynamic_scale", "step_counter", "iterations"):
-        assert float(getattr(resumed.optimizer, name)) == float(getattr(expected.optimizer, name))
+        values = (keras.ops.convert_to_numpy(getattr(m.optimizer, name).value)
+                  for m in (resumed, expected))
+        assert float(next(values)) == float(next(values)), name
     for a, b in zip(resumed.get_weights(), expected.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

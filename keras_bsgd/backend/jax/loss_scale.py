@@ -11,6 +11,7 @@ exact, so `T_i` stays the float32 map up to float16 rounding.
 """
 
 import jax
+import keras
 from jax import lax
 from keras import ops
 
@@ -95,3 +96,46 @@ class LossScale:
 
 def _all_finite(tensors):
     return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in jax.tree_util.tree_leaves(tensors)]))
+
+
+def save_state_only(wrapper, backward_sgd):
+    """Makes `wrapper` (a `LossScaleOptimizer` around `backward_sgd`) save its state, not the run's.
+
+    On JAX the run's ring buffer and counters are among `backward_sgd.variables`
+    (Keras carries only optimizer variables through its jitted step), and
+    Keras' `LossScaleOptimizer` saves `variables` by position: a file would
+    then hold the run twice, and a model loaded before its first step (whose
+    run does not exist yet) would skip the wrapper's scale and growth count.
+    The wrapper saves its own variables and `backward_sgd.state_variables`
+    instead, as it does on TensorFlow, so files cross backends; the run is
+    saved with the model (`keras_bsgd.saved_run`).
+    """
+
+    def state():
+        own = wrapper.variables[: len(wrapper.variables) - len(backward_sgd.variables)]
+        return [*own, *backward_sgd.state_variables]
+
+    def save_own_variables(store):
+        for i, variable in enumerate(state()):
+            store[str(i)] = keras.ops.convert_to_numpy(variable.value)
+
+    def load_own_variables(store):
+        if not wrapper.built:
+            # No variables to load into yet: Keras' own handling.
+            return type(wrapper).load_own_variables(wrapper, store)
+        variables = state()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Cannot load the state of optimizer '{wrapper.name}': the file holds "
+                f"{len(store.keys())} variables for it and this LossScaleOptimizer "
+                f"around a BackwardSGD has {len(variables)}. Load into a model of the "
+                "same architecture compiled with the same optimizer settings. "
+                f"Received: {len(store.keys())} variables"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
+    # Instance attributes: Keras' saving calls `save_own_variables(store)` on
+    # the object it tracks, the user's own wrapper, whose class stays Keras'.
+    wrapper.save_own_variables = save_own_variables
+    wrapper.load_own_variables = load_own_variables

@@ -27,6 +27,7 @@ from keras_bsgd import saved_run
 from keras_bsgd import schedule
 from keras_bsgd import xla_cpu
 from keras_bsgd.backend.jax import keras_private
+from keras_bsgd.backend.jax import loss_scale
 from keras_bsgd.backend.jax import run_saving
 from keras_bsgd.backend.jax.data_store import DataStore
 from keras_bsgd.backend.jax.run_state import Run
@@ -81,6 +82,12 @@ class ReplayTrainer(ReplayTrainerBase):
         run = None if optimizer is None else optimizer.run_state
         saved = None if run is None else run.saved
         return 0 if saved is None else getattr(saved, name)
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        optimizer = self._backward_sgd()
+        if optimizer is not None and optimizer is not self.optimizer:
+            loss_scale.save_state_only(self.optimizer, optimizer)
 
     def _synced_run(self):
         if self.replay_buffer is None:
