@@ -25,12 +25,13 @@ BACKEND = keras.backend.backend()
 OTHER = "jax" if BACKEND == "tensorflow" else "tensorflow"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, BATCHES, RATE = 4, 6, 0.1
-# Settings, and the reference's window and forward steps. "indexed" buffers
-# example indices (exact mode on arrays); the others whole batches.
+# Optimizer settings, compile() settings, and the reference's window and
+# forward steps. "indexed" buffers example indices (exact mode on arrays);
+# the others whole batches.
 KINDS = {
-    "window": (dict(window=3, replay_every=2, forward_steps=2), 3, 2),
-    "exact": (dict(max_steps=2 * BATCHES, index_buffering=False), None, 0),
-    "indexed": (dict(max_steps=2 * BATCHES), None, 0),
+    "window": (dict(window=3, replay_every=2, forward_steps=2), {}, 3, 2),
+    "exact": (dict(max_steps=2 * BATCHES), dict(index_buffering=False), None, 0),
+    "indexed": (dict(max_steps=2 * BATCHES), {}, None, 0),
 }
 TOLERANCE = 1e-5
 
@@ -50,8 +51,9 @@ def fresh(kind):
         [keras.Input((3,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(2)]
     )
     model.set_weights([p.astype("float32") for p in params])
-    settings = KINDS[kind][0]
-    model.compile(optimizer=keras_bsgd.BackwardSGD(RATE, momentum=0.5, **settings), loss="mse")
+    settings, compile_settings = KINDS[kind][:2]
+    model.compile(optimizer=keras_bsgd.BackwardSGD(RATE, momentum=0.5, **settings), loss="mse",
+                  **compile_settings)
     return model
 
 
@@ -64,7 +66,7 @@ def expected_weights(kind):
     """The float64 reference after two epochs."""
     x, y, params = data()
     batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)] * 2
-    _, window, forward_steps = KINDS[kind]
+    _, _, window, forward_steps = KINDS[kind]
     iterates = reference.warm_backward_sgd(
         reference.initial_state(params, 0.5), batches, [RATE] * len(batches),
         window=window, forward_steps=forward_steps, momentum=0.5,
