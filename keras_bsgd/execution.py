@@ -30,6 +30,11 @@ def validate(xla_unit, index_buffering):
         )
 
 
+def changed(**settings):
+    """The settings of `settings` whose values differ from the defaults."""
+    return {k: v for k, v in settings.items() if v != DEFAULTS[k]}
+
+
 def from_optimizer(optimizer_name, **given):
     """The settings passed to `BackwardSGD()` in the old spelling, with a warning.
 
@@ -43,9 +48,9 @@ def from_optimizer(optimizer_name, **given):
     """
     given = {k: v for k, v in given.items() if v is not None}
     validate(**{**DEFAULTS, **given})
-    changed = {k: v for k, v in given.items() if v != DEFAULTS[k]}
-    if changed:
-        spelled = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    moved = changed(**given)
+    if moved:
+        spelled = ", ".join(f"{k}={v!r}" for k, v in moved.items())
         warnings.warn(
             f"`BackwardSGD({spelled})`: these execution settings are now "
             f"arguments of the model's compile(): `model.compile(..., {spelled})`. "

@@ -81,7 +81,10 @@ class ReplayTrainerBase:
     def get_compile_config(self):
         config = super().get_compile_config()
         if config:
-            config.update(xla_unit=self.xla_unit, index_buffering=self.index_buffering)
+            # Only settings that differ from the defaults: Keras' clone_model
+            # compiles a plain keras.Sequential clone with this config.
+            config.update(execution.changed(xla_unit=self.xla_unit,
+                                            index_buffering=self.index_buffering))
         return config
 
     def compile_from_config(self, config):
