@@ -10,20 +10,7 @@ import math
 import keras
 import numpy as np
 
-# Keras' data adapter for arrays, private: Keras has no public name for the
-# checks fit() makes of its arrays (their cardinalities, sample weights against
-# y, class weights), and with index buffering fit() never shows Keras the
-# arrays, so they are shown to the adapter Keras would have made of them,
-# which refuses them with Keras' own words.
-from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
-
-# fit() turns class weights into sample weights inside its data adapter; with
-# index buffering they must become data before that, exactly as Keras does it,
-# and Keras has no public name for the conversion.
-from keras.src.trainers.data_adapters.data_adapter_utils import (
-    class_weight_to_sample_weights,
-)
-
+from keras_bsgd import keras_private
 from keras_bsgd.structures import num_examples
 
 
@@ -104,13 +91,13 @@ def check_arrays(arguments):
     split = arguments.get("validation_split")
     if split and validation is None:
         data, validation = _validation_split(data, split)
-    ArrayDataAdapter(*data, class_weight=arguments.get("class_weight"))
+    keras_private.ArrayDataAdapter(*data, class_weight=arguments.get("class_weight"))
     # Keras checks the validation arrays only when it first evaluates, after
     # an epoch of training; they are checked here before any step.
     if isinstance(validation, (tuple, list)) and 2 <= len(validation) <= 3:
         validation = keras.utils.unpack_x_y_sample_weight(tuple(validation))
         if _arrays(validation):
-            ArrayDataAdapter(*validation)
+            keras_private.ArrayDataAdapter(*validation)
 
 
 def _arrays(data):
@@ -160,7 +147,7 @@ def feed_indices(store, arguments):
     class_weight = arguments.pop("class_weight", None)
     if class_weight is not None:
         # Training examples only: validation is not class-weighted.
-        sample_weight = class_weight_to_sample_weights(y, class_weight)
+        sample_weight = keras_private.class_weight_to_sample_weights(y, class_weight)
     if keras.tree.is_nested(y) and isinstance(sample_weight, np.ndarray):
         # One array for every output, as Keras' data adapter replicates it.
         sample_weight = keras.tree.map_structure(lambda _: sample_weight, y)

@@ -2,14 +2,9 @@
 
 import keras
 
-# Keras has no public name for the functional model class. Functional
-# keras_bsgd models need it as a base class: Keras' own route for subclasses
-# called with (inputs, outputs) rewrites `__bases__` of the whole class chain,
-# which would turn `keras_bsgd.Model` itself functional for every later user.
-from keras.src.models.functional import Functional
-
 from keras_bsgd import backend
 from keras_bsgd import custom_code
+from keras_bsgd.keras_private import Functional
 from keras_bsgd import optimizer as optimizer_module
 
 # The trainer of the Keras backend in use, chosen once, when keras_bsgd is imported.

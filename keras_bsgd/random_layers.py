@@ -1,4 +1,4 @@
-"""Random layers keyed to a batch: the one private Keras contract keras_bsgd relies on.
+"""Random layers keyed to a batch, through a `SeedGenerator` state layout Keras does not publish.
 
 Keras random ops (Dropout, GaussianNoise, RandomFlip, ...) are stateless
 functions of a `keras.random.SeedGenerator`'s state variable, named

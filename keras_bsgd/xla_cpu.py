@@ -7,6 +7,8 @@ inside a loop or conditional rather than at the top of a program
 
 import keras
 
+from keras_bsgd import keras_private
+
 CONVOLUTIONS = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
@@ -26,7 +28,4 @@ CONVOLUTIONS = (
 
 def has_convolution(model):
     """Whether `model` has a convolution layer, at any depth."""
-    # `_flatten_layers` is Keras' private walk over nested layers; the public
-    # `model.layers` stops at the first level of a nested model.
-    layers = model._flatten_layers(include_self=False)
-    return any(isinstance(layer, CONVOLUTIONS) for layer in layers)
+    return any(isinstance(layer, CONVOLUTIONS) for layer in keras_private.nested_layers(model))

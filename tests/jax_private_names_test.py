@@ -48,23 +48,3 @@ def test_jax_state_is_what_jax_state_sync_writes():
     )
     keras_private.hold_state(model, state)
     assert all(np.all(np.asarray(v.value) == 7.0) for v in model.trainable_variables)
-
-
-def test_ema_averages_are_keras_moving_averages():
-    optimizer = keras_bsgd.BackwardSGD(0.1, window=2, use_ema=True)
-    variables = [keras.Variable(np.ones((2,), "float32"))]
-    optimizer.build(variables)
-    (average,) = keras_private.ema_averages(optimizer)
-    average.assign([5.0, 6.0])
-    optimizer.finalize_variable_values(variables)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variables[0]), [5.0, 6.0])
-
-
-def test_symbolic_build_builds_the_model_and_compiled_loss_from_a_batch():
-    from keras.src.trainers.trainer import Trainer
-
-    assert "data_batch" in inspect.signature(Trainer._symbolic_build).parameters
-    model = keras.Sequential([keras.layers.Dense(2)])  # lazily built
-    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
-    keras_private.build_from_batch(model, (np.ones((4, 3), "float32"), np.ones((4, 2), "float32"), None))
-    assert model.built and model._compile_loss.built and model._compile_metrics.built

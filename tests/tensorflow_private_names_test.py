@@ -1,24 +1,18 @@
-"""The private Keras/TensorFlow names the TensorFlow backend relies on, beyond `updates.py`'s.
+"""The private Keras/TensorFlow names the TensorFlow backend relies on
+(`keras_bsgd/backend/tensorflow/keras_private.py`, and the two methods its
+trainer overrides).
 
-Each test fails, naming the name, if Keras or TensorFlow changes it:
-- `Trainer._maybe_symbolic_build(iterator, data_batch)`: overridden by the TF
-  trainer to build the model from the first batch before the step is traced;
-- `Trainer._loss_tracker`: the `Mean` of the logged loss the logging pass updates;
-- `Model._trackable_children(save_type, ...)`: overridden to keep the run's
-  Python state out of exported SavedModels;
-- `_DefaultDistributionStrategy`: the class name of "no strategy", which has no
-  public class (`replicas.check_strategy`);
-- `keras.Layer._flatten_layers(include_self=False)`: the walk over nested
-  layers (`keras_bsgd.xla_cpu`).
+Each test fails, naming the name, if Keras or TensorFlow changes it.
 """
 
 import inspect
 
 import keras
+import numpy as np
 import pytest
 
 import keras_bsgd
-from keras_bsgd import xla_cpu
+from keras_bsgd.backend.tensorflow import keras_private as tf_private
 
 pytestmark = pytest.mark.tensorflow
 
@@ -33,8 +27,8 @@ def test_maybe_symbolic_build_takes_an_iterator_or_a_batch():
 def test_loss_tracker_is_the_logged_loss_mean():
     model = keras_bsgd.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
-    assert isinstance(model._loss_tracker, keras.metrics.Mean)
-    assert model._loss_tracker in model.metrics
+    assert isinstance(tf_private.loss_tracker(model), keras.metrics.Mean)
+    assert tf_private.loss_tracker(model) in model.metrics
 
 
 def test_trackable_children_takes_a_save_type():
@@ -47,10 +41,26 @@ def test_trackable_children_takes_a_save_type():
 def test_the_default_strategy_class_name():
     import tensorflow as tf
 
-    assert type(tf.distribute.get_strategy()).__name__ == "_DefaultDistributionStrategy"
+    assert type(tf.distribute.get_strategy()).__name__ == tf_private.DEFAULT_STRATEGY_CLASS
 
 
-def test_flatten_layers_walks_nested_models():
-    inner = keras.Sequential([keras.Input((6, 3)), keras.layers.Conv1D(2, 3)])
-    outer = keras.Sequential([keras.Input((6, 3)), inner, keras.layers.Flatten()])
-    assert xla_cpu.has_convolution(outer)
+def test_distribute_strategy_is_the_strategy_the_model_was_made_under():
+    import tensorflow as tf
+
+    assert tf_private.distribute_strategy(keras_bsgd.Sequential([keras.Input((2,))])) is None
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = keras_bsgd.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    assert tf_private.distribute_strategy(model) is strategy
+
+
+def test_one_replica_runs_keras_clipping_and_weight_decay_parts():
+    optimizer = keras_bsgd.BackwardSGD(0.1, window=2, clipnorm=1.0, weight_decay=0.1)
+    variable = keras.Variable(np.ones((2,), "float32"))
+    optimizer.build([variable])
+    inner = optimizer.map_optimizer
+    (clipped,) = tf_private.clip_gradients(inner, [keras.ops.convert_to_tensor([3.0, 4.0])])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clipped), [0.6, 0.8], rtol=1e-6)
+    assert tf_private.uses_weight_decay(inner, variable)
+    inner.exclude_from_weight_decay(var_list=[variable])
+    assert not tf_private.uses_weight_decay(inner, variable)

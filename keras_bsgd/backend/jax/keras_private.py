@@ -8,14 +8,9 @@
   between steps, which the public `jax_state_sync()` writes into the
   variables. A step that raises must leave its state there (Keras' `fit()`
   syncs it in its `finally`); Keras has no public setter.
-- `Trainer._symbolic_build(data_batch=...)`: builds a lazily built model,
-  its compiled loss and metrics from a batch's shapes. With index buffering
-  `fit()` feeds Keras example indices, from which Keras would build the
-  model; it must be built from the arrays' own batch first, and Keras has
-  no public way to build compiled losses and metrics.
-- `Optimizer._model_variables_moving_average`: the EMA variables Keras'
-  `build()` creates and `finalize_variable_values` / `SwapEMAWeights` read
-  (the TensorFlow backend uses them too, `backend/tensorflow/updates.py`).
+
+The core's private Keras names (the symbolic build, the EMA variables, ...)
+are in `keras_bsgd/keras_private.py`.
 
 `tests/jax_private_names_test.py` fails, naming the name, if Keras changes one.
 """
@@ -40,12 +35,3 @@ def hold_state(model, state):
     model._jax_state_synced = False
     model.jax_state_sync()
 
-
-def build_from_batch(model, batch):
-    """Builds `model` (and its compiled loss and metrics) from `batch`, a nest of arrays."""
-    model._symbolic_build(data_batch=batch)
-
-
-def ema_averages(optimizer):
-    """The EMA variables of `optimizer` (`use_ema=True`), one per trainable variable."""
-    return optimizer._model_variables_moving_average

@@ -29,7 +29,8 @@ from keras import ops
 from keras_bsgd import schedule
 from keras_bsgd import errors
 from keras_bsgd import random_layers
-from keras_bsgd.backend.jax import keras_private
+from keras_bsgd import keras_private
+from keras_bsgd.backend.jax import keras_private as jax_private
 from keras_bsgd.backend.jax.loss_scale import LossScale
 from keras_bsgd.backend.jax.run_state import EVALUATIONS_BASE
 
@@ -124,7 +125,7 @@ class Step:
             weights, keyed, metrics, x, y, sample_weight,
             training=True, optimizer_variables=optimizer_values,
         )
-        metrics = keras_private.update_metrics(
+        metrics = jax_private.update_metrics(
             self.model, metrics, unscaled, x, y, y_pred, sample_weight
         )
         finite = all_finite([unscaled, *keras.tree.flatten(batch)])

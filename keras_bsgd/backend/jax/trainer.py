@@ -26,7 +26,8 @@ from keras_bsgd import random_layers
 from keras_bsgd import saved_run
 from keras_bsgd import schedule
 from keras_bsgd import xla_cpu
-from keras_bsgd.backend.jax import keras_private
+from keras_bsgd import keras_private
+from keras_bsgd.backend.jax import keras_private as jax_private
 from keras_bsgd.backend.jax import loss_scale
 from keras_bsgd.backend.jax import run_saving
 from keras_bsgd.backend.jax.data_store import DataStore
@@ -311,7 +312,7 @@ class ReplayTrainer(ReplayTrainerBase):
 
     def _keep(self, state):
         # The step did not run: the model keeps `state` (Keras' fit() syncs it).
-        keras_private.hold_state(self, state)
+        jax_private.hold_state(self, state)
 
     def _raise_incident(self, optimizer, state):
         """Raises what the step reported, after putting its state in the model."""

@@ -15,6 +15,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_bsgd.backend.tensorflow import keras_private as tf_private
 from keras_bsgd.partial_batches import leading_size
 
 SUPPORTED_STRATEGIES = (
@@ -25,8 +26,7 @@ SUPPORTED_STRATEGIES = (
 
 
 def check_strategy(strategy):
-    # The default (no) strategy has no public class.
-    default = type(strategy).__name__ == "_DefaultDistributionStrategy"
+    default = type(strategy).__name__ == tf_private.DEFAULT_STRATEGY_CLASS
     if not (default or isinstance(strategy, SUPPORTED_STRATEGIES)):
         raise ValueError(
             "keras_bsgd replays batches under MirroredStrategy, "

@@ -35,6 +35,7 @@ from keras_bsgd import errors
 from keras_bsgd import random_layers
 from keras_bsgd import schedule
 from keras_bsgd.backend.tensorflow import finiteness
+from keras_bsgd.backend.tensorflow import keras_private as tf_private
 from keras_bsgd.backend.tensorflow import updates
 from keras_bsgd.backend.tensorflow import xla_units
 from keras_bsgd.backend.tensorflow.buffer import ReplayBuffer
@@ -343,7 +344,7 @@ class BackwardStep:
         y_pred = self(x, training=True)
         loss = self._training_loss(x, y, y_pred, sample_weight)
         batch_size = tf.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(
+        tf_private.loss_tracker(self).update_state(
             loss * tf.distribute.get_strategy().num_replicas_in_sync,
             sample_weight=batch_size,
         )

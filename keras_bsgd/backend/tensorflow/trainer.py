@@ -20,7 +20,9 @@ from keras_bsgd import errors
 from keras_bsgd import fit_plan as core_fit_plan
 from keras_bsgd.backend.tensorflow import fit_inputs
 from keras_bsgd.backend.tensorflow import fit_plan
+from keras_bsgd.backend.tensorflow import keras_private as tf_private
 from keras_bsgd import index_feed
+from keras_bsgd import keras_private
 from keras_bsgd.backend.tensorflow import run_callback
 from keras_bsgd.backend.tensorflow import run_saving
 from keras_bsgd.backend.tensorflow import xla_units
@@ -143,8 +145,8 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         self._first_batch = fit_inputs.first_batch_spec(bound.arguments, first)
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
         arguments["callbacks"] = run_callback.with_run_callback(arguments.get("callbacks"))
-        replicas = 1 if self._distribute_strategy is None else (
-            self._distribute_strategy.num_replicas_in_sync
+        replicas = 1 if tf_private.distribute_strategy(self) is None else (
+            tf_private.distribute_strategy(self).num_replicas_in_sync
         )
         try:
             # The step compares each replica's batch.
@@ -193,7 +195,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
         run = self._run_for(optimizer)
         store = fit_plan.data_store(
-            run, optimizer, arguments, self._distribute_strategy, self.index_buffering
+            run, optimizer, arguments, tf_private.distribute_strategy(self), self.index_buffering
         )
         run.data_store = store
         if store is not None:
@@ -207,7 +209,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         return arguments
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None and self._backward_sgd() is not None:
+        if tf_private.distribute_strategy(self) is None and self._backward_sgd() is not None:
             # Without a strategy Keras builds the model when the train
             # function first calls it; backward-SGD needs its weights before
             # that (the anchor and buffer are sized from them), so it builds
@@ -219,7 +221,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         # mode to learn its shapes, which MultiWorkerMirroredStrategy cannot
         # do (its collectives need tensors). The first local replica's batch
         # has the same shapes.
-        strategy = self._distribute_strategy
+        strategy = tf_private.distribute_strategy(self)
         if strategy is not None and iterator is not None and data_batch is None:
             for _, _, it in iterator:
                 data_batch = MirroredReplicas(strategy).first(next(it))
@@ -234,9 +236,11 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         traces NumPy input), so that nothing in the step creates variables.
         """
         try:
-            self._symbolic_build(data_batch=keras.tree.map_structure(fit_inputs.symbolic, batch))
+            keras_private.build_from_batch(
+                self, keras.tree.map_structure(fit_inputs.symbolic, batch)
+            )
         except Exception:
-            if not all(layer.built for layer in self._flatten_layers()):
+            if not all(layer.built for layer in [self, *keras_private.nested_layers(self)]):
                 raise
             # A built model that only runs on tensors: the step builds the rest.
 

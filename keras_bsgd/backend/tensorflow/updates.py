@@ -3,17 +3,12 @@
 The optimizer (`keras_bsgd.optimizer`) holds the settings and the state and
 imports no TensorFlow; what only a TensorFlow step needs (replica-context
 routing, a branch in the graph) is here, as functions of the optimizer.
-
-Private Keras names, used only here on this backend:
-- `Optimizer._clip_gradients` and `Optimizer._use_weight_decay`: the parts
-  of `apply()` that one replica of a strategy runs without its `merge_call`
-  (see `_apply_on_one_replica`); Keras has no public way to run them alone.
-- `Optimizer._model_variables_moving_average`: the EMA variables Keras'
-  `build()` creates and `finalize_variable_values` / `SwapEMAWeights` read;
-  Keras has no public accessor for them.
 """
 
 import tensorflow as tf
+
+from keras_bsgd import keras_private
+from keras_bsgd.backend.tensorflow import keras_private as tf_private
 
 
 def apply_map(optimizer, grads, trainable_variables, learning_rate):
@@ -57,10 +52,10 @@ def _apply_on_one_replica(optimizer, grads, variables, learning_rate):
     # the update is the same.
     if optimizer.loss_scale_factor is not None:
         grads = [g / optimizer.loss_scale_factor for g in grads]
-    grads = optimizer._clip_gradients(grads)
+    grads = tf_private.clip_gradients(optimizer, grads)
     if optimizer.weight_decay is not None:
         for variable in variables:
-            if optimizer._use_weight_decay(variable):
+            if tf_private.uses_weight_decay(optimizer, variable):
                 rate = tf.cast(learning_rate, variable.dtype)
                 decay = tf.cast(optimizer.weight_decay, variable.dtype)
                 variable.assign_sub(variable * decay * rate)
@@ -110,7 +105,7 @@ def average_iterate(optimizer, trainable_variables, when=True, first=None):
 
     def update_ema():
         for variable, average in zip(
-            trainable_variables, optimizer._model_variables_moving_average
+            trainable_variables, keras_private.ema_averages(optimizer)
         ):
             if average is not None:
                 m = tf.cast(momentum, variable.dtype)
