@@ -122,13 +122,22 @@ def capacity_message(capacity, step, done, forward_steps=0):
 
 # What a compiled step reports to the host (it cannot raise and keep the
 # state): a code per kind, the same on every backend.
-INCIDENT_CODES = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3}
+INCIDENT_CODES = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3, "learning_rate": 4}
 
 
 def incident(kind, step, capacity):
     """The error the host raises for incident `kind` at `step` (`capacity`: the buffer's)."""
     if kind == "capacity":
         return ValueError(capacity_message(capacity, step, step - 1, step - 1 - capacity))
+    if kind == "learning_rate":
+        return ValueError(
+            f"The learning rate for the batch of step {step} is negative or not "
+            "finite (from the schedule, a callable or a callback): a map's rate is "
+            "frozen with its batch and replayed at every later step, so the batch "
+            "was refused and the training state is that of the step before. Fix the "
+            "schedule (or what set the rate) and fit() again to continue the run. "
+            f"Received: an invalid learning rate at step {step}"
+        )
     if kind == "nonfinite_batch":
         return ValueError(
             f"The batch of step {step} has a non-finite value or loss (NaN or "

@@ -241,6 +241,22 @@ def test_check_learning_rate_sees_assigned_values_and_schedules():
         optimizer.check_learning_rate()
 
 
+def test_a_schedule_turning_negative_mid_fit_is_refused_at_that_step_with_the_state_kept():
+    # 0.1 - 0.02 * iterations: 0.0 for step 6, -0.02 for step 7. The step
+    # freezes the rate, so the check is the step's own (the host checks only
+    # the first step of a fit()).
+    decay = keras.optimizers.schedules.PolynomialDecay(0.1, 10, end_learning_rate=-0.1)
+    model, untouched = windowed_model(learning_rate=decay), windowed_model(learning_rate=decay)
+    with pytest.raises(ValueError, match=r"negative or not finite.*Received: an invalid "
+                                         r"learning rate at step 7$"):
+        windowed_fit(model, epochs=2)  # 8 steps
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
+    windowed_fit(untouched)  # steps 1-4, then 5-6 on the same batches
+    x, y = good_data(np.random.default_rng(7), two_outputs=False)
+    untouched.fit(x[: 2 * BATCH], y[: 2 * BATCH], batch_size=BATCH, shuffle=False, verbose=0)
+    assert_same_state(state(model), state(untouched))
+
+
 def test_fit_refuses_a_rate_assigned_to_the_variable_before_any_step():
     model = windowed_model()
     windowed_fit(model)

@@ -87,7 +87,7 @@ class Step:
         finite, logged_state, logged_metrics = self.log(
             weights, non_trainable, metrics, batch, optimizer_values, k
         )
-        forward, ok, replay = self.decide(o, local, finite)
+        forward, ok, replay, valid_rate = self.decide(o, local, finite, rate)
         context = (non_trainable, metrics, optimizer_values)
         start_scale = self.layout.scale(o)
         s, target, when = self.restore(o, weights, non_trainable, local, ok, replay)
@@ -96,7 +96,7 @@ class Step:
         s, advances = self.advance(s, o, target, when, *context)
         s, replayed = self.replay(s, o, target, when, *context)
         s = self.finish(s, o, k, replay, forward_maps + advances + replayed)
-        self.count(o, k, ok, finite)
+        self.count(o, k, ok, finite, valid_rate)
         if self.loss_scale is not None:
             s = s._replace(scale=self.loss_scale.count_step(o, s.scale, start_scale, ok))
         metrics = where(finite, logged_metrics, metrics)
@@ -131,17 +131,18 @@ class Step:
         finite = all_finite([unscaled, *keras.tree.flatten(batch)])
         return finite, non_trainable, metrics
 
-    def decide(self, o, local, finite):
-        """`(forward, ok, replay)`: whether step `local` is a forward step, counts, replays."""
+    def decide(self, o, local, finite, rate):
+        """`(forward, ok, replay, valid_rate)`: whether step `local` is a forward step, counts, replays; whether its rate is valid."""
         optimizer = self.optimizer
         forward = schedule.is_forward(local, optimizer.forward_steps)
         room = True
         if optimizer.window is None:
             room = local - optimizer.forward_steps <= self.run.slots
         clear = ops.equal(o[self.run.incident][0], 0)
-        ok = finite & (forward | room) & clear
+        valid_rate = ops.isfinite(rate) & (rate >= 0)
+        ok = finite & valid_rate & (forward | room) & clear
         replay = ok & schedule.replays(local, optimizer.replay_every, optimizer.forward_steps)
-        return forward, ok, replay
+        return forward, ok, replay, valid_rate
 
     def restore(self, o, weights, non_trainable, local, ok, replay):
         """The state the maps start from, the step whose iterate they compute, and a mask.
@@ -220,12 +221,13 @@ class Step:
         self.report(o, k, ops.where(diverged, errors.INCIDENT_CODES["diverged"], 0))
         return s
 
-    def count(self, o, k, ok, finite):
+    def count(self, o, k, ok, finite, valid_rate):
         """Counts the step if `ok` and the batch if it was dropped; reports why it did not count."""
         optimizer, run = self.optimizer, self.run
         o[optimizer.iterations] = o[optimizer.iterations] + ops.cast(ok, "int32")
         o[run.skipped] = o[run.skipped] + ops.cast(~finite, "int32")
         code = ops.where(finite & ~ok, errors.INCIDENT_CODES["capacity"], 0)
+        code = ops.where(finite & ~valid_rate, errors.INCIDENT_CODES["learning_rate"], code)
         if optimizer.on_nonfinite == "raise":
             code = ops.where(finite, code, errors.INCIDENT_CODES["nonfinite_batch"])
         self.report(o, k, code)

@@ -76,7 +76,9 @@ class BackwardStep:
         # Nothing changes before the logging pass's loss exists: a batch its
         # loss fails on (labels out of range) raises with the state kept.
         with tf.control_dependencies([finite]):
-            forward, ok, replay = self._decide(optimizer, buffer, local, finite)
+            forward, ok, replay, valid_rate = self._decide(
+                optimizer, buffer, local, finite, learning_rate
+            )
             start_scale = None if loss_scale is None else loss_scale.start_step()
             target, when = self._restore(optimizer, local, ok, replay, before_logging)
             forward_maps = self._forward(
@@ -91,7 +93,8 @@ class BackwardStep:
             maps = self._replay(optimizer, buffer, target, when, loss_scale, replicas, write)
             buffer.gradient_evaluations.assign_add(forward_maps + maps)
             self._finish(
-                optimizer, buffer, step, ok, replay, finite, first, loss_scale, start_scale
+                optimizer, buffer, step, (ok, replay, finite, valid_rate), first,
+                loss_scale, start_scale,
             )
             replicas.run(self._keep_metrics, (finite, *metrics))
         return self.get_metrics_result()
@@ -150,19 +153,22 @@ class BackwardStep:
         finite, metrics_before, metrics_after = replicas.run(self._log_batch, (batch,))
         return replicas.all_true(finite), before_logging, (metrics_before, metrics_after)
 
-    def _decide(self, optimizer, buffer, local, finite):
-        """`(forward, ok, replay)`: a forward step; the step counts; it replays."""
+    def _decide(self, optimizer, buffer, local, finite, learning_rate):
+        """`(forward, ok, replay, valid_rate)`: a forward step; the step counts; it replays; its rate is valid."""
         forward_steps = tf.constant(optimizer.forward_steps, "int64")
         forward = local <= forward_steps
         room = True if optimizer.window is not None else local - forward_steps <= buffer.capacity
-        ok = tf.logical_and(finite, tf.logical_or(forward, room))
+        valid_rate = tf.logical_and(tf.math.is_finite(learning_rate), learning_rate >= 0)
+        ok = tf.logical_and(
+            tf.logical_and(finite, valid_rate), tf.logical_or(forward, room)
+        )
         # Forward steps always move the model; backward ones at multiples
         # of `replay_every` (epoch ends replay through `replay_function`).
         replay = tf.logical_and(
             ok,
             tf.logical_or(forward, tf.equal(local % optimizer.replay_every, 0)),
         )
-        return forward, ok, replay
+        return forward, ok, replay, valid_rate
 
     def _restore(self, optimizer, local, ok, replay, before_logging):
         """Phase 2: the live state becomes the anchor. Returns `(target, when)` for the replay.
@@ -297,8 +303,12 @@ class BackwardStep:
             (optimizer, buffer, slot, arrival, loss_scale, replicas),
         )
 
-    def _finish(self, optimizer, buffer, step, ok, replay, finite, first, loss_scale, start_scale):
-        """Phase 7: counts the step, averages the output iterate, reports incidents."""
+    def _finish(self, optimizer, buffer, step, decision, first, loss_scale, start_scale):
+        """Phase 7: counts the step, averages the output iterate, reports incidents.
+
+        `decision`: `(ok, replay, finite, valid_rate)`, as `_decide` made it.
+        """
+        ok, replay, finite, valid_rate = decision
         updates.finish_step(
             optimizer, self.trainable_variables, when=ok, replayed=replay, first=first
         )
@@ -307,7 +317,11 @@ class BackwardStep:
         buffer.skipped_batches.assign_add(tf.cast(tf.logical_not(finite), "int64"))
         reports = self._run.incidents
         reports.report("diverged", step, when=tf.logical_and(replay, self._diverged()))
-        reports.report("capacity", step, when=tf.logical_and(finite, tf.logical_not(ok)))
+        accepted = tf.logical_and(finite, valid_rate)
+        reports.report("capacity", step, when=tf.logical_and(accepted, tf.logical_not(ok)))
+        reports.report(
+            "learning_rate", step, when=tf.logical_and(finite, tf.logical_not(valid_rate))
+        )
         if optimizer.on_nonfinite == "raise":
             reports.report("nonfinite_batch", step, when=tf.logical_not(finite))
 
