@@ -113,6 +113,9 @@ class ReplayTrainer(ReplayTrainerBase):
         run = self._run_for(optimizer)
         self._start_run_if_weights_were_set(run)
         batch_size = fit_plan.plan(run, optimizer, arguments)
+        if batch_size is not None and keras.distribution.distribution() is not None:
+            # Several processes: Keras joins their batches into one global batch.
+            batch_size *= jax.process_count()
         self._build_from_arrays(arguments)
         if self._index_buffered(run, optimizer, arguments):
             arguments = index_feed.feed_indices(run.data_store, arguments)
