@@ -11,7 +11,6 @@ from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
 
-pytestmark = pytest.mark.tensorflow
 
 LEARNING_RATE = 0.1
 
