@@ -93,5 +93,5 @@ def test_swap_ema_weights_validates_on_the_average_and_leaves_the_run_alone(tmp_
     np.testing.assert_allclose(history.history["val_loss"][-1], model.evaluate(x, y, verbose=0),
                                rtol=1e-6)
     # The swaps in and out were not taken for weights set from outside.
-    assert int(keras.ops.convert_to_numpy(model.replay_buffer.origin.value)) == 0
+    assert int(keras.ops.convert_to_numpy(model.replay_buffer.origin)) == 0
     assert model.replayed_step == int(keras.ops.convert_to_numpy(model.optimizer.iterations.value)) == 16
