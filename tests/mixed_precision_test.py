@@ -12,6 +12,7 @@ import pytest
 import keras_bsgd
 from keras_bsgd import random_layers
 from tests import keras_reference
+from tests.backends_test import random_layers_model
 
 
 class WeightsRecorder(keras.callbacks.Callback):
@@ -52,21 +53,6 @@ def under_policy(policy, function):
         return function()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-
-
-def random_layers_model(model_class, seed=0):
-    keras.utils.set_random_seed(seed)
-    return model_class(
-        [
-            keras.Input((6,)),
-            keras.layers.Dense(8),
-            keras.layers.BatchNormalization(momentum=0.8),
-            keras.layers.Activation("tanh"),
-            keras.layers.Dropout(0.3, seed=11),
-            keras.layers.GaussianNoise(0.1, seed=12),
-            keras.layers.Dense(3),
-        ]
-    )
 
 
 def batchnorm_mlp(model_class=keras_bsgd.Sequential):

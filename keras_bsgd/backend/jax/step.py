@@ -132,7 +132,10 @@ class Step:
         return finite, non_trainable, metrics
 
     def decide(self, o, local, finite, rate):
-        """`(forward, ok, replay, valid_rate)`: whether step `local` is a forward step, counts, replays; whether its rate is valid."""
+        """`(forward, ok, replay, valid_rate)`: whether step `local` is forward, counts, replays.
+
+        `valid_rate`: whether the rate it freezes is finite and not negative.
+        """
         optimizer = self.optimizer
         forward = schedule.is_forward(local, optimizer.forward_steps)
         room = True

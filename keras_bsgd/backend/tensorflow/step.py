@@ -154,7 +154,10 @@ class BackwardStep:
         return replicas.all_true(finite), before_logging, (metrics_before, metrics_after)
 
     def _decide(self, optimizer, buffer, local, finite, learning_rate):
-        """`(forward, ok, replay, valid_rate)`: a forward step; the step counts; it replays; its rate is valid."""
+        """`(forward, ok, replay, valid_rate)`: a forward step; the step counts; it replays.
+
+        `valid_rate`: whether the rate it freezes is finite and not negative.
+        """
         forward_steps = tf.constant(optimizer.forward_steps, "int64")
         forward = local <= forward_steps
         room = True if optimizer.window is not None else local - forward_steps <= buffer.capacity
