@@ -23,7 +23,6 @@ import json
 
 import keras
 import numpy as np
-from tensorflow.python.framework import ops as tf_ops
 
 import keras_bsgd
 from keras_bsgd.benchmarks.rss import peak_rss_bytes
@@ -32,6 +31,8 @@ from keras_bsgd.benchmarks.rss import rss_bytes
 
 def registered_custom_gradients():
     """The number of graph-mode custom gradients TensorFlow has registered (private registry)."""
+    from tensorflow.python.framework import ops as tf_ops
+
     registry = tf_ops._gradient_registry._registry
     return sum(name.startswith("CustomGradient-") for name in registry)
 
@@ -80,6 +81,12 @@ def main(argv=None):
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
+    if keras.backend.backend() != "tensorflow":
+        parser.error(
+            "this benchmark counts TensorFlow's gradient registry; run it with "
+            "KERAS_BACKEND=tensorflow (docs/performance.md has the JAX figure). "
+            f"Received: backend {keras.backend.backend()!r}"
+        )
     rows = measure(args.cycles, args.steps)
     for row in rows:
         print(json.dumps(row))
