@@ -77,6 +77,10 @@ class IterateProbe:
     momentum at 0 sets every moving mean and variance to that batch's, and
     they are restored afterwards too.
 
+    Inside `fit()` on JAX the variables hold the training state only after
+    something reads `callback.model` (Keras syncs it there), so a callback
+    reads `self.model` before it probes.
+
     Args:
         model: A built Keras model that outputs logits.
         x: Test inputs, a NumPy array.
