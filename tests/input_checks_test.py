@@ -253,8 +253,21 @@ def test_a_schedule_turning_negative_mid_fit_is_refused_at_that_step_with_the_st
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
     windowed_fit(untouched)  # steps 1-4, then 5-6 on the same batches
     x, y = good_data(np.random.default_rng(7), two_outputs=False)
-    untouched.fit(x[: 2 * BATCH], y[: 2 * BATCH], batch_size=BATCH, shuffle=False, verbose=0)
-    assert_same_state(state(model), state(untouched))
+    untouched.fit([a[: 2 * BATCH] for a in x], y[: 2 * BATCH], batch_size=BATCH, shuffle=False,
+                  verbose=0)
+    assert_same_state(training_state(model), training_state(untouched))
+    assert model.replayed_step == untouched.replayed_step == 6
+    # The refused step recomputed step 6's iterate from the anchor (window 2):
+    # its two maps are counted, and so is the map optimizer's own counter.
+    assert model.gradient_evaluations == untouched.gradient_evaluations + 2
+
+
+def training_state(model):
+    """Weights, model state and the optimizer's state (not the map optimizer's own counter)."""
+    optimizer = model.optimizer
+    kept = [v for v in optimizer.state_variables if v is not optimizer.map_optimizer.iterations]
+    arrays = [np.array(keras.ops.convert_to_numpy(v)) for v in [*model.weights, *kept]]
+    return arrays, None
 
 
 def test_fit_refuses_a_rate_assigned_to_the_variable_before_any_step():
