@@ -113,14 +113,7 @@ def main(argv=None, prog=PROG):
     print()
     for line in summary_lines(result):
         print(line)
-    if args.output:
-        markdown.write_report(result, args.output)
-        print(f"Wrote {args.output}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"Wrote {args.json}")
-    return 0
+    return _write_outputs(result, args, markdown.write_report)
 
 
 def _main_jax(args, config, prog, command, log):
@@ -139,8 +132,13 @@ def _main_jax(args, config, prog, command, log):
         print(line)
     print("(JAX: timed inside fit(), every step run; the buffer-memory section is "
           "TensorFlow's)")
+    return _write_outputs(result, args, jax_timing.write_report)
+
+
+def _write_outputs(result, args, write_report):
+    """Writes the report (`--output`, with `write_report`) and the JSON (`--json`); returns 0."""
     if args.output:
-        jax_timing.write_report(result, args.output)
+        write_report(result, args.output)
         print(f"Wrote {args.output}")
     if args.json:
         with open(args.json, "w") as f:

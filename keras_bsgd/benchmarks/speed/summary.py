@@ -1,15 +1,22 @@
 """The speed benchmark's results as `key = value` lines (what `keras-bsgd bench` prints)."""
 
 
+def run_lines(run):
+    """One setting's step time, ratios and compile times as `key = value` lines, and its prefix."""
+    where = f"{run['model']} b{run['batch_size']}"
+    lines = [f"{where}: t_sgd = {1e3 * run['t_sgd_s']:.3f} ms"]
+    lines += [f"{where}: R({k}) = {v:.3f}" for k, v in run["R"].items()]
+    lines += [f"{where}: R_exact({k}) = {v:.3f}" for k, v in run["R_exact"].items()]
+    lines += [f"{where}: compile_s({k}) = {v:.2f}" for k, v in run["compile_s"].items()]
+    return lines, where
+
+
 def summary_lines(result):
     """The ratios, compile times and memory as `key = value` lines (what `main` prints)."""
     lines = []
     for run in result["runs"]:
-        where = f"{run['model']} b{run['batch_size']}"
-        lines.append(f"{where}: t_sgd = {1e3 * run['t_sgd_s']:.3f} ms")
-        lines += [f"{where}: R({k}) = {v:.3f}" for k, v in run["R"].items()]
-        lines += [f"{where}: R_exact({k}) = {v:.3f}" for k, v in run["R_exact"].items()]
-        lines += [f"{where}: compile_s({k}) = {v:.2f}" for k, v in run["compile_s"].items()]
+        run_summary, where = run_lines(run)
+        lines += run_summary
         if run.get("compile_ratio") is not None:
             lines.append(f"{where}: compile_ratio = {run['compile_ratio']:.2f}")
         lines.append(f"{where}: peak_rss_mb = {run['memory']['peak_rss_bytes'] / 2**20:.1f}")
