@@ -16,7 +16,9 @@
   the public `model.layers` stops at the first level of a nested model.
 - `Trainer._symbolic_build(data_batch=...)`: builds a lazily built model and
   its compiled loss and metrics from a batch's shapes; Keras has no public
-  way to build compiled losses and metrics.
+  way to build compiled losses and metrics. `ReplayTrainerBase` overrides it
+  too: Keras builds the optimizer there, from the trainable variables
+  alone, and the `BackwardSGD` needs the rest of the model's state.
 - `Optimizer._model_variables_moving_average`: the EMA variables Keras'
   `build()` creates and `finalize_variable_values` / `SwapEMAWeights` read;
   the replay updates them with the output iterate.

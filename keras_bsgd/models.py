@@ -33,6 +33,7 @@ class AllOrNothingLoad:
         """
         optimizer = getattr(self, "optimizer", None)
         backward_sgd = optimizer_module.backward_sgd_of(optimizer)
+        self._track_model_state()
         with optimizer_module.all_or_nothing(
             _loadable_variables(self), backward_sgd, self.trainable_variables
         ):

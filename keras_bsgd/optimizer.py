@@ -165,13 +165,9 @@ class BackwardSGD(keras.optimizers.Optimizer):
         )
         self.replay_every = int(replay_every)
         self.forward_steps = int(forward_steps)
-        # Set by the trainer at compile(): returns the model's non-trainable
-        # state (BatchNorm statistics, ...) that belongs to S. Keras builds
-        # optimizers from the trainable variables alone, in places keras_bsgd
-        # does not call (`_symbolic_build`, a user's `optimizer.build()`
-        # before `load_weights`, `LossScaleOptimizer.build`), and the anchor
-        # of that state must exist at every one of them.
-        self.model_state_source = None
+        # The model's non-trainable state that belongs to S (BatchNorm
+        # statistics, ...), given by its trainer (`track_model_state`).
+        self._model_state = _Untracked()
         # The run's variables (ring buffer, counters), set by a stateless
         # trainer (JAX) so that Keras carries them through its jitted step.
         self.run_state = None
@@ -246,10 +242,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             self.add_variable_from_reference(v, "anchor_momentum")
             for v in var_list
         ] if self.momentum else []
-        model_state = self.model_state_source() if self.model_state_source else []
-        self.anchor_model_state = [
-            self.add_variable_from_reference(v, "anchor_state") for v in model_state
-        ]
+        self.anchor_model_state = self._anchors_of(self._model_state.variables)
         if self._pending_state is not None:
             values, self._pending_state = self._pending_state, None
             self._assign_state(values)
@@ -257,7 +250,38 @@ class BackwardSGD(keras.optimizers.Optimizer):
             count, self._expected_variables = self._expected_variables, None
             self._check_layout(count)
 
-    def _live_and_anchor(self, trainable_variables, model_state):
+    def track_model_state(self, variables):
+        """Makes the model's non-trainable state part of the state every step restarts from.
+
+        Keras builds an optimizer from the trainable variables alone, and
+        in places a trainer does not call (the first `fit()`'s build, a
+        user's `optimizer.build()` before `load_weights`), so the trainer
+        hands the rest of the model's state over here whenever it has it.
+        Before `build()` this sizes the anchor; an optimizer built without
+        it gets its anchor now, in the same place of its variables (and of
+        a saved file) as `build()` would have put it.
+
+        Args:
+            variables: The model's non-trainable variables that belong to
+                the training state (BatchNorm statistics, not random
+                layers' seeds), in a fixed order.
+
+        Raises:
+            ValueError: if the anchor already holds another number of
+                variables.
+        """
+        variables = list(variables)
+        self._model_state.variables = variables
+        if not self.built:
+            return
+        if variables and not self.anchor_model_state:
+            self.anchor_model_state = self._anchors_of(variables)
+        self._check_model_state(variables)
+
+    def _anchors_of(self, model_state):
+        return [self.add_variable_from_reference(v, "anchor_state") for v in model_state]
+
+    def _check_model_state(self, model_state):
         if len(model_state) != len(self.anchor_model_state):
             raise ValueError(
                 "The model's non-trainable state changed after the optimizer "
@@ -265,6 +289,9 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 f"{len(model_state)} now. Compile the model again with a new "
                 f"BackwardSGD. Received: {len(model_state)} state variables"
             )
+
+    def _live_and_anchor(self, trainable_variables, model_state):
+        self._check_model_state(model_state)
         live = list(trainable_variables) + list(self.momentums)
         anchor = self.anchor_weights + self.anchor_momentums
         return live + list(model_state), anchor + self.anchor_model_state
@@ -275,7 +302,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
         Args:
             trainable_variables: The variables the optimizer was built with.
             model_state: The model's non-trainable state variables, in the
-                order `model_state_source` gave them at `build()`.
+                order `track_model_state` was given them.
             when: Optional boolean tensor: copy only where it is true (a
                 step decides without a branch).
         """
@@ -506,7 +533,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
             use_ema=self.use_ema,
             name=f"{self.name}_layout",
         )
-        twin.model_state_source = self.model_state_source
+        twin.track_model_state(self._model_state.variables)
         twin.build(var_list)
         return len(twin.state_variables)
 
@@ -542,6 +569,12 @@ class BackwardSGD(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+class _Untracked:
+    """Variables an optimizer refers to but does not own (Keras tracks a list attribute's)."""
+
+    variables = ()
 
 
 class _MapSGD(keras.optimizers.SGD):

@@ -74,9 +74,7 @@ class ReplayTrainerBase:
                 loss=arguments.get("loss"),
                 loss_weights=arguments.get("loss_weights"),
             )
-        optimizer = self._backward_sgd()
-        if optimizer is not None:
-            optimizer.model_state_source = self._model_state
+        self._track_model_state()
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -92,6 +90,7 @@ class ReplayTrainerBase:
         # one only adds to Keras' compile, so load it the way Keras does.
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built:
+            self._track_model_state()
             self.optimizer.build(self.trainable_variables)
 
     @contextlib.contextmanager
@@ -158,6 +157,20 @@ class ReplayTrainerBase:
         """The `BackwardSGD` this model trains with (inside a loss-scale wrapper too), or None."""
         # An uncompiled model has no `optimizer` attribute (loading weights).
         return backward_sgd_of(getattr(self, "optimizer", None))
+
+    def _symbolic_build(self, *args, **kwargs):
+        # Keras builds a lazily built model here, then its optimizer from the
+        # trainable variables alone: the optimizer gets the model's state
+        # once the model has it.
+        self._track_model_state()
+        super()._symbolic_build(*args, **kwargs)
+        self._track_model_state()
+
+    def _track_model_state(self):
+        """Hands a built model's non-trainable state to its `BackwardSGD` (see `track_model_state`)."""
+        optimizer = self._backward_sgd()
+        if optimizer is not None and self.built:
+            optimizer.track_model_state(self._model_state())
 
     def _model_state(self):
         """The non-trainable variables that belong to the training state S."""

@@ -48,3 +48,24 @@ def test_jax_state_is_what_jax_state_sync_writes():
     )
     keras_private.hold_state(model, state)
     assert all(np.all(np.asarray(v.value) == 7.0) for v in model.trainable_variables)
+
+
+def test_fit_and_train_on_batch_build_the_optimizer_in_symbolic_build():
+    # keras_bsgd's trainer overrides `_symbolic_build` to hand a lazily built
+    # model's state to the optimizer Keras builds there (on TensorFlow,
+    # keras_bsgd's own `_maybe_symbolic_build` calls it before Keras would).
+    calls = []
+
+    class Counting(keras.Sequential):
+        def _symbolic_build(self, *args, **kwargs):
+            calls.append(self.optimizer.built)
+            super()._symbolic_build(*args, **kwargs)
+            calls.append(self.optimizer.built)
+
+    x, y = np.ones((4, 3), "float32"), np.ones((4, 2), "float32")
+    for train in ("fit", "train_on_batch"):
+        model = Counting([keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="mse")
+        getattr(model, train)(x, y)
+        assert calls[:2] == [False, True], train
+        calls.clear()
