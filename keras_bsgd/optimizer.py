@@ -168,8 +168,9 @@ class BackwardSGD(keras.optimizers.Optimizer):
         # The model's non-trainable state that belongs to S (BatchNorm
         # statistics, ...), given by its trainer (`track_model_state`).
         self._model_state = _Untracked()
-        # The run's variables (ring buffer, counters), set by a stateless
-        # trainer (JAX) so that Keras carries them through its jitted step.
+        # The run this optimizer trains (`keras_bsgd.run.Run`: the ring
+        # buffer, its counters, the data store), made by the trainer at the
+        # first fit(); a new optimizer starts a new run.
         self.run_state = None
         # Loaded state waiting for build(): values, and the saved variable count.
         self._pending_state = None
@@ -193,7 +194,7 @@ class BackwardSGD(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        """The state variables, then the run's (`run_state`), which a stateless trainer carries."""
+        """The state variables, then the run's that Keras must carry (JAX's ring; none on TensorFlow)."""
         run = getattr(self, "run_state", None)
         return self.state_variables + (list(run.variables) if run is not None else [])
 

@@ -29,8 +29,8 @@ def save(store, run, optimizer, seed_states):
         seed_states: The state variables of the model's random layers.
     """
     saved_run.save_settings(store, optimizer, [np.array(v.numpy()) for v in seed_states])
-    if run is None or not run.serves(optimizer):
-        return  # no run, or one another optimizer trained
+    if run is None:
+        return
     saved = run.saved if run.buffer is None else run.buffer.saved()
     if saved is not None:
         saved.save(store)
@@ -56,12 +56,6 @@ def load(store, run, optimizer, seed_states):
         optimizer: The model's `BackwardSGD`, or None.
         seed_states: The state variables of the model's random layers.
 
-    Returns:
-        The model's run from now on: `run` (which becomes a new run holding
-        the loaded state where the live buffer cannot take it), or None (no
-        `BackwardSGD`: the file's run state is not loaded, the model gets
-        weights only).
-
     Raises:
         ValueError: if the format, the seeds, the settings, the buffer or
             the optimizer layout do not fit this model and its optimizer,
@@ -70,8 +64,9 @@ def load(store, run, optimizer, seed_states):
     """
     seeds, saved = saved_run.check(store, optimizer, len(seed_states))
     if optimizer is None:
+        # No `BackwardSGD`: the model gets weights only.
         when_loaded(lambda: saved_run.assign_seeds(seed_states, seeds))
-        return None
+        return
     if saved is None:
         write = _write_unstarted(run)
     else:
@@ -83,7 +78,6 @@ def load(store, run, optimizer, seed_states):
         write()
 
     when_loaded(load_all)
-    return run
 
 
 def _write_unstarted(run):
@@ -120,8 +114,8 @@ def _write_saved(run, optimizer, saved, data_store):
         # fit() has filled with arrays of the saved layout (a
         # `BackupAndRestore` at the start of a fit()) is the one the step
         # gathers from; other indexed data (or none) retraces the step at
-        # the next fit(). The model holds `run`: it becomes the new run
+        # the next fit(). The optimizer holds `run`: it becomes the new run
         # here, once the load has succeeded, rather than being replaced.
-        run.__init__(optimizer, saved=saved, data_store=run.data_store if same_data else data_store)
+        run.__init__(saved=saved, data_store=run.data_store if same_data else data_store)
 
     return start_over

@@ -47,7 +47,6 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
     the Keras class it extends.
     """
 
-    _run = None  # the current `Run`: buffer, data store, loaded state
     # The first batch of this fit() (its shapes build a lazily built model),
     # or None where fit() cannot see it without consuming it.
     _first_batch = None
@@ -56,6 +55,12 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
     _traced_store = None
     _replay_state = None  # a ReplayState, from the first compile()
     _replicas = None  # the LocalReplicas of the current train function
+
+    @property
+    def _run(self):
+        """The run of the model's `BackwardSGD` (`run_state`), or None."""
+        optimizer = self._backward_sgd()
+        return None if optimizer is None else optimizer.run_state
 
     @property
     def replay_buffer(self):
@@ -157,7 +162,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
 
     def _record_weights(self):
         # What the trainer left in the model; see `_start_run_if_weights_were_set`.
-        run = self._run_of(self._backward_sgd())
+        run = self._run
         if run is not None and run.buffer is not None:
             run.left_weights = self._weights_digest()
 
@@ -172,24 +177,17 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         slots as they are), while `optimizer.iterations` and schedules go on
         counting.
         """
-        run = self._run_of(optimizer)
+        run = optimizer.run_state
         if run is None or run.buffer is None or run.left_weights is None:
             return
         if self._weights_digest() != run.left_weights:
             run.start_over(optimizer.iterations)
 
-    def _run_of(self, optimizer):
-        """The run `optimizer` trains, or None."""
-        run = self._run
-        return run if run is not None and run.serves(optimizer) else None
-
     def _run_for(self, optimizer):
         """`optimizer`'s run: its current one or a new one."""
-        run = self._run
-        if run is not None and run.serves(optimizer):
-            return run
-        self._run = Run(optimizer)
-        return self._run
+        if optimizer.run_state is None:
+            optimizer.run_state = Run()
+        return optimizer.run_state
 
     def _index_arguments(self, optimizer, arguments):
         """fit()'s arguments, rewritten to feed example indices if this run buffers them."""
@@ -268,7 +266,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         """Reads what `_save_replay_state` wrote (see `run_saving`)."""
         optimizer = self._backward_sgd()
         run = None if optimizer is None else self._run_for(optimizer)
-        self._run = run_saving.load(store, run, optimizer, self._seed_states())
+        run_saving.load(store, run, optimizer, self._seed_states())
 
     def train_step(self, data):
         optimizer = self._backward_sgd()
@@ -318,7 +316,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             )
 
         def raise_incident():
-            run = self._run_of(optimizer)
+            run = optimizer.run_state
             has_incidents = run is not None and run.incidents is not None
             incident = run.incidents.pop() if has_incidents else None
             if incident is None:
@@ -331,7 +329,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             raise errors.incident(*incident, run.buffer.capacity)
 
         def run_batch_size():
-            run = self._run_of(optimizer)
+            run = optimizer.run_state
             return None if run is None or run.buffer is None else run.buffer.batch_size
 
         last_logs = None
