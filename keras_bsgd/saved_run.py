@@ -159,6 +159,40 @@ class SavedBuffer:
                 f"{self.capacity}"
             )
 
+    def with_unit_weights(self, weights):
+        """These batches, which have no sample weights, with sample weights of ones.
+
+        A batch without sample weights is a batch whose sample weights are
+        all ones (docs/semantics.md, "Sample weights within a run"): a run
+        whose batches start to carry weights keeps the batches it buffered,
+        each with ones.
+
+        Args:
+            weights: `(example_shape, dtype)` of each sample-weight leaf of
+                the batches to come (`dtype` a NumPy dtype or its name).
+
+        Returns:
+            A `SavedBuffer` with the same counters, whose last leaf (the
+            sample weights, None here) is replaced by arrays of ones
+            `[capacity, batch, *example_shape]`.
+
+        Example:
+
+        >>> import numpy as np
+        >>> saved = SavedBuffer(3, [np.zeros((3, 2, 5)), np.zeros((3, 2)), None], np.zeros(3))
+        >>> leaf = saved.with_unit_weights([((), "float32")]).leaves[-1]
+        >>> leaf.shape, leaf.dtype.name, float(leaf.min())
+        ((3, 2), 'float32', 1.0)
+        """
+        batch = next(leaf.shape[1] for leaf in self.leaves if leaf is not None)
+        ones = [
+            np.ones((self.capacity, batch, *shape), np.dtype(dtype)) for shape, dtype in weights
+        ]
+        return SavedBuffer(
+            self.capacity, [*self.leaves[:-1], *ones], self.learning_rates,
+            self.skipped_batches, self.replayed_step, self.gradient_evaluations, self.origin,
+        )
+
     def relayout(self, slots, step, forward_steps):
         """The ring's batches and rates laid out for a ring of `slots` slots.
 

@@ -128,3 +128,49 @@ def fingerprint(data):
         digest.update(f"{leaf.dtype.str}{leaf.shape}".encode())
         digest.update(memoryview(leaf).cast("B"))
     return digest.hexdigest()
+
+
+def sample_weight_leaves(saved_leaves, x, y):
+    """The sample-weight leaves of saved batches `(x, y, sample_weight)`, or None without weights.
+
+    Args:
+        saved_leaves: The flat leaves of saved batches (`SavedBuffer.leaves`).
+        x: A batch's inputs, whose leaves come first.
+        y: Its targets (a nest or None), whose leaves follow.
+
+    Returns:
+        The saved leaves after those of `x` and `y`: a list of arrays, or
+        None where the batches have no sample weights.
+
+    Example:
+
+    >>> import numpy as np
+    >>> leaves = [np.zeros((4, 2, 3)), np.zeros((4, 2)), None]
+    >>> print(sample_weight_leaves(leaves, np.zeros((2, 3)), np.zeros(2)))
+    None
+    """
+    weights = list(saved_leaves[len(keras.tree.flatten((x, y))) :])
+    return None if len(weights) == 1 and weights[0] is None else weights
+
+
+def pack_sample_weights(leaves, y):
+    """Sample-weight `leaves` as a batch holds them: one array, or one per output of `y`.
+
+    Args:
+        leaves: Flat sample-weight arrays.
+        y: The batch's targets.
+
+    Returns:
+        The nest, or None where `leaves` fit neither form (the batch is
+        then refused as one of another structure).
+
+    Example:
+
+    >>> pack_sample_weights([1, 2], {"a": 0, "b": 0})
+    {'a': 1, 'b': 2}
+    """
+    if len(leaves) == 1:
+        return leaves[0]
+    if keras.tree.is_nested(y) and len(keras.tree.flatten(y)) == len(leaves):
+        return keras.tree.pack_sequence_as(y, leaves)
+    return None

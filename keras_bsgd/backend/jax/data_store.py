@@ -70,6 +70,7 @@ class DataStore:
     def add(self, data):
         """Stores `data` (a nest of NumPy arrays) unless stored already; returns its offset."""
         fingerprint = structures.fingerprint(data)
+        data = self._with_store_weights(data)
         for known, offset, _ in self._datasets:
             if known == fingerprint:
                 if fingerprint in self._waiting:
@@ -98,6 +99,33 @@ class DataStore:
         ]
         self._datasets.append((fingerprint, offset, size))
         return offset
+
+    def _with_store_weights(self, data):
+        """`data` with ones for the store's sample weights; the store given ones for `data`'s first.
+
+        A dataset without sample weights is one whose sample weights are all
+        ones (docs/semantics.md, "Sample weights within a run"), as in the
+        TensorFlow store. The fingerprint is of the arrays as given.
+        """
+        if self.structure is None or (data[2] is None) == (self.structure[2] is None):
+            return data
+        if data[2] is None:
+            size = structures.num_examples(data)
+            ones = keras.tree.map_structure(
+                lambda w: np.ones((size, *w.shape[1:]), w.dtype), self.structure[2]
+            )
+            return (data[0], data[1], ones)
+        if self.variables:
+            size = self.variables[0].shape[0]
+            self.variables = self.variables + [
+                keras.Variable(
+                    np.ones((size, *w.shape[1:]), w.dtype), dtype=str(w.dtype),
+                    trainable=False, name=f"replay_data_{i}",
+                )
+                for i, w in enumerate(keras.tree.flatten(data[2]), start=len(self.variables))
+            ]
+        self.structure = data
+        return data
 
     def _arrive(self, fingerprint, data):
         """Takes the arrays of a saved run's dataset; puts them on the device once all came."""

@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_bsgd import errors
 from keras_bsgd import schedule
+from keras_bsgd import structures
 from keras_bsgd.saved_run import SavedBuffer
 
 # Counter words of the gradient-evaluation count: JAX has no int64 by default,
@@ -140,6 +141,23 @@ class RunState:
     def batch_size(self):
         return self.spec[0][0][0]
 
+    def with_unit_weights(self, batch):
+        """A ring for batches like `batch`, which bring this run's first sample weights.
+
+        It holds this ring's batches and counters, each batch with sample
+        weights of ones (docs/semantics.md, "Sample weights within a run").
+        The variables must hold the ring's values (synced from the step's
+        state).
+        """
+        weights = [
+            (tuple(w.shape[1:]), _dtype(w)) for w in keras.tree.flatten(batch[2])
+        ]
+        # A ring of this ring's size: the layout needs no step to move by.
+        saved = self.saved(self.slots, 0, 0).with_unit_weights(weights)
+        state = RunState(batch, self.slots)
+        state.restore(saved, self.slots, 0, 0)
+        return state
+
     def check(self, batch):
         """Raises a `ValueError` (before any state changes) if `batch` does not fit the buffer."""
         leaves = self.leaves(batch)
@@ -238,6 +256,50 @@ class RunState:
             counter.assign(np.int32(0))
         for words in (self.evaluations, self.incident):
             words.assign(np.zeros((2,), "int32"))
+
+
+def with_run_weights(run, batch):
+    """`batch` with sample weights of ones where the run buffers weights and it has none.
+
+    A batch without sample weights is a batch whose sample weights are all
+    ones (docs/semantics.md, "Sample weights within a run"). Host side,
+    before the step; an index-buffered run's weights are its `DataStore`'s.
+
+    Args:
+        run: The `Run`.
+        batch: `(x, y, sample_weight)`, NumPy or JAX arrays.
+
+    Returns:
+        `(batch, relay)`: the batch, and whether it brings the run's first
+        sample weights to a live ring, which must then be re-laid
+        (`RunState.with_unit_weights`); a loaded ring not yet live gets its
+        ones here.
+    """
+    x, y, weights = batch
+    if run.data_store is not None or (run.state is None and run.saved is None):
+        return batch, False
+    if run.state is not None:
+        buffered = run.state.structure[2]
+    else:
+        leaves = structures.sample_weight_leaves(run.saved.leaves, x, y)
+        buffered = None if leaves is None else structures.pack_sample_weights(
+            [leaf[0] for leaf in leaves], y
+        )
+        if leaves is not None and buffered is None:
+            return batch, False  # weights these targets cannot take: refused
+    if weights is None and buffered is not None:
+        size = structures.num_examples((x, y))
+        ones = keras.tree.map_structure(
+            lambda w: np.ones((size, *w.shape[1:]), _dtype(w)), buffered
+        )
+        return (x, y, ones), False
+    relay = weights is not None and buffered is None
+    if relay and run.state is None:
+        run.saved = run.saved.with_unit_weights(
+            [(tuple(w.shape[1:]), _dtype(w)) for w in keras.tree.flatten(weights)]
+        )
+        return batch, False
+    return batch, relay
 
 
 def _with_scratch(rows, dtype):

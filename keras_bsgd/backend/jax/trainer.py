@@ -33,6 +33,7 @@ from keras_bsgd.backend.jax import run_saving
 from keras_bsgd.backend.jax.data_store import DataStore
 from keras_bsgd.backend.jax.run_state import Run
 from keras_bsgd.backend.jax.run_state import RunState
+from keras_bsgd.backend.jax.run_state import with_run_weights
 from keras_bsgd.backend.jax.step import Step
 from keras_bsgd.trainer import ReplayTrainerBase
 
@@ -249,7 +250,7 @@ class ReplayTrainer(ReplayTrainerBase):
     def _train_one(self, optimizer, state, data):
         """Runs one step on `data`; on an error the model keeps the state of the step before."""
         try:
-            state = self._prepared(optimizer, state, data)
+            state, data = self._prepared(optimizer, state, data)
             logs, new_state = self._compiled_step(state, data)
         except Exception:
             # Raised before the step ran (a refused batch, an error while
@@ -260,10 +261,21 @@ class ReplayTrainer(ReplayTrainerBase):
         return logs, new_state
 
     def _prepared(self, optimizer, state, data):
-        """`state` with the run's variables, the run started where it must be, the batch checked."""
-        batch = keras.utils.unpack_x_y_sample_weight(data)
+        """`(state, data)`: the run's variables added, the run started where due, the batch checked.
+
+        `data` gets sample weights of ones where the run has weights and it
+        has none (`run_state.with_run_weights`).
+        """
         weights, non_trainable, optimizer_values, metrics = state
         run = self._run_for(optimizer)
+        unpacked = keras.utils.unpack_x_y_sample_weight(data)
+        batch, relay = with_run_weights(run, unpacked)
+        if batch is not unpacked:
+            data = batch
+        if relay:
+            # All but the weights must fit the ring before it changes.
+            run.state.check((*batch[:2], None))
+            optimizer_values = self._relaid(optimizer_values, batch)
         # What the ring keeps: the batch, or (index buffering) its example indices.
         item = batch if run.data_store is None else batch[0]
         if run.state is None:
@@ -281,7 +293,25 @@ class ReplayTrainer(ReplayTrainerBase):
         if run.pending_start:
             optimizer_values = self._start_run(optimizer, weights, non_trainable, optimizer_values)
             run.pending_start = False
-        return weights, non_trainable, optimizer_values, metrics
+        return (weights, non_trainable, optimizer_values, metrics), data
+
+    def _relaid(self, optimizer_values, batch):
+        """The optimizer's values with the run's ring re-laid for `batch`'s first sample weights.
+
+        The new ring's variables replace the old ring's in the step's state,
+        which the jitted step then traces once more.
+        """
+        run = self._backward_sgd().run_state
+        values = {id(v): value for v, value in zip(self.optimizer.variables, optimizer_values)}
+        old = run.state
+        for variable in old.variables:
+            variable.assign(values[id(variable)])
+        run.state = old.with_unit_weights(batch)
+        # `old` is alive here, so no new variable has the id of one of its;
+        # the others' values may be purged from the variables (Keras' fit()).
+        return [
+            values[id(v)] if id(v) in values else v.value for v in self.optimizer.variables
+        ]
 
     def _start_run(self, optimizer, weights, non_trainable, optimizer_values):
         """Starts the run at the next step: the anchor is the model's state, step 1 the next.

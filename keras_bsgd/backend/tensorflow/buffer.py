@@ -9,7 +9,6 @@ from keras_bsgd import structures
 from keras_bsgd.saved_run import SavedBuffer
 
 
-
 class ReplayBuffer:
     """A ring of `capacity` batches, each with its frozen learning rate.
 
@@ -238,6 +237,91 @@ class ReplayBuffer:
         return batch, tf.gather(self.learning_rates, slot)
 
 
+def with_run_weights(run, batches, replicas):
+    """`batches` as the run's buffer takes them, where only their sample weights differ.
+
+    A batch without sample weights is a batch whose sample weights are all
+    ones (docs/semantics.md, "Sample weights within a run"). Where the run
+    buffers weights (or another batch of `batches` brings them) a batch
+    without gets ones of the buffered shape and dtype; where a batch brings
+    the first weights of the run, the buffer is re-laid with a slot of
+    ones for the batches it holds (`run.buffer` is then a new buffer, and
+    the train function that holds the old one must be made again).
+    Everything runs on the host, before the step. Any other difference is
+    left for the step to refuse. An index-buffered run's weights are its
+    `DataStore`'s business.
+
+    Args:
+        run: The `Run` the batches are steps of.
+        batches: Host batches `x`, `(x, y)` or `(x, y, sample_weight)`
+            (per-replica values under a strategy).
+        replicas: The `LocalReplicas` or `MirroredReplicas` of the step.
+
+    Returns:
+        The list of batches, each with sample weights where the run has them.
+    """
+    if run.data_store is not None:
+        return list(batches)
+    unpacked = [keras.utils.unpack_x_y_sample_weight(b) for b in batches]
+    first = None
+    if run.buffer is None and run.saved is None:
+        # A run's first batches: the first of them with weights decides.
+        first = next(
+            (_host_spec(replicas.first(w)) for _, _, w in unpacked if w is not None), None
+        )
+    out = []
+    for data, (x, y, weights) in zip(batches, unpacked):
+        buffered = _buffered_weights(run, x, y, replicas, first)
+        if weights is None and buffered is not None:
+            ones = replicas.run(lambda: keras.tree.map_structure(
+                lambda s: tf.ones(s.shape, s.dtype), buffered))
+            data = (x, y, ones)
+        elif weights is not None and buffered is None:
+            _relay_with_unit_weights(run, replicas.first((x, y, weights)), replicas)
+        out.append(data)
+    return out
+
+
+def _buffered_weights(run, x, y, replicas, first):
+    """The `tf.TensorSpec` nest of one replica's buffered sample weights, or None.
+
+    `first` (the first weights of the batches at hand) where nothing is
+    buffered or loaded yet.
+    """
+    if run.buffer is not None:
+        return run.buffer.spec[2]
+    if run.saved is None:
+        return first
+    leaves = structures.sample_weight_leaves(run.saved.leaves, x, y)
+    if leaves is None:
+        return None
+    replicas_in_sync = replicas.strategy.num_replicas_in_sync if replicas.distributed else 1
+    specs = [
+        tf.TensorSpec((leaf.shape[1] // replicas_in_sync, *leaf.shape[2:]), leaf.dtype)
+        for leaf in leaves
+    ]
+    packed = structures.pack_sample_weights(specs, y)
+    # Weights these targets cannot take stay flat: the step refuses the batch.
+    return specs if packed is None else packed
+
+
+def _relay_with_unit_weights(run, item, replicas):
+    """Gives the run's batches sample weights of ones, laid out for batches like `item`."""
+    weights = [
+        (tuple(w.shape[1:]), tf.as_dtype(w.dtype).as_numpy_dtype)
+        for w in keras.tree.flatten(item[2])
+    ]
+    if run.buffer is None:
+        run.saved = run.saved.with_unit_weights(weights)
+        return
+    saved = run.buffer.saved().with_unit_weights(weights)
+    with replicas.scope():
+        run.buffer = ReplayBuffer(
+            run.buffer.capacity, _host_spec(item), saved=saved,
+            per_replica=replicas.distributed,
+        )
+
+
 _NONE_NOTE = (
     " (None is a dimension that varies, e.g. a partial last batch, or one that "
     "a transformation after `batch()` lost, e.g. a `TextVectorization` layer "
@@ -249,4 +333,11 @@ _NONE_NOTE = (
 def _spec(batch):
     return keras.tree.map_structure(
         lambda t: None if t is None else tf.TensorSpec.from_tensor(t), batch
+    )
+
+
+def _host_spec(batch):
+    # Host batches hold NumPy arrays (train_on_batch) or eager tensors.
+    return keras.tree.map_structure(
+        lambda t: None if t is None else tf.TensorSpec(t.shape, tf.as_dtype(t.dtype)), batch
     )

@@ -87,6 +87,7 @@ class DataStore:
                 to, or if the global indices would overflow int32.
         """
         fingerprint = self.fingerprint(data)
+        data = self._with_store_weights(data)
         for entry in self._datasets:
             if entry[0] == fingerprint:
                 if entry[3] is None:
@@ -130,13 +131,41 @@ class DataStore:
         leaves = [None if v is None else tf.gather(v, indices) for v in self._variables]
         return keras.tree.pack_sequence_as(self._structure, leaves)
 
+    def _with_store_weights(self, data):
+        """`data` with ones for the store's sample weights; the store given ones for `data`'s first.
+
+        A dataset without sample weights is one whose sample weights are all
+        ones (docs/semantics.md, "Sample weights within a run"): it gets ones
+        of the stored shape and dtype, and where `data` brings the run's first
+        weights, the examples stored so far get ones. The fingerprint is of
+        the arrays as given, which is what a resumed `fit()` gives again.
+        """
+        if self._structure is None or (data[2] is None) == (self._structure[2] is None):
+            return data
+        if data[2] is None:
+            size = structures.num_examples(data)
+            ones = keras.tree.map_structure(
+                lambda s: np.ones((size, *s.shape), s.dtype.as_numpy_dtype), self._structure[2]
+            )
+            return (data[0], data[1], ones)
+        weights = keras.tree.flatten(data[2])
+        self._structure = (*self._structure[:2], _example_specs(data[2]))
+        for entry in self._datasets:
+            if isinstance(entry[3], list):  # arrays not on the device yet
+                entry[3] = entry[3][:-1] + [_ones(entry[2], w) for w in weights]
+        if self._variables is not None:
+            size = next(v for v in self._variables if v is not None).shape[0]
+            with tf.init_scope():
+                ones = [
+                    tf.Variable(_ones(size, w), trainable=False, name=f"replay_data_{i}")
+                    for i, w in enumerate(weights, start=len(self._variables) - 1)
+                ]
+            self._variables = self._variables[:-1] + ones
+            self.version += 1
+        return data
+
     def _check_structure(self, data):
-        structure = keras.tree.map_structure(
-            lambda a: None
-            if a is None
-            else tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)),
-            data,
-        )
+        structure = _example_specs(data)
         if self._structure is None:
             self._structure = structure
             return
@@ -204,6 +233,18 @@ class DataStore:
 
 
 _ON_DEVICE = "on device"
+
+
+def _example_specs(data):
+    """The `tf.TensorSpec` nest of one example of `data` (NumPy arrays, None leaves kept)."""
+    return keras.tree.map_structure(
+        lambda a: None if a is None else tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)), data
+    )
+
+
+def _ones(size, like):
+    """Sample weights of ones for `size` examples, shaped and typed as `like`'s examples."""
+    return np.ones((size, *like.shape[1:]), like.dtype)
 
 
 def _describe(entries):

@@ -27,6 +27,7 @@ from keras_bsgd.backend.tensorflow import run_callback
 from keras_bsgd.backend.tensorflow import run_saving
 from keras_bsgd.backend.tensorflow import xla_units
 from keras_bsgd.backend.tensorflow.buffer import SavedBuffer
+from keras_bsgd.backend.tensorflow.buffer import with_run_weights
 from keras_bsgd.backend.tensorflow.checkpoint import ReplayState
 from keras_bsgd.backend.tensorflow.data_store import DataStore
 from keras_bsgd.backend.tensorflow.loss_scale import ReplayLossScale
@@ -348,6 +349,12 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             if not full:
                 # The logs of the last step (a custom train_step's keys too).
                 return self.get_metrics_result() if last_logs is None else last_logs
+            buffer = self.replay_buffer
+            full = with_run_weights(self._run_for(optimizer), full, self._replicas)
+            if buffer is not None and self.replay_buffer is not buffer:
+                # Re-laid for the run's first sample weights: the functions
+                # made so far hold the old buffer's variables.
+                return self.make_train_function(force=True)(iter(full))
             # Tensors, as a compiled step gets them (also with run_eagerly).
             logs = compiled(iter(keras.tree.map_structure(_as_tensor, full)))
             raise_incident()
