@@ -1,9 +1,9 @@
-"""`Run` and its `RunState`: one backward-SGD run on JAX, and the variables its steps update.
+"""`Run` on JAX and its `RunState`: the core run, with the variables its steps update.
 
 On JAX, Keras carries only the model's and the optimizer's variables through
 its jitted step, so the run's ring buffer and counters are `keras.Variable`s
-that `BackwardSGD.variables` lists after its saved state (`run_state`, the
-`Run`).
+that `BackwardSGD.variables` lists after its saved state (the run is the
+optimizer's `run_state`).
 """
 
 
@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from keras_bsgd import errors
+from keras_bsgd import run as core_run
 from keras_bsgd import schedule
 from keras_bsgd import structures
 from keras_bsgd.saved_run import SavedBuffer
@@ -20,37 +21,20 @@ from keras_bsgd.saved_run import SavedBuffer
 # and exact mode's N(N+1)/2 passes 2**31 near N = 65,000.
 EVALUATIONS_BASE = 2**30
 
-class Run:
-    """One backward-SGD run of a model on JAX: its `RunState`, and what the host keeps of it.
-
-    Held by the optimizer it trains with (`BackwardSGD.run_state`), so that
-    compiling with a new optimizer starts a new run, as Keras starts new
-    momentum.
+class Run(core_run.Run):
+    """One backward-SGD run on JAX: the core `Run`, with its `RunState`.
 
     Attributes:
         state: The `RunState`, created at the run's first step; None before.
-        data_store: The `DataStore` its buffered example indices point into
-            (index buffering), or None.
-        saved: A `SavedBuffer` loaded from a file, which fills the
-            `RunState` at the run's next step (the file does not hold the
-            batch structure the state is made from); None otherwise.
-        planned_steps: The steps of the run that `fit()` plans for, which
-            size exact mode's buffer when nothing else does; None if unknown.
         pending_start: Whether the next step starts the run over from the
             model's state (its first step, weights set from outside, after a
             divergence).
-        left_weights: A digest of the weights the trainer last left in the
-            model, to tell weights set from outside; None when there is
-            nothing to compare.
     """
 
-    def __init__(self):
+    def __init__(self, saved=None, data_store=None):
+        super().__init__(saved=saved, data_store=data_store)
         self.state = None
-        self.data_store = None
-        self.saved = None
-        self.planned_steps = None
         self.pending_start = True
-        self.left_weights = None
 
     @property
     def variables(self):
@@ -72,24 +56,8 @@ class Run:
             origin = int(np.asarray(self.state.origin.value))
         return int(np.asarray(optimizer.iterations.value)) - origin
 
-    def capacity(self, optimizer):
-        """The batches of the backward phase exact mode's buffer holds, or None where unknown.
-
-        The live buffer's, else `max_steps - forward_steps`, else the loaded
-        buffer's, else the planned steps after the forward phase (at least
-        one). Windowed mode: the window's `window_capacity`.
-        """
-        if optimizer.window is not None:
-            return optimizer.window_capacity
-        if self.state is not None:
-            return self.state.slots
-        if optimizer.max_steps is not None:
-            return optimizer.max_steps - optimizer.forward_steps
-        if self.saved is not None:
-            return self.saved.capacity
-        if self.planned_steps is not None:
-            return max(self.planned_steps - optimizer.forward_steps, 1)
-        return None
+    def ring_capacity(self):
+        return None if self.state is None else self.state.slots
 
 
 class RunState:
