@@ -8,7 +8,10 @@ every compiled model used to leave its graphs behind. This measures the
 resident set size and the registry after each of `cycles` compile + fit
 cycles of a small model, with nothing purged by hand.
 
-Usage: `python -m keras_bsgd.benchmarks.leak [--cycles 20]`
+Usage: `python -m keras_bsgd.benchmarks.leak [--cycles 20] [--optimizer sgd]
+[--window 4 | --exact] [--replay-every 2] [--xla-unit map] [--no-xla]`. Its last line is the
+growth per cycle from the third cycle on (a least-squares slope), which is what XLA's compilation
+cache keeps of each compiled model (docs/performance.md, "Memory").
 
 Example:
 
@@ -37,15 +40,27 @@ def registered_custom_gradients():
     return sum(name.startswith("CustomGradient-") for name in registry)
 
 
-def one_cycle(steps, window):
-    """Builds, compiles and fits a small MLP for `steps` steps, then drops it."""
+def one_cycle(steps, window, optimizer="bsgd", replay_every=1, xla_unit="auto", jit=True):
+    """Builds, compiles and fits a small MLP for `steps` steps, then drops it.
+
+    `optimizer` is `"bsgd"` (`BackwardSGD` with `window`, None for exact mode, and
+    `replay_every`) or `"sgd"` (Keras `SGD`, trained by Keras' own step).
+    """
     model = keras_bsgd.Sequential(
         [keras.Input((32,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
     )
+    if optimizer == "sgd":
+        chosen = keras.optimizers.SGD(0.05)
+    else:
+        chosen = keras_bsgd.BackwardSGD(
+            0.05, window=window, replay_every=replay_every,
+            max_steps=None if window is not None else steps,
+        )
     model.compile(
-        optimizer=keras_bsgd.BackwardSGD(0.05, window=window),
+        optimizer=chosen,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
+        jit_compile=jit,
+        xla_unit=xla_unit,
     )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16 * steps, 32)).astype("float32")
@@ -53,15 +68,15 @@ def one_cycle(steps, window):
     model.fit(x, y, batch_size=16, verbose=0)
 
 
-def measure(cycles=20, steps=20, window=4):
-    """Runs `cycles` compile + fit cycles; returns one row per cycle.
+def measure(cycles=20, steps=20, window=4, **settings):
+    """Runs `cycles` compile + fit cycles (`settings`: see `one_cycle`); returns one row per cycle.
 
     Each row: `cycle`, `rss_mb` (after `clear_session()` and a garbage
     collection), `peak_rss_mb` and `custom_gradients` (registry entries).
     """
     rows = []
     for cycle in range(1, cycles + 1):
-        one_cycle(steps, window)
+        one_cycle(steps, window, **settings)
         keras.backend.clear_session()
         gc.collect()
         peak, _ = peak_rss_bytes()
@@ -80,6 +95,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--optimizer", choices=("bsgd", "sgd"), default="bsgd")
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--exact", action="store_true", help="exact mode (no window)")
+    parser.add_argument("--replay-every", type=int, default=1)
+    parser.add_argument("--xla-unit", choices=("auto", "step", "map"), default="auto")
+    parser.add_argument("--no-xla", action="store_true", help="jit_compile=False")
     args = parser.parse_args(argv)
     if keras.backend.backend() != "tensorflow":
         parser.error(
@@ -87,7 +108,11 @@ def main(argv=None):
             "KERAS_BACKEND=tensorflow (docs/performance.md has the JAX figure). "
             f"Received: backend {keras.backend.backend()!r}"
         )
-    rows = measure(args.cycles, args.steps)
+    rows = measure(
+        args.cycles, args.steps, None if args.exact else args.window,
+        optimizer=args.optimizer, replay_every=args.replay_every,
+        xla_unit=args.xla_unit, jit=not args.no_xla,
+    )
     for row in rows:
         print(json.dumps(row))
     first, last = rows[0], rows[-1]
@@ -96,6 +121,12 @@ def main(argv=None):
         f"{last['rss_mb'] - first['rss_mb']:.1f} MiB; peak {last['peak_rss_mb']:.1f} MiB; "
         f"custom gradients registered: {last['custom_gradients']}"
     )
+    if len(rows) > 3:
+        # The first cycles also fill caches that every later model shares;
+        # a least-squares slope over the rest is steadier than two end points.
+        later = rows[2:]
+        slope = np.polyfit([r["cycle"] for r in later], [r["rss_mb"] for r in later], 1)[0]
+        print(f"RSS growth per cycle after the second (least squares): {slope:.2f} MiB")
 
 
 if __name__ == "__main__":
