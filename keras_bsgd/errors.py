@@ -10,7 +10,8 @@ SAVED_RUN_PREFIX = "replay_buffer:"
 STATIC_SHAPE_HINT = (
     "Backward-SGD keeps past batches in fixed-size buffers, so the batches "
     "of a run must all have one structure, shape and dtype (a shorter last "
-    "batch is skipped)."
+    "batch is skipped; sample weights may come and go, a batch without "
+    "them counting as weights of ones)."
 )
 
 

@@ -290,6 +290,50 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         optimizer = self._backward_sgd()
         if optimizer is None:
             return super().make_train_function(force=force)
+        compiled, replay = self._compiled_functions(optimizer, force)
+        last_logs = None
+
+        def train_function(iterator):
+            nonlocal last_logs
+            # Batches are taken on the host, so that a partial one is skipped
+            # before it reaches the step (whose batch shape is static).
+            batches = list(itertools.islice(iterator, self.steps_per_execution))
+            if not batches:
+                # A dataset of unknown length ended the epoch: its last step
+                # must leave the output iterate in the model.
+                self.replay_function()
+                raise StopIteration
+            buffer = self.replay_buffer
+            run_batch_size = None if buffer is None else buffer.batch_size
+            full = self._full_batches(batches, self._replicas.local_size, run_batch_size)
+            if not full:
+                # The logs of the last step (a custom train_step's keys too).
+                return self.get_metrics_result() if last_logs is None else last_logs
+            full = with_run_weights(self._run_for(optimizer), full, self._replicas)
+            if buffer is not None and self.replay_buffer is not buffer:
+                # Re-laid for the run's first sample weights: the functions
+                # made so far hold the old buffer's variables.
+                return self.make_train_function(force=True)(iter(full))
+            # Tensors, as a compiled step gets them (also with run_eagerly).
+            logs = compiled(iter(keras.tree.map_structure(_as_tensor, full)))
+            self._raise_incident(optimizer)
+            last_logs = logs
+            return logs
+
+        def replay_function():
+            buffer = self.replay_buffer
+            if replay is None or buffer is None:
+                return
+            if int(buffer.replayed_step.numpy()) != int(optimizer.iterations.numpy()):
+                replay()
+                self._raise_incident(optimizer)
+
+        self.train_function = train_function
+        self.replay_function = replay_function
+        return train_function
+
+    def _compiled_functions(self, optimizer, force):
+        """`(step, replay)`: the compiled train function and epoch-end replay (strategy, XLA unit)."""
         strategy = self.distribute_strategy
         check_strategy(strategy)
         if self.jit_compile:
@@ -315,63 +359,21 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             replay = self._make_replay_function(
                 optimizer, self._replicas, jit_compile=bool(self.jit_compile)
             )
+        return compiled, replay
 
-        def raise_incident():
-            run = optimizer.run_state
-            has_incidents = run is not None and run.incidents is not None
-            incident = run.incidents.pop() if has_incidents else None
-            if incident is None:
-                return
-            if incident[0] == "diverged":
-                # The anchor is finite: the model goes back to it, and the
-                # next fit() starts a new run from there.
-                optimizer.restore_anchor(self.trainable_variables, self._model_state())
-                run.start_over(optimizer.iterations)
-            raise errors.incident(*incident, run.buffer.capacity)
-
-        def run_batch_size():
-            run = optimizer.run_state
-            return None if run is None or run.buffer is None else run.buffer.batch_size
-
-        last_logs = None
-
-        def train_function(iterator):
-            nonlocal last_logs
-            # Batches are taken on the host, so that a partial one is skipped
-            # before it reaches the step (whose batch shape is static).
-            batches = list(itertools.islice(iterator, self.steps_per_execution))
-            if not batches:
-                # A dataset of unknown length ended the epoch: its last step
-                # must leave the output iterate in the model.
-                self.replay_function()
-                raise StopIteration
-            full = self._full_batches(batches, self._replicas.local_size, run_batch_size())
-            if not full:
-                # The logs of the last step (a custom train_step's keys too).
-                return self.get_metrics_result() if last_logs is None else last_logs
-            buffer = self.replay_buffer
-            full = with_run_weights(self._run_for(optimizer), full, self._replicas)
-            if buffer is not None and self.replay_buffer is not buffer:
-                # Re-laid for the run's first sample weights: the functions
-                # made so far hold the old buffer's variables.
-                return self.make_train_function(force=True)(iter(full))
-            # Tensors, as a compiled step gets them (also with run_eagerly).
-            logs = compiled(iter(keras.tree.map_structure(_as_tensor, full)))
-            raise_incident()
-            last_logs = logs
-            return logs
-
-        def replay_function():
-            buffer = self.replay_buffer
-            if replay is None or buffer is None:
-                return
-            if int(buffer.replayed_step.numpy()) != int(optimizer.iterations.numpy()):
-                replay()
-                raise_incident()
-
-        self.train_function = train_function
-        self.replay_function = replay_function
-        return train_function
+    def _raise_incident(self, optimizer):
+        """Raises what the last step reported (a divergence puts the model back at the anchor)."""
+        run = optimizer.run_state
+        has_incidents = run is not None and run.incidents is not None
+        incident = run.incidents.pop() if has_incidents else None
+        if incident is None:
+            return
+        if incident[0] == "diverged":
+            # The anchor is finite: the model goes back to it, and the
+            # next fit() starts a new run from there.
+            optimizer.restore_anchor(self.trainable_variables, self._model_state())
+            run.start_over(optimizer.iterations)
+        raise errors.incident(*incident, run.buffer.capacity)
 
     def _make_replay_function(self, optimizer, replicas, jit_compile):
         """The compiled replay up to the current step (see `_replay_step`), or None."""
