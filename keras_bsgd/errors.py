@@ -122,8 +122,24 @@ def capacity_message(capacity, step, done, forward_steps=0):
 
 
 # What a compiled step reports to the host (it cannot raise and keep the
-# state): a code per kind, the same on every backend.
-INCIDENT_CODES = {"capacity": 1, "nonfinite_batch": 2, "diverged": 3, "learning_rate": 4}
+# state): a code per kind, the same on every backend. All but
+# "skipped_batch" (a non-finite batch dropped, `on_nonfinite="skip"`, which
+# the host shows in the batch's logs) raise.
+INCIDENT_CODES = {
+    "capacity": 1, "nonfinite_batch": 2, "diverged": 3, "learning_rate": 4, "skipped_batch": 5,
+}
+
+
+def with_skipped_loss(logs):
+    """A batch's `logs` with the loss of the non-finite batch the step skipped (NaN).
+
+    Keras would log that batch's non-finite loss, and callbacks such as
+    `TerminateOnNaN` watch for it; the state and the loss metric leave the
+    batch out.
+    """
+    if not isinstance(logs, dict) or "loss" not in logs:
+        return logs
+    return {**logs, "loss": float("nan")}
 
 
 def incident(kind, step, capacity):

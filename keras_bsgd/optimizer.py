@@ -555,6 +555,13 @@ class BackwardSGD(keras.optimizers.Optimizer):
                 f"a new BackwardSGD. Received: {count} variables"
             )
 
+    def finalize_variable_values(self, var_list):
+        super().finalize_variable_values(var_list)
+        if self.use_ema and self.run_state is not None:
+            # Keras puts the averages in the model at fit()'s end: the run
+            # takes them for weights it left, not weights set from outside.
+            self.run_state.record_left([*var_list, *self._model_state.variables])
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -49,6 +49,15 @@ class Run:
         """The batches the live ring holds, or None before the run's first step."""
         return None
 
+    def record_left(self, state):
+        """Records `state` (the model's weights, then its model state) as what the run left in the model.
+
+        Every step and replay records what it leaves, so that the next step
+        starts a new run if something else wrote the model in between (a
+        callback); Keras' EMA, which `fit()` puts in the model at its end,
+        is recorded here. Nothing to record before the run's first step.
+        """
+
     def capacity(self, optimizer):
         """The batches of the backward phase the buffer holds, or None where nothing determines it yet.
 

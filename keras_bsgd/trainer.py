@@ -115,9 +115,10 @@ class ReplayTrainerBase:
                 warnings.warn(
                     f"keras_bsgd skipped {nonfinite} batch(es) in this fit() whose "
                     "values or loss were not finite (`on_nonfinite='skip'`): the state "
-                    "is that of the steps before them, and the logs (and "
-                    "TerminateOnNaN) see no NaN. Pass "
-                    "`BackwardSGD(on_nonfinite='raise')` to stop at the first one.",
+                    "is that of the steps before them, and each one's batch logs show "
+                    "a NaN loss, which `TerminateOnNaN` stops at. Pass "
+                    "`BackwardSGD(on_nonfinite='raise')` to stop at the first one "
+                    "with an error.",
                     stacklevel=5,
                 )
 

@@ -453,3 +453,26 @@ def test_skipped_nonfinite_batches_are_reported_once_per_fit():
         history = model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and model.skipped_batches == 1
     assert set(history.history) == {"loss"}
+
+
+def test_a_skipped_batch_logs_a_nan_loss_and_terminate_on_nan_stops_there():
+    x, y = small_data(seed=3)
+    x[5, 0] = np.nan  # the second batch
+    model = dense_net()
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    losses = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: losses.append(logs["loss"])
+    )
+    with pytest.warns(UserWarning, match=r"skipped 1 batch"):
+        history = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0,
+                            callbacks=[record, keras.callbacks.TerminateOnNaN()])
+    assert len(losses) == 2 and np.isfinite(losses[0]) and np.isnan(losses[1])
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
+    assert int(model.optimizer.iterations) == 1 and model.skipped_batches == 1
+
+    losses.clear()
+    with pytest.warns(UserWarning, match=r"skipped 1 batch"):
+        model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[record])
+    assert np.isnan(losses[1]) and np.all(np.isfinite(np.delete(losses, 1)))
+    assert int(model.optimizer.iterations) == 1 + len(x) // 4 - 1

@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_bsgd import errors
 from keras_bsgd import run as core_run
+from keras_bsgd.fingerprint import fingerprint
 from keras_bsgd import schedule
 from keras_bsgd import structures
 from keras_bsgd.saved_run import SavedBuffer
@@ -59,6 +60,10 @@ class Run(core_run.Run):
     def ring_capacity(self):
         return None if self.state is None else self.state.slots
 
+    def record_left(self, state):
+        if self.state is not None:
+            self.state.left.assign(np.array([1, int(fingerprint(state))], "int32"))
+
 
 class RunState:
     """The ring buffer of a run's batches and the counters its steps update.
@@ -76,6 +81,9 @@ class RunState:
         origin: The outer step (`optimizer.iterations`) before the run's
             first step.
         replayed_step: The outer step whose output iterate the model holds.
+        left: `[known, fingerprint]` of the weights and model state the
+            run's last step or replay left in the model (known 0 before one
+            has, and after a load).
     """
 
     def __init__(self, batch, slots):
@@ -97,12 +105,13 @@ class RunState:
         self.incident = _variable(np.zeros((2,), "int32"), "replay_incident")
         self.evaluations = _variable(np.zeros((2,), "int32"), "replay_evaluations")
         self.skipped = _variable(np.int32(0), "replay_skipped_batches")
+        self.left = _variable(np.zeros((2,), "int32"), "replay_left")
 
     @property
     def variables(self):
         return [
             *self.batches, self.learning_rates, self.origin, self.replayed_step,
-            self.incident, self.evaluations, self.skipped,
+            self.incident, self.evaluations, self.skipped, self.left,
         ]
 
     @property
@@ -124,6 +133,7 @@ class RunState:
         saved = self.saved(self.slots, 0, 0).with_unit_weights(weights)
         state = RunState(batch, self.slots)
         state.restore(saved, self.slots, 0, 0)
+        state.left.assign(self.left.value)
         return state
 
     def check(self, batch):
@@ -216,13 +226,14 @@ class RunState:
         self.origin.assign(np.int32(saved.origin))
         self.replayed_step.assign(np.int32(saved.replayed_step))
         self.skipped.assign(np.int32(saved.skipped_batches))
-        self.incident.assign(np.zeros((2,), "int32"))
+        for words in (self.incident, self.left):
+            words.assign(np.zeros((2,), "int32"))
 
     def reset_counters(self):
         """Zeroes the counters (a file saved before its run's first step was loaded)."""
         for counter in (self.origin, self.replayed_step, self.skipped):
             counter.assign(np.int32(0))
-        for words in (self.evaluations, self.incident):
+        for words in (self.evaluations, self.incident, self.left):
             words.assign(np.zeros((2,), "int32"))
 
 

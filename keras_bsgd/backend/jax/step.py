@@ -3,6 +3,8 @@
 Step `k` of a run (docs/design.md §1; `W` = forward_steps, arithmetic in
 `keras_bsgd.schedule`), as `Step.train` composes the phases:
 
+0. start: if something other than the last step wrote the model (a
+   callback), a new run starts from it, and this step is its first;
 1. log: loss and metrics of the new batch `B_k` at the current weights, and
    whether the batch and its loss are finite;
 2. restore: the maps start from the anchor, if the step replays (with
@@ -13,7 +15,8 @@ Step `k` of a run (docs/design.md §1; `W` = forward_steps, arithmetic in
    (written before anything reads the ring, so XLA updates it in place);
 5. advance: windowed mode moves the anchor by the maps that left the window;
 6. replay: `T_k, T_{k-1}, ...` newest-first from the anchor;
-7. finish: count the step, average the output iterate, report incidents.
+7. finish: count the step, average the output iterate, report incidents,
+   record what the step leaves in the model (for step 0 of the next).
 
 Whether a step replays only sets trip counts and masks, so one trace serves
 every step of a run.
@@ -30,6 +33,7 @@ from keras_bsgd import schedule
 from keras_bsgd import errors
 from keras_bsgd import random_layers
 from keras_bsgd import keras_private
+from keras_bsgd.fingerprint import fingerprint
 from keras_bsgd.backend.jax import keras_private as jax_private
 from keras_bsgd.backend.jax.loss_scale import LossScale
 from keras_bsgd.backend.jax.run_state import EVALUATIONS_BASE
@@ -82,6 +86,7 @@ class Step:
         if self.store is not None:
             item, batch = batch[0], self.gather(o, batch[0])
         k = o[self.optimizer.iterations] + 1
+        self.start_run_if_state_changed(o, weights, non_trainable, k)
         local = k - o[self.run.origin]
         rate = self.learning_rate(optimizer_values)
         finite, logged_state, logged_metrics = self.log(
@@ -116,6 +121,25 @@ class Step:
         return self.carried(s, non_trainable, o, metrics)
 
     # Phases.
+
+    def start_run_if_state_changed(self, o, weights, non_trainable, k):
+        """Makes step `k` the first of a new run if something else wrote the model since the last step.
+
+        A callback's assignment between steps, or `set_weights` between
+        `train_on_batch` calls, would otherwise be overwritten by the
+        anchor: the live state becomes the anchor, as the host's start of a
+        run makes it.
+        """
+        run, layout = self.run, self.layout
+        model_state = layout.model_state(non_trainable)
+        left = o[run.left]
+        changed = ops.equal(left[0], 1) & ops.not_equal(
+            left[1], fingerprint([*weights, *model_state])
+        )
+        live = State(weights, model_state, layout.map_values(o), layout.scale(o))
+        layout.set_anchor(o, where(changed, live, layout.anchor(o)))
+        for counter in (run.origin, run.replayed_step):
+            o[counter] = ops.where(changed, k - 1, o[counter])
 
     def log(self, weights, non_trainable, metrics, batch, optimizer_values, k):
         """The logging pass: Keras' own forward pass and metric update for `B_k`."""
@@ -222,6 +246,10 @@ class Step:
         o[run.replayed_step] = ops.where(replay, k, o[run.replayed_step])
         o[run.evaluations] = add_evaluations(o[run.evaluations], maps)
         self.report(o, k, ops.where(diverged, errors.INCIDENT_CODES["diverged"], 0))
+        # What the step leaves in the model, for the next step's start.
+        o[run.left] = ops.stack(
+            [ops.convert_to_tensor(1, "int32"), fingerprint([*s.weights, *s.model_state])]
+        )
         return s
 
     def count(self, o, k, ok, finite, valid_rate):
@@ -231,8 +259,8 @@ class Step:
         o[run.skipped] = o[run.skipped] + ops.cast(~finite, "int32")
         code = ops.where(finite & ~ok, errors.INCIDENT_CODES["capacity"], 0)
         code = ops.where(finite & ~valid_rate, errors.INCIDENT_CODES["learning_rate"], code)
-        if optimizer.on_nonfinite == "raise":
-            code = ops.where(finite, code, errors.INCIDENT_CODES["nonfinite_batch"])
+        dropped = "nonfinite_batch" if optimizer.on_nonfinite == "raise" else "skipped_batch"
+        code = ops.where(finite, code, errors.INCIDENT_CODES[dropped])
         self.report(o, k, code)
 
     def report(self, o, k, code):

@@ -257,7 +257,8 @@ class ReplayTrainer(ReplayTrainerBase):
             # tracing): `state` was not donated.
             self._keep(state)
             raise
-        self._raise_incident(optimizer, new_state)
+        if self._raise_incident(optimizer, new_state):
+            logs = errors.with_skipped_loss(logs)
         return logs, new_state
 
     def _prepared(self, optimizer, state, data):
@@ -348,14 +349,21 @@ class ReplayTrainer(ReplayTrainerBase):
         jax_private.hold_state(self, state)
 
     def _raise_incident(self, optimizer, state):
-        """Raises what the step reported, after putting its state in the model."""
+        """Raises what the step reported, after putting its state in the model.
+
+        Returns:
+            Whether the step skipped a non-finite batch (nothing to raise;
+            the report is cleared in `state`, whose lists the step made).
+        """
         run = optimizer.run_state
         optimizer_values = state[2]
         # By identity: `==` on a keras.Variable is an op.
         position = [id(v) for v in self.optimizer.variables].index(id(run.state.incident))
         code, step = (int(v) for v in np.asarray(optimizer_values[position]))
-        if not code:
-            return
+        if code == errors.INCIDENT_CODES["skipped_batch"]:
+            optimizer_values[position] = jax.numpy.zeros((2,), "int32")
+        if code in (0, errors.INCIDENT_CODES["skipped_batch"]):
+            return bool(code)
         self._keep(state)
         run.state.incident.assign(np.zeros((2,), "int32"))
         kind = next(k for k, v in errors.INCIDENT_CODES.items() if v == code)

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_bsgd import errors
 from keras_bsgd import structures
+from keras_bsgd.fingerprint import fingerprint
 from keras_bsgd.saved_run import SavedBuffer
 
 
@@ -83,6 +84,9 @@ class ReplayBuffer:
             self.origin = tf.Variable(
                 tf.constant(0, "int64"), trainable=False, name="replay_origin"
             )
+            # `[known, fingerprint]` of the weights and model state the run's
+            # last step or replay left in the model (known 0 before one has).
+            self.left = tf.Variable(tf.zeros((2,), "int32"), trainable=False, name="replay_left")
             if saved is not None:
                 self.restore(saved)
 
@@ -105,6 +109,8 @@ class ReplayBuffer:
             self.replayed_step.assign(saved.replayed_step)
             self.gradient_evaluations.assign(saved.gradient_evaluations)
             self.origin.assign(saved.origin)
+            # The loaded weights are the saved run's own.
+            self.left.assign(tf.zeros((2,), "int32"))
 
     def check_saved(self, saved):
         """Raises `ValueError` unless `saved` fits this buffer (capacity, batch structure).
@@ -166,7 +172,21 @@ class ReplayBuffer:
             self.replayed_step,
             self.gradient_evaluations,
             self.origin,
+            self.left,
         ]
+
+    def changed_since_left(self, state):
+        """Whether `state` (the model's weights and model state) is not what the run last left there.
+
+        A boolean tensor, false before the run's first step or after a load.
+        """
+        return tf.logical_and(
+            tf.equal(self.left[0], 1), tf.not_equal(self.left[1], fingerprint(state))
+        )
+
+    def record_left(self, state):
+        """Records `state` as what the run left in the model (see `changed_since_left`)."""
+        self.left.assign(tf.stack([tf.constant(1, "int32"), fingerprint(state)]))
 
     @property
     def nbytes(self):
@@ -314,12 +334,13 @@ def _relay_with_unit_weights(run, item, replicas):
     if run.buffer is None:
         run.saved = run.saved.with_unit_weights(weights)
         return
-    saved = run.buffer.saved().with_unit_weights(weights)
+    old = run.buffer
+    saved = old.saved().with_unit_weights(weights)
     with replicas.scope():
         run.buffer = ReplayBuffer(
-            run.buffer.capacity, _host_spec(item), saved=saved,
-            per_replica=replicas.distributed,
+            old.capacity, _host_spec(item), saved=saved, per_replica=replicas.distributed,
         )
+        run.buffer.left.assign(old.left)
 
 
 _NONE_NOTE = (

@@ -42,6 +42,10 @@ class Incidents:
         self.variable.assign(tf.where(when, incident, self.variable))
         return tf.constant(0)
 
+    def clear(self):
+        """Whether no incident waits for the host (a boolean tensor)."""
+        return tf.equal(self.variable[0], 0)
+
     def pop(self):
         """Returns (on the host) and clears the last incident: `(kind, step)`, or None."""
         code, step = (int(v) for v in self.variable.numpy())

@@ -52,6 +52,10 @@ class Run(core_run.Run):
         self.buffer.replayed_step.assign(iterations)
         self.left_weights = None
 
+    def record_left(self, state):
+        if self.buffer is not None:
+            self.buffer.record_left(state)
+
     def steps_done(self, optimizer):
         """Steps of the current run (weights set from outside start a new one), an int."""
         if self.buffer is not None:

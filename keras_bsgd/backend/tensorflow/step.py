@@ -5,6 +5,8 @@ compiled train function (under a multi-replica strategy, one graph whose
 per-replica parts run through `keras_bsgd.backend.tensorflow.replicas`). Steps count from the
 start of the current run (`ReplayBuffer.origin`); `W` is `forward_steps`:
 
+0. if something other than the last step wrote the model (a callback),
+   start a new run from it: this step is its first;
 1. log the loss and metrics of the new batch `B_k` at the current weights
    (the last output iterate), as Keras' own `train_step` does, and check
    that the batch and its loss are finite (else the step is a no-op);
@@ -19,7 +21,8 @@ start of the current run (`ReplayBuffer.origin`); `W` is `forward_steps`:
 6. replay `T_k, T_{k-1}, ..., T_{max(W, k-w)+1}` in a `tf.while_loop`
    (so the model is traced once, whatever the window), each map with its
    random layers keyed to its batch's arrival index;
-7. count one outer step and the gradient evaluations.
+7. count one outer step and the gradient evaluations, and record what the
+   step leaves in the model (for step 0 of the next).
 
 Whether a step replays only sets trip counts and masks: no conditional
 holds a map. Epoch ends that are not replay steps replay through
@@ -68,6 +71,7 @@ class BackwardStep:
         batch, item, buffer = self._step_inputs(optimizer, data, replicas)
         loss_scale = self._loss_scale()
         step = tf.cast(optimizer.iterations, "int64") + 1
+        self._start_run_if_state_changed(buffer, step)
         # Steps of the current run (weights set from outside start a new one).
         local = step - buffer.origin
         learning_rate = optimizer.current_learning_rate()
@@ -129,6 +133,20 @@ class BackwardStep:
             with keras.name_scope(self.optimizer.name, caller=self.optimizer):
                 self.optimizer.build(self.trainable_variables)
         return batch, item, buffer
+
+    def _start_run_if_state_changed(self, buffer, step):
+        """Makes `step` the first of a new run if something else wrote the model since the last step.
+
+        A callback's assignment between steps, or `set_weights` between
+        `train_on_batch` calls, would otherwise be overwritten by the anchor.
+        """
+        changed = buffer.changed_since_left(self._trained_state())
+        for counter in (buffer.origin, buffer.replayed_step):
+            counter.assign(tf.where(changed, step - 1, counter))
+
+    def _trained_state(self):
+        """The model's variables a step writes: its weights, then its model state."""
+        return self.trainable_variables + self._model_state()
 
     def _start_run_at_its_first_step(self, optimizer, local):
         # S_0 is the state at the run's first step, taken before the logging
@@ -327,6 +345,11 @@ class BackwardStep:
         )
         if optimizer.on_nonfinite == "raise":
             reports.report("nonfinite_batch", step, when=tf.logical_not(finite))
+        else:
+            reports.report("skipped_batch", step, when=tf.logical_and(
+                tf.logical_not(finite), reports.clear()
+            ))
+        buffer.record_left(self._trained_state())
 
     def _diverged(self):
         return tf.logical_not(finiteness.all_finite(self.trainable_variables))
@@ -347,6 +370,7 @@ class BackwardStep:
         buffer.gradient_evaluations.assign_add(maps)
         updates.average_iterate(optimizer, self.trainable_variables, True, first)
         self._run.incidents.report("diverged", step, when=self._diverged())
+        buffer.record_left(self._trained_state())
         return maps
 
     def _log_batch(self, batch):

@@ -316,7 +316,8 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
                 return self.make_train_function(force=True)(iter(full))
             # Tensors, as a compiled step gets them (also with run_eagerly).
             logs = compiled(iter(keras.tree.map_structure(_as_tensor, full)))
-            self._raise_incident(optimizer)
+            if self._raise_incident(optimizer):
+                logs = errors.with_skipped_loss(logs)
             last_logs = logs
             return logs
 
@@ -362,12 +363,16 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         return compiled, replay
 
     def _raise_incident(self, optimizer):
-        """Raises what the last step reported (a divergence puts the model back at the anchor)."""
+        """Raises what the last steps reported (a divergence puts the model back at the anchor).
+
+        Returns:
+            Whether one of them skipped a non-finite batch (nothing to raise).
+        """
         run = optimizer.run_state
         has_incidents = run is not None and run.incidents is not None
         incident = run.incidents.pop() if has_incidents else None
-        if incident is None:
-            return
+        if incident is None or incident[0] == "skipped_batch":
+            return incident is not None
         if incident[0] == "diverged":
             # The anchor is finite: the model goes back to it, and the
             # next fit() starts a new run from there.
