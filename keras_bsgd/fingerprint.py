@@ -17,9 +17,10 @@ _WORD = {1: "uint8", 2: "uint16", 4: "int32", 8: "int32"}
 def fingerprint(tensors):
     """A hash of the bits of `tensors` that changes whenever one of their elements does.
 
-    Each tensor's elements are read as unsigned words of their own width,
-    weighted by odd position factors and summed modulo 2**32; the tensors'
-    sums are chained by a factor of 31. A change of any one word always
+    The tensors' elements are read as unsigned words of their own width,
+    one after the other, weighted by odd position factors and summed modulo
+    2**32 (in groups of less than 2**30 words, whose sums are chained by a
+    factor of 31). A change of any one word always
     changes the result (an odd factor is invertible modulo 2**32); other
     changes (several elements, swaps) collide with probability about
     2**-32. Integer arithmetic wraps, so the result does not depend
@@ -42,13 +43,29 @@ def fingerprint(tensors):
     False
     """
     total = ops.convert_to_tensor(np.int32(0))
-    for tensor in tensors:
-        words = _words(tensor)
-        if words is None:
-            continue
+    for chunk in _chunks([w for w in (_words(t) for t in tensors) if w is not None]):
+        # One concatenation: XLA fuses it into one kernel (a sum per
+        # tensor would compile one kernel each, and XLA:CPU keeps every
+        # kernel it compiled; docs/performance.md, "Memory").
+        words = ops.concatenate(chunk) if len(chunk) > 1 else chunk[0]
         positions = ops.arange(int(words.shape[0]), dtype="int32")
         total = total * 31 + ops.sum(words * (2 * positions + 1))
     return total
+
+
+def _chunks(words, size=2**30):
+    """`words` in consecutive groups of fewer than `size` elements (a larger tensor alone).
+
+    Positions are int32, so one sum covers less than 2**31 words.
+    """
+    chunks, count = [], size
+    for w in words:
+        if count + int(w.shape[0]) >= size:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(w)
+        count += int(w.shape[0])
+    return chunks
 
 
 def _words(tensor):

@@ -58,6 +58,13 @@ class Run:
         is recorded here. Nothing to record before the run's first step.
         """
 
+    def changed_since_left(self, state):
+        """Whether `state` differs from what `record_left` (or the last step) recorded (host).
+
+        False before the run's first step and after a load.
+        """
+        return False
+
     def capacity(self, optimizer):
         """The batches of the backward phase the buffer holds, or None where nothing determines it yet.
 

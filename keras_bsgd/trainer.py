@@ -177,6 +177,10 @@ class ReplayTrainerBase:
         """The non-trainable variables that belong to the training state S."""
         return [v for v in self.non_trainable_variables if not random_layers.is_seed_state(v)]
 
+    def _trained_state(self):
+        """The model's variables a step writes: its weights, then its model state."""
+        return self.trainable_variables + self._model_state()
+
     def _weights_digest(self):
         """A digest of the weights and model state, on the host, to tell weights set from outside."""
         digest = hashlib.blake2b(digest_size=16)

@@ -96,26 +96,33 @@ def values(net):
     return [np.asarray(keras.ops.convert_to_numpy(v)) for v in net.trainable_variables]
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("setting", ["window_3_momentum", "exact_replay_every_2"])
 def test_weights_set_mid_epoch_equal_a_new_run_between_fit_calls(setting, seed):
     """Random assignment points: one `fit()` equals two with `set_weights` between them."""
     x, y = data(seed)
-    at = int(np.random.default_rng(100 + seed).integers(0, BATCHES - 1))
+    x2, y2 = data(50 + seed)
+    at = int(np.random.default_rng(100 + seed).integers(0, BATCHES))
+    if seed == 3:
+        # The last batch: its assignment is seen at the epoch's end, before validation.
+        at = BATCHES - 1
     split = (at + 1) * BATCH
     net = model(setting)
     weights = other_weights(net, seed)
-    net.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0,
+    net.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0, validation_data=(x2, y2),
             callbacks=[SetWeightsAfter(at, weights)])
+    net.fit(x2, y2, batch_size=BATCH, shuffle=False, verbose=0)
 
     expected = model(setting)
     expected.fit(x[:split], y[:split], batch_size=BATCH, shuffle=False, verbose=0)
     expected.set_weights(weights)
-    expected.fit(x[split:], y[split:], batch_size=BATCH, shuffle=False, verbose=0)
+    if split < len(x):
+        expected.fit(x[split:], y[split:], batch_size=BATCH, shuffle=False, verbose=0)
+    expected.fit(x2, y2, batch_size=BATCH, shuffle=False, verbose=0)
 
     for got, want in zip(values(net), values(expected)):
         np.testing.assert_array_equal(got, want)
-    assert net.optimizer.run_state.steps_done(net.optimizer) == BATCHES - at - 1
+    assert net.optimizer.run_state.steps_done(net.optimizer) == 2 * BATCHES - at - 1
 
 
 def test_set_weights_between_train_on_batch_calls_starts_a_new_run():
@@ -159,13 +166,13 @@ def test_keras_ema_at_the_end_of_fit_is_not_taken_for_an_assignment():
 
 
 def reference_fingerprint(arrays):
-    """`fingerprint` in NumPy: unsigned words times odd positions, chained by 31, modulo 2**32."""
-    total = 0
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        words = (a.astype("uint8") if a.dtype == bool else a.view(f"uint{8 * min(a.itemsize, 4)}"))
-        words = words.reshape(-1).astype("uint64")
-        total = (total * 31 + int((words * (2 * np.arange(words.size, dtype="uint64") + 1)).sum())) % 2**32
+    """`fingerprint` in NumPy (one group): unsigned words in order times odd positions, modulo 2**32."""
+    words = np.concatenate([
+        (a.astype("uint8") if a.dtype == bool else np.ascontiguousarray(a).view(
+            f"uint{8 * min(a.itemsize, 4)}")).reshape(-1).astype("uint64")
+        for a in arrays
+    ])
+    total = int((words * (2 * np.arange(words.size, dtype="uint64") + 1)).sum()) % 2**32
     return int(np.array(total, "uint32").view("int32"))
 
 
@@ -182,3 +189,12 @@ def test_fingerprint_matches_its_numpy_definition_and_sees_every_element():
     swapped = [a.copy() for a in arrays]
     swapped[3][[0, 1]] = swapped[3][[1, 0]]
     assert int(fingerprint(swapped)) != before
+    assert int(fingerprint(arrays[::-1])) != before
+
+
+def test_fingerprint_groups_chain_where_positions_would_pass_int32():
+    from keras_bsgd import fingerprint as module
+
+    words = [np.arange(n, dtype="int32") for n in (3, 4, 2)]
+    assert [[len(w) for w in c] for c in module._chunks(words, size=6)] == [[3], [4], [2]]
+    assert [[len(w) for w in c] for c in module._chunks(words, size=8)] == [[3, 4], [2]]

@@ -64,6 +64,12 @@ class Run(core_run.Run):
         if self.state is not None:
             self.state.left.assign(np.array([1, int(fingerprint(state))], "int32"))
 
+    def changed_since_left(self, state):
+        if self.state is None or self.pending_start:
+            return False
+        known, value = (int(v) for v in np.asarray(self.state.left.value))
+        return bool(known) and int(fingerprint(state)) != value
+
 
 class RunState:
     """The ring buffer of a run's batches and the counters its steps update.

@@ -178,12 +178,26 @@ class ReplayTrainer(ReplayTrainerBase):
         run = None if optimizer is None else optimizer.run_state
         if run is not None and run.state is not None:
             run.left_weights = self._weights_digest()
+            run.record_left(self._trained_state())
 
     def _start_run_if_weights_were_set(self, run):
         """Starts a new run at the next step if the weights are not the ones the trainer left."""
         if run.left_weights is not None and self._weights_digest() != run.left_weights:
             run.pending_start = True
         run.left_weights = None
+        # Judged here: the steps compare from the weights as they are now.
+        run.record_left(self._trained_state())
+
+    def _start_run_if_written_since_the_last_step(self):
+        """Starts a new run if a callback wrote the model after the epoch's last step (host).
+
+        The steps compare the model with what the step before left; after
+        the last one, the epoch's end does. The variables must hold the state.
+        """
+        optimizer = self._backward_sgd()
+        run = None if optimizer is None else optimizer.run_state
+        if run is not None and run.changed_since_left(self._trained_state()):
+            run.pending_start = True
 
     def train_step(self, state, data):
         """Keras' stateless step: one backward-SGD step on `data` (see `keras_bsgd.backend.jax.step`)."""
@@ -441,10 +455,15 @@ class RunCallback(keras.callbacks.Callback):
 
     It starts a new run when the weights at an epoch's first step are not the
     ones the trainer left (`set_weights`, `EarlyStopping(restore_best_weights=True)`
-    in a callback's `on_epoch_begin`), and with `replay_every > 1` replays at
+    in a callback's `on_epoch_begin`), or when a callback wrote them after
+    the epoch's last step (before validation: within an epoch the steps
+    tell such changes themselves), and with `replay_every > 1` replays at
     each epoch's last step, so that validation, callbacks and everything
     after `fit()` see the output iterate.
     """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_ended = False
 
     def on_train_batch_begin(self, batch, logs=None):
         # After every callback's `on_epoch_begin`, which may set weights.
@@ -457,10 +476,20 @@ class RunCallback(keras.callbacks.Callback):
         if steps is not None and batch + 1 >= steps:
             self.model.replay_to_current_step()
 
+    def on_test_begin(self, logs=None):
+        # fit()'s validation, after the epoch's batches.
+        self._end_epoch_training()
+
     def on_epoch_end(self, epoch, logs=None):
         # Also the end of an epoch that a callback stopped early.
-        self.model.replay_to_current_step()
+        self._end_epoch_training()
         self.model._record_weights()
+
+    def _end_epoch_training(self):
+        if not getattr(self, "_epoch_ended", True):
+            self._epoch_ended = True
+            self.model._start_run_if_written_since_the_last_step()
+            self.model.replay_to_current_step()
 
     def on_train_end(self, logs=None):
         self.model._record_weights()

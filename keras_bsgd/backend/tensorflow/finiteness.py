@@ -19,4 +19,13 @@ def all_finite(tensors):
     >>> bool(all_finite([tf.constant([1.0, float("nan")])]))
     False
     """
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+    # One check per dtype over the tensors joined: XLA:CPU compiles (and
+    # keeps) a kernel per check (docs/performance.md, "Memory").
+    by_dtype = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(tf.reshape(t, [-1]))
+    checks = [
+        tf.reduce_all(tf.math.is_finite(flat[0] if len(flat) == 1 else tf.concat(flat, 0)))
+        for flat in by_dtype.values()
+    ]
+    return tf.reduce_all(checks)

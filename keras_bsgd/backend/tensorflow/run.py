@@ -56,6 +56,9 @@ class Run(core_run.Run):
         if self.buffer is not None:
             self.buffer.record_left(state)
 
+    def changed_since_left(self, state):
+        return self.buffer is not None and bool(self.buffer.changed_since_left(state))
+
     def steps_done(self, optimizer):
         """Steps of the current run (weights set from outside start a new one), an int."""
         if self.buffer is not None:

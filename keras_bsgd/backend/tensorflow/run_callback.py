@@ -13,8 +13,15 @@ class RunCallback(keras.callbacks.Callback):
     every epoch's end and at `fit()`'s end it records the weights the trainer
     left, before other callbacks can change them (`EarlyStopping` restoring
     its best weights), and at the next epoch's first step a change starts a
-    new run from the weights as they are.
+    new run from the weights as they are. Within an epoch the steps tell
+    such changes themselves; a change after the epoch's last step (a
+    callback's at that batch's end) starts a new run before validation,
+    whose `SwapEMAWeights` round trip (add and subtract: not bitwise) is
+    not a change.
     """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_ended = False
 
     def on_train_batch_begin(self, batch, logs=None):
         # After every callback's `on_epoch_begin`: `SwapEMAWeights(
@@ -27,10 +34,20 @@ class RunCallback(keras.callbacks.Callback):
         if steps is not None and batch + 1 >= steps:
             self.model.replay_function()
 
+    def on_test_begin(self, logs=None):
+        # fit()'s validation, after the epoch's batches.
+        self._end_epoch_training()
+
     def on_epoch_end(self, epoch, logs=None):
         # Also the end of an epoch that a callback stopped early.
-        self.model.replay_function()
+        self._end_epoch_training()
         self.model._record_weights()
+
+    def _end_epoch_training(self):
+        if not getattr(self, "_epoch_ended", True):
+            self._epoch_ended = True
+            self.model._start_run_if_written_since_the_last_step()
+            self.model.replay_function()
 
     def on_train_end(self, logs=None):
         self.model._record_weights()

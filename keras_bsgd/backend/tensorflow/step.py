@@ -144,10 +144,6 @@ class BackwardStep:
         for counter in (buffer.origin, buffer.replayed_step):
             counter.assign(tf.where(changed, step - 1, counter))
 
-    def _trained_state(self):
-        """The model's variables a step writes: its weights, then its model state."""
-        return self.trainable_variables + self._model_state()
-
     def _start_run_at_its_first_step(self, optimizer, local):
         # S_0 is the state at the run's first step, taken before the logging
         # pass moves BatchNorm statistics.

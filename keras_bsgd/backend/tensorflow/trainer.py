@@ -166,6 +166,18 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         run = self._run
         if run is not None and run.buffer is not None:
             run.left_weights = self._weights_digest()
+            run.record_left(self._trained_state())
+
+    def _start_run_if_written_since_the_last_step(self):
+        """Starts a new run if a callback wrote the model after the epoch's last step (host).
+
+        The steps compare the model with what the step before left; after
+        the last one, the epoch's end does.
+        """
+        optimizer = self._backward_sgd()
+        run = None if optimizer is None else optimizer.run_state
+        if run is not None and run.changed_since_left(self._trained_state()):
+            run.start_over(optimizer.iterations)
 
     def _start_run_if_weights_were_set(self, optimizer):
         """Starts a new run from the model's weights if they were set from outside.
@@ -179,10 +191,12 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         counting.
         """
         run = optimizer.run_state
-        if run is None or run.buffer is None or run.left_weights is None:
+        if run is None or run.buffer is None:
             return
-        if self._weights_digest() != run.left_weights:
+        if run.left_weights is not None and self._weights_digest() != run.left_weights:
             run.start_over(optimizer.iterations)
+        # Judged here: the steps compare from the weights as they are now.
+        run.record_left(self._trained_state())
 
     def _run_for(self, optimizer):
         """`optimizer`'s run: its current one or a new one."""
