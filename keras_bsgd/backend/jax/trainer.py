@@ -23,6 +23,7 @@ from keras_bsgd import fit_plan
 from keras_bsgd import index_feed
 from keras_bsgd import partial_batches
 from keras_bsgd import random_layers
+from keras_bsgd import run_callback
 from keras_bsgd import saved_run
 from keras_bsgd import schedule
 from keras_bsgd import xla_cpu
@@ -112,7 +113,7 @@ class ReplayTrainer(ReplayTrainerBase):
         index_feed.check_arrays(arguments)
         optimizer.check_learning_rate()
         run = self._run_for(optimizer)
-        self._start_run_if_weights_were_set(run)
+        self._start_run_if_weights_were_set()
         batch_size = fit_plan.plan(run, optimizer, arguments)
         if batch_size is not None and keras.distribution.distribution() is not None:
             # Several processes: Keras joins their batches into one global batch.
@@ -120,11 +121,7 @@ class ReplayTrainer(ReplayTrainerBase):
         self._build_from_arrays(arguments)
         if self._index_buffered(run, optimizer, arguments):
             arguments = index_feed.feed_indices(run.data_store, arguments)
-        callbacks = arguments.get("callbacks")
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.callbacks.insert(0, RunCallback())
-        else:
-            arguments["callbacks"] = [RunCallback(), *(callbacks or [])]
+        arguments["callbacks"] = run_callback.with_run_callback(arguments.get("callbacks"))
         with self._fitting(batch_size):
             return super().fit(**arguments)
 
@@ -180,8 +177,9 @@ class ReplayTrainer(ReplayTrainerBase):
             run.left_weights = self._weights_digest()
             run.record_left(self._trained_state())
 
-    def _start_run_if_weights_were_set(self, run):
+    def _start_run_if_weights_were_set(self):
         """Starts a new run at the next step if the weights are not the ones the trainer left."""
+        run = self._backward_sgd().run_state
         if run.left_weights is not None and self._weights_digest() != run.left_weights:
             run.pending_start = True
         run.left_weights = None
@@ -243,7 +241,7 @@ class ReplayTrainer(ReplayTrainerBase):
                 # A dataset of unknown length ended the epoch: its last step
                 # must leave the output iterate in the model.
                 self.jax_state_sync()
-                self.replay_to_current_step()
+                self._replay_to_current_step()
                 raise StopIteration
             nonlocal last_logs
             run = self._run_for(optimizer)
@@ -396,7 +394,7 @@ class ReplayTrainer(ReplayTrainerBase):
         for variable, anchor in pairs:
             variable.assign(keras.ops.copy(anchor.value))
 
-    def replay_to_current_step(self):
+    def _replay_to_current_step(self):
         """Computes the output iterate of the current step if the model does not hold it yet.
 
         The model's variables must hold the state (outside a step, or synced).
@@ -448,48 +446,3 @@ class ReplayTrainer(ReplayTrainerBase):
 
     def _seed_states(self):
         return [v for v in self.non_trainable_variables if random_layers.is_seed_state(v)]
-
-
-class RunCallback(keras.callbacks.Callback):
-    """The host part of a backward-SGD `fit()` on JAX; runs first among the callbacks.
-
-    It starts a new run when the weights at an epoch's first step are not the
-    ones the trainer left (`set_weights`, `EarlyStopping(restore_best_weights=True)`
-    in a callback's `on_epoch_begin`), or when a callback wrote them after
-    the epoch's last step (before validation: within an epoch the steps
-    tell such changes themselves), and with `replay_every > 1` replays at
-    each epoch's last step, so that validation, callbacks and everything
-    after `fit()` see the output iterate.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_ended = False
-
-    def on_train_batch_begin(self, batch, logs=None):
-        # After every callback's `on_epoch_begin`, which may set weights.
-        if batch == 0:
-            model = self.model
-            model._start_run_if_weights_were_set(model._backward_sgd().run_state)
-
-    def on_train_batch_end(self, batch, logs=None):
-        steps = self.params.get("steps")
-        if steps is not None and batch + 1 >= steps:
-            self.model.replay_to_current_step()
-
-    def on_test_begin(self, logs=None):
-        # fit()'s validation, after the epoch's batches.
-        self._end_epoch_training()
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Also the end of an epoch that a callback stopped early.
-        self._end_epoch_training()
-        self.model._record_weights()
-
-    def _end_epoch_training(self):
-        if not getattr(self, "_epoch_ended", True):
-            self._epoch_ended = True
-            self.model._start_run_if_written_since_the_last_step()
-            self.model.replay_to_current_step()
-
-    def on_train_end(self, logs=None):
-        self.model._record_weights()

@@ -4,8 +4,9 @@ It keeps Keras' `compile()`/`fit()` and adds what backward-SGD needs around
 them, all in this package: the run (`run`) a `fit()` continues or starts,
 the checks and buffer planning before any step (`fit_plan`, `fit_inputs`),
 the train functions that run the step (`step`, `xla_units`) and raise its
-incidents (`incidents`), the host-side callback (`run_callback`) and saving
-(`run_saving`). The public model classes live in `keras_bsgd.models`.
+incidents (`incidents`) and saving (`run_saving`); the host-side callback is
+the core's (`keras_bsgd.run_callback`). The public model classes live in
+`keras_bsgd.models`.
 """
 
 import inspect
@@ -23,7 +24,7 @@ from keras_bsgd.backend.tensorflow import fit_plan
 from keras_bsgd.backend.tensorflow import keras_private as tf_private
 from keras_bsgd import index_feed
 from keras_bsgd import keras_private
-from keras_bsgd.backend.tensorflow import run_callback
+from keras_bsgd import run_callback
 from keras_bsgd.backend.tensorflow import run_saving
 from keras_bsgd.backend.tensorflow import xla_units
 from keras_bsgd.backend.tensorflow.buffer import SavedBuffer
@@ -145,7 +146,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         index_feed.check_arrays(bound.arguments)
         optimizer.check_learning_rate()
-        self._start_run_if_weights_were_set(optimizer)
+        self._start_run_if_weights_were_set()
         batch_size = core_fit_plan.plan(self._run_for(optimizer), optimizer, bound.arguments)
         first, bound.arguments["x"] = fit_inputs.peek_first_batch(bound.arguments.get("x"))
         self._first_batch = fit_inputs.first_batch_spec(bound.arguments, first)
@@ -179,7 +180,11 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         if run is not None and run.changed_since_left(self._trained_state()):
             run.start_over(optimizer.iterations)
 
-    def _start_run_if_weights_were_set(self, optimizer):
+    def _replay_to_current_step(self):
+        """Computes the output iterate of the current step if the model does not hold it yet."""
+        self.replay_function()
+
+    def _start_run_if_weights_were_set(self):
         """Starts a new run from the model's weights if they were set from outside.
 
         `set_weights`, `load_weights` of weights only, `EarlyStopping(
@@ -190,6 +195,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         slots as they are), while `optimizer.iterations` and schedules go on
         counting.
         """
+        optimizer = self._backward_sgd()
         run = optimizer.run_state
         if run is None or run.buffer is None:
             return
