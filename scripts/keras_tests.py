@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,7 +126,9 @@ def parse_args(argv=None):
         "--python", default=sys.executable, help="Python that runs pytest (default: this one)"
     )
     parser.add_argument(
-        "--pytest-args", default="", help="extra pytest arguments for both runs (one string)"
+        "--pytest-args", default="",
+        help="extra pytest arguments for both runs (one string, split as a shell would: "
+        "--pytest-args \"-k 'a or b'\")"
     )
     return parser.parse_args(argv)
 
@@ -199,7 +202,7 @@ def pytest_command(args, work, keras_dir, files, mode):
         command.append("--bsgd-substitute")
     if args.workers:
         command += ["-n", str(args.workers), "--dist", "loadfile"]
-    command += args.pytest_args.split()
+    command += shlex.split(args.pytest_args)
     return command + files
 
 
