@@ -14,8 +14,9 @@ import pytest
 
 import keras_bsgd
 from keras_bsgd.fingerprint import fingerprint
+from tests import interrupted_test
+from tests.interrupted_test import BATCH
 
-BATCH = 4
 BATCHES = 6
 
 SETTINGS = {
@@ -60,21 +61,11 @@ def test_a_counter_a_callback_adds_to_at_every_batch_end_counts_every_batch(sett
 
 
 def data(seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(BATCHES * BATCH, 3)).astype("float32")
-    return x, np.tanh(x @ rng.normal(size=(3, 2))).astype("float32")
+    return interrupted_test.data(seed, BATCHES)
 
 
 def model(setting):
-    net = keras_bsgd.Sequential([
-        keras.Input((3,)),
-        keras.layers.Dense(5, activation="tanh", kernel_initializer=keras.initializers.GlorotUniform(1)),
-        keras.layers.Dense(2, kernel_initializer=keras.initializers.GlorotUniform(2)),
-    ])
-    net.compile(
-        optimizer=keras_bsgd.BackwardSGD(0.1, **SETTINGS[setting]), loss="mse", jit_compile=False
-    )
-    return net
+    return interrupted_test.model(keras_bsgd.BackwardSGD(0.1, **SETTINGS[setting]))
 
 
 def other_weights(net, seed):
