@@ -41,6 +41,7 @@ class PartialBatches:
         self.batches = 0
         self.examples = 0
         self.batch_size = None
+        self._skipped_last = None  # the size of the batch before, if it was skipped
 
     def admits(self, size, batch_size):
         """Whether a batch of `size` examples is a map of a run whose batches hold `batch_size`.
@@ -55,9 +56,13 @@ class PartialBatches:
             True for a batch of `batch_size` examples (or any batch if it is None).
 
         Raises:
-            ValueError: if the batch holds more examples than `batch_size`.
+            ValueError: if the batch holds more examples than `batch_size`, or
+                fewer and so did the batch before it: a remainder comes once,
+                at an epoch's end, and shorter batches in a row mean a smaller
+                batch size, whose every batch would be skipped.
         """
         if batch_size is None or size is None or size == batch_size:
+            self._skipped_last = None
             return True
         if size > batch_size:
             raise ValueError(
@@ -68,6 +73,18 @@ class PartialBatches:
                 "model again with a new BackwardSGD to start a run with larger "
                 f"batches. Received: a batch of {size} examples"
             )
+        if self._skipped_last is not None:
+            raise ValueError(
+                f"This run's replay buffer holds batches of {batch_size} examples, "
+                "and two batches in a row were shorter: that is a smaller batch "
+                "size, not the remainder at an epoch's end, and every batch of it "
+                "would be skipped. Training stopped before this step, with the "
+                f"state of the step before. Feed batches of {batch_size} examples, "
+                "or compile the model again with a new BackwardSGD to start a run "
+                f"with smaller batches. Received: batches of {self._skipped_last} "
+                f"and {size} examples"
+            )
+        self._skipped_last = size
         self.batches += 1
         self.examples += size
         self.batch_size = batch_size

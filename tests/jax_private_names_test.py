@@ -69,3 +69,14 @@ def test_fit_and_train_on_batch_build_the_optimizer_in_symbolic_build():
         getattr(model, train)(x, y)
         assert calls[:2] == [False, True], train
         calls.clear()
+
+
+def test_keras_fit_releases_a_variable_by_setting_its_value_to_none():
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    assert "v._value = None" in inspect.getsource(JAXTrainer._purge_model_variables)
+    variable = keras.Variable(np.ones((2,), "float32"))
+    keras_private.release_values([variable])
+    assert variable._value is None
+    variable.assign(np.full((2,), 3.0, "float32"))  # what jax_state_sync() does
+    assert np.all(np.asarray(variable.value) == 3.0)

@@ -88,6 +88,33 @@ def test_the_ring_buffer_is_updated_in_place(settings, index_buffering):
     assert aliased == sum(len(group) for group in state)
 
 
+@pytest.mark.parametrize("jit", [True, False])
+def test_fit_releases_the_runs_variables_values_between_syncs_as_keras_does(jit):
+    # Keras' fit() hands the variables' values to the stateless step and sets
+    # them to None until `jax_state_sync()` (Keras'
+    # test_fit_eval_flow_for_jax_model_weights): the run's, created in the
+    # first step, too, so that no value is held twice without `jit`.
+    held = []
+
+    class Check(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            # `self._model`: `self.model` would sync the state into the variables.
+            # After an epoch's last step the model holds the replayed iterate.
+            if batch < 5:
+                variables = self._model.optimizer.variables
+                held.extend(v.name for v in variables if v._value is not None)
+
+    model = mlp()
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=3), loss="mse", jit_compile=jit)
+    x, y = data(24)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[Check()])
+    assert held == []
+    # Synced at the end: the run goes on from the values the step left.
+    ring = model.optimizer.run_state.state.batches[0]
+    assert np.asarray(ring.value).shape[1:] == (4, 3)
+    model.fit(x, y, batch_size=4, verbose=0)
+
+
 def test_gradient_evaluations_are_exact_past_int32():
     from keras_bsgd.backend.jax.run_state import EVALUATIONS_BASE
     from keras_bsgd.backend.jax.step import add_evaluations

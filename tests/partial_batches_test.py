@@ -178,11 +178,35 @@ def test_another_batch_size_in_a_later_fit_is_refused_with_the_state_kept():
         np.testing.assert_array_equal(a, b)
 
 
+def test_smaller_batches_in_a_row_are_refused_where_one_remainder_per_epoch_is_skipped():
+    from tests.sample_weights_test import Batches
+
+    x, y, params = examples(6, 16)
+    x, y = x.astype("float32"), y.astype("float32")
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
+    # 4, 4, 2 per epoch: the remainder at each epoch's end is skipped.
+    model.fit(Batches([(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:10], y[8:10])]), epochs=2,
+              verbose=0, shuffle=False)
+    assert int(numpy(model.optimizer.iterations)) == 4
+    before = [numpy(v) for v in model.variables]
+    # A dataset of batches of 2: skipping them all would train nothing.
+    smaller = Batches([(x[i : i + 2], y[i : i + 2]) for i in range(0, 16, 2)])
+    with pytest.raises(ValueError, match=r"two batches in a row were shorter.*batches of 2 and 2"):
+        model.fit(smaller, verbose=0, shuffle=False)
+    for a, b in zip(before, [numpy(v) for v in model.variables], strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.fit(x, y, batch_size=4, verbose=0, shuffle=False)  # the run goes on
+    assert int(numpy(model.optimizer.iterations)) == 8
+
+
 def test_partial_batches_counts():
     skipped = PartialBatches()
     assert skipped.admits(4, None) and skipped.admits(4, 4) and skipped.admits(None, 4)
-    assert not skipped.admits(1, 4) and not skipped.admits(3, 4)
+    assert not skipped.admits(1, 4) and skipped.admits(4, 4) and not skipped.admits(3, 4)
     assert (skipped.batches, skipped.examples) == (2, 4)
+    with pytest.raises(ValueError, match="Received: batches of 3 and 2 examples"):
+        skipped.admits(2, 4)
     with pytest.raises(ValueError, match="Received: a batch of 5 examples"):
         skipped.admits(5, 4)
     with warnings.catch_warnings():

@@ -8,6 +8,12 @@
   between steps, which the public `jax_state_sync()` writes into the
   variables. A step that raises must leave its state there (Keras' `fit()`
   syncs it in its `finally`); Keras has no public setter.
+- `Variable._value = None`: how Keras' `fit()` releases the values of the
+  variables whose values the stateless step holds
+  (`JAXTrainer._purge_model_variables`), until `jax_state_sync()` assigns
+  them back. The run's variables join the step's state after Keras did it,
+  at the run's first step, so they are released the same way; Keras has no
+  public method for one variable.
 
 The core's private Keras names (the symbolic build, the EMA variables, ...)
 are in `keras_bsgd/keras_private.py`.
@@ -35,3 +41,9 @@ def hold_state(model, state):
     model._jax_state_synced = False
     model.jax_state_sync()
 
+
+
+def release_values(variables):
+    """Drops `variables`' values while a step's state holds them, as Keras' `fit()` does."""
+    for variable in variables:
+        variable._value = None

@@ -306,6 +306,9 @@ class ReplayTrainer(ReplayTrainerBase):
         if run.pending_start:
             optimizer_values = self._start_run(optimizer, weights, non_trainable, optimizer_values)
             run.pending_start = False
+        # The step's state holds the values now: the run's variables give theirs
+        # up as Keras' fit() does for the model's, until `jax_state_sync()`.
+        jax_private.release_values(run.state.variables)
         return (weights, non_trainable, optimizer_values, metrics), data
 
     def _relaid(self, optimizer_values, batch):
