@@ -1,13 +1,14 @@
 """What a backward-SGD `fit()` checks and decides before its first step, on every backend.
 
 A run's batches must all have one size (the buffer's slots are static; a
-shorter last batch is skipped, see `partial_batches`), and exact mode's
-buffer must be sized from the run's length. All of it is checked on
-the host, before any step, so a refused `fit()` leaves the training state as
-it was.
+shorter last batch is skipped, see `partial_batches`; another `batch_size`
+of arrays starts a new run), and exact mode's buffer must be sized from the
+run's length. All of it is checked on the host, before any step, so a
+refused `fit()` leaves the training state as it was.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from keras_bsgd import errors
 
 
-def plan(run, optimizer, arguments):
+def plan(run, optimizer, arguments, processes=1):
     """Checks batch sizes and plans exact mode's buffer for a `fit()`.
 
     Args:
@@ -24,19 +25,23 @@ def plan(run, optimizer, arguments):
             `capacity(optimizer)` and `planned_steps`, which this sets.
         optimizer: The run's `BackwardSGD`.
         arguments: `fit()`'s arguments by name.
+        processes: The processes whose batches make one global batch (JAX's
+            multi-process data parallelism: each passes its own arrays).
 
     Returns:
-        The batch size of in-memory array input, or None for other input.
+        The batch size of in-memory array input (this process'), or None for
+        other input.
 
     Raises:
-        ValueError: if the data is empty, the batch size differs from the
-            run's, or exact mode's buffer cannot
+        ValueError: if the data is empty, or exact mode's buffer cannot
             hold the run (or nothing gives its length).
     """
     x = arguments.get("x")
     epochs = arguments.get("epochs", 1) - arguments.get("initial_epoch", 0)
     steps_per_epoch = arguments.get("steps_per_epoch")
-    batch_size, array_steps = _array_batches(run, arguments)
+    batch_size, array_steps = _array_batches(arguments)
+    global_size = None if batch_size is None else batch_size * processes
+    new_run = run.batch_size not in (None, global_size) and global_size is not None
     if array_steps is not None:
         steps_per_epoch = steps_per_epoch or array_steps
     if steps_per_epoch is None and hasattr(x, "cardinality"):
@@ -50,11 +55,21 @@ def plan(run, optimizer, arguments):
     elif steps_per_epoch is None and hasattr(x, "__len__"):
         steps_per_epoch = len(x)  # keras.utils.PyDataset and sequences
     if optimizer.window is None:
-        _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs)
+        _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs, 0 if new_run else None)
+    if new_run:
+        warnings.warn(
+            f"This run's replay buffer holds batches of {run.batch_size} examples and "
+            f"this fit() has batches of {global_size}: backward-SGD replays batches of "
+            "one size, so a new run starts at the next step from the model's weights "
+            "(its replay buffer laid out again; `optimizer.iterations` and the "
+            "learning-rate schedule go on).",
+            stacklevel=4,
+        )
+        run.start_with_batch_size(global_size, optimizer)
     return batch_size
 
 
-def _array_batches(run, arguments):
+def _array_batches(arguments):
     """`(batch size, batches per epoch)` of in-memory array input (checked), else `(None, None)`."""
     num_samples = num_array_samples(arguments.get("x"))
     if num_samples is None:
@@ -77,18 +92,12 @@ def _array_batches(run, arguments):
     # Keras' last batch is partial where the batch size does not divide the
     # data (a whole batch where the data is smaller): the step skips it.
     full_size = min(batch_size, max(num_samples, 1))
-    if run.batch_size is not None and run.batch_size != full_size:
-        raise ValueError(
-            f"This run's replay buffer holds batches of {run.batch_size} "
-            "examples. Use that batch size, or compile the model again with a "
-            "new BackwardSGD to start a run with another. Received: "
-            f"batch_size={batch_size} on {num_samples} training samples"
-        )
     return full_size, num_samples // full_size
 
 
-def _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs):
-    done = run.steps_done(optimizer)
+def _plan_exact_buffer(run, optimizer, steps_per_epoch, epochs, done=None):
+    """Plans exact mode's buffer for `fit()`; `done`: the run's steps so far (None: the run's own)."""
+    done = run.steps_done(optimizer) if done is None else done
     steps = None if steps_per_epoch is None else steps_per_epoch * epochs
     run.planned_steps = None if steps is None else done + steps
     capacity = run.capacity(optimizer)

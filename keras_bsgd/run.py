@@ -65,6 +65,20 @@ class Run:
         """
         return False
 
+    def start_with_batch_size(self, batch_size, optimizer):
+        """Starts a new run at the next step, whose batches hold `batch_size` examples.
+
+        The ring is laid out again, empty, for the new batches; the next
+        step is step 1 of a run whose `S_0` is the model's state, while
+        `optimizer.iterations` and schedules go on counting. Each backend
+        drops its live ring here.
+
+        Args:
+            batch_size: The global batch size of the new run.
+            optimizer: The run's `BackwardSGD`.
+        """
+        raise NotImplementedError
+
     def capacity(self, optimizer):
         """The batches of the backward phase the buffer holds, or None where nothing determines it yet.
 

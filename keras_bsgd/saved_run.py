@@ -193,6 +193,40 @@ class SavedBuffer:
             self.skipped_batches, self.replayed_step, self.gradient_evaluations, self.origin,
         )
 
+    def for_batch_size(self, batch_size, origin):
+        """An empty ring of these leaves for batches of `batch_size`, for a run starting after `origin`.
+
+        A new run reads no batch before its steps write one, so the slots
+        are zeros; the counts of skipped batches and gradient evaluations
+        go on.
+
+        Args:
+            batch_size: The examples per batch of the new run (global).
+            origin: The step count after which the new run starts.
+
+        Returns:
+            A `SavedBuffer` of the same capacity, leaves `[capacity,
+            batch_size, *example_shape]` and `replayed_step = origin`.
+
+        Example:
+
+        >>> import numpy as np
+        >>> saved = SavedBuffer(3, [np.ones((3, 2, 5)), np.ones((3, 2)), None], np.ones(3))
+        >>> new = saved.for_batch_size(4, origin=7)
+        >>> [None if a is None else a.shape for a in new.leaves], new.origin, new.replayed_step
+        ([(3, 4, 5), (3, 4), None], 7, 7)
+        """
+        leaves = [
+            None if leaf is None
+            else np.zeros((self.capacity, batch_size, *leaf.shape[2:]), leaf.dtype)
+            for leaf in self.leaves
+        ]
+        return SavedBuffer(
+            self.capacity, leaves, np.zeros(self.capacity, "float32"),
+            skipped_batches=self.skipped_batches, replayed_step=origin,
+            gradient_evaluations=self.gradient_evaluations, origin=origin,
+        )
+
     def relayout(self, slots, step, forward_steps):
         """The ring's batches and rates laid out for a ring of `slots` slots.
 

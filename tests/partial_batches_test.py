@@ -165,16 +165,54 @@ def test_train_on_batch_in_an_index_buffered_run_is_refused_with_the_fix():
         np.testing.assert_array_equal(a, b)
 
 
-def test_another_batch_size_in_a_later_fit_is_refused_with_the_state_kept():
+@pytest.mark.parametrize("window", [None, 2])
+def test_another_batch_size_in_a_later_fit_starts_a_new_run_against_the_reference(window):
     x, y, params = examples(5, 16)
+    model = make_mlp(params)
+    model.compile(optimizer=keras_bsgd.BackwardSGD(LEARNING_RATE, window=window), loss="mse")
+    model.fit(x.astype("float32"), y.astype("float32"), batch_size=4, verbose=0, shuffle=False)
+    first = reference.backward_sgd(
+        reference.initial_state(params, 0.0), full_batches(x, y, 4), [LEARNING_RATE] * 4,
+        window=window,
+    )
+    # The new run's S_0 is the output iterate the first fit() left in the model.
+    new_run = reference.backward_sgd(
+        reference.initial_state(first[-1]["params"], 0.0), full_batches(x, y, 8) * 2,
+        [LEARNING_RATE] * 4, window=window,
+    )
+    recorder = Recorder()
+    with pytest.warns(UserWarning, match="holds batches of 4 examples and this fit.. has batches of 8"):
+        model.fit(x.astype("float32"), y.astype("float32"), batch_size=8, verbose=0,
+                  shuffle=False, callbacks=[recorder])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the same batch size: the same run
+        model.fit(x.astype("float32"), y.astype("float32"), batch_size=8, verbose=0,
+                  shuffle=False, callbacks=[recorder])
+    assert int(numpy(model.optimizer.iterations)) == 8
+    assert model.optimizer.run_state.batch_size == 8
+    assert max_error(recorder.states, new_run) <= 1e-6
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_a_run_started_by_another_batch_size_saves_and_resumes_bitwise(window, tmp_path):
+    x, y, params = examples(8, 16)
     x, y = x.astype("float32"), y.astype("float32")
     model = make_mlp(params)
-    model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse")
-    model.fit(x, y, batch_size=4, verbose=0)
-    before = [numpy(v) for v in model.variables]
-    with pytest.raises(ValueError, match=r"holds batches of 4 examples.*Received: batch_size=8"):
-        model.fit(x, y, batch_size=8, verbose=0)
-    for a, b in zip(before, [numpy(v) for v in model.variables], strict=True):
+    max_steps = None if window is not None else 12
+    model.compile(
+        optimizer=keras_bsgd.BackwardSGD(LEARNING_RATE, window=window, max_steps=max_steps),
+        loss="mse",
+    )
+    model.fit(x, y, batch_size=4, verbose=0, shuffle=False)
+    with pytest.warns(UserWarning, match="a new run starts"):
+        model.fit(x, y, batch_size=8, verbose=0, shuffle=False)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    loaded = keras.saving.load_model(path)
+    loaded.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert int(numpy(loaded.optimizer.iterations)) == 10
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

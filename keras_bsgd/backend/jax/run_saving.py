@@ -34,7 +34,7 @@ def save(store, run, optimizer, seed_states):
         seed_states: The state variables of the model's random layers.
     """
     saved_run.save_settings(store, optimizer, [np.asarray(v.value) for v in seed_states])
-    saved = None if run is None else _saved(run, optimizer)
+    saved = None if run is None else saved_form(run, optimizer)
     if saved is None:
         return  # no run yet, or one that starts over at its next step
     saved.save(store)
@@ -44,7 +44,7 @@ def save(store, run, optimizer, seed_states):
         run.data_store.save(store)
 
 
-def _saved(run, optimizer):
+def saved_form(run, optimizer):
     """The run as a `SavedBuffer`, or None if there is none to resume."""
     if run.saved is not None:
         return run.saved  # loaded, and no step since

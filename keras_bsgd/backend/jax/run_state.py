@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from keras_bsgd import errors
+from keras_bsgd.backend.jax import run_saving
 from keras_bsgd import run as core_run
 from keras_bsgd.fingerprint import fingerprint
 from keras_bsgd import schedule
@@ -56,6 +57,15 @@ class Run(core_run.Run):
         else:
             origin = int(np.asarray(self.state.origin.value))
         return int(np.asarray(optimizer.iterations.value)) - origin
+
+    def start_with_batch_size(self, batch_size, optimizer):
+        saved = run_saving.saved_form(self, optimizer)
+        if saved is not None:  # else a new run starts anyway, counting from zero
+            iterations = int(np.asarray(optimizer.iterations.value))
+            self.saved = saved.for_batch_size(batch_size, iterations)
+        self.state = None
+        self.pending_start = True
+        self.left_weights = None
 
     def ring_capacity(self):
         return None if self.state is None else self.state.slots

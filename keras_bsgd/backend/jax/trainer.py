@@ -114,10 +114,11 @@ class ReplayTrainer(ReplayTrainerBase):
         optimizer.check_learning_rate()
         run = self._run_for(optimizer)
         self._start_run_if_weights_were_set()
-        batch_size = fit_plan.plan(run, optimizer, arguments)
-        if batch_size is not None and keras.distribution.distribution() is not None:
-            # Several processes: Keras joins their batches into one global batch.
-            batch_size *= jax.process_count()
+        # Several processes: Keras joins their batches into one global batch.
+        processes = jax.process_count() if keras.distribution.distribution() is not None else 1
+        batch_size = fit_plan.plan(run, optimizer, arguments, processes)
+        if batch_size is not None:
+            batch_size *= processes
         self._build_from_arrays(arguments)
         if self._index_buffered(run, optimizer, arguments):
             arguments = index_feed.feed_indices(run.data_store, arguments)

@@ -52,6 +52,13 @@ class Run(core_run.Run):
         self.buffer.replayed_step.assign(iterations)
         self.left_weights = None
 
+    def start_with_batch_size(self, batch_size, optimizer):
+        saved = self.saved if self.buffer is None else self.buffer.saved()
+        self.saved = saved.for_batch_size(batch_size, int(optimizer.iterations.numpy()))
+        self.buffer = None
+        self.incidents = None
+        self.left_weights = None
+
     def record_left(self, state):
         if self.buffer is not None:
             self.buffer.record_left(state)

@@ -147,7 +147,12 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         index_feed.check_arrays(bound.arguments)
         optimizer.check_learning_rate()
         self._start_run_if_weights_were_set()
-        batch_size = core_fit_plan.plan(self._run_for(optimizer), optimizer, bound.arguments)
+        run = self._run_for(optimizer)
+        buffer = run.buffer
+        batch_size = core_fit_plan.plan(run, optimizer, bound.arguments)
+        if run.buffer is not buffer:
+            # A new batch size: the step is traced again, for the new buffer.
+            self.train_function = None
         first, bound.arguments["x"] = fit_inputs.peek_first_batch(bound.arguments.get("x"))
         self._first_batch = fit_inputs.first_batch_spec(bound.arguments, first)
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
