@@ -19,6 +19,7 @@ from tests.backends_test import LEARNING_RATE
 from tests.backends_test import Recorder
 from tests.backends_test import make_mlp
 from tests.backends_test import numpy
+from tests.trajectories import Batches
 
 
 def examples(seed, n):
@@ -217,8 +218,7 @@ def test_a_run_started_by_another_batch_size_saves_and_resumes_bitwise(window, t
 
 
 def test_smaller_batches_in_a_row_are_refused_where_one_remainder_per_epoch_is_skipped():
-    from tests.sample_weights_test import Batches
-
+    
     x, y, params = examples(6, 16)
     x, y = x.astype("float32"), y.astype("float32")
     model = make_mlp(params)

@@ -13,6 +13,7 @@ import pytest
 import keras_bsgd
 from keras_bsgd import keras_private
 from tests import reference
+from tests.trajectories import Batches
 from tests.trajectories import make_mlp
 from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
@@ -69,20 +70,6 @@ def compiled(params, mode, **compile_kwargs):
         weighted_metrics=["mae"], **compile_kwargs,
     )
     return model
-
-
-class Batches(keras.utils.PyDataset):
-    """The given batches, whole batches only (never index-buffered)."""
-
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        return self.batches[i]
 
 
 def without_weights(batches, kept):

@@ -30,6 +30,20 @@ class StateRecorder(keras.callbacks.Callback):
         )
 
 
+class Batches(keras.utils.PyDataset):
+    """The given batches as a `PyDataset`, as they are (never index-buffered)."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        return self.batches[i]
+
+
 def make_stream(seed, num_batches, batch_size=4, n_in=3, n_out=2):
     """A fixed list of float64 (x, y) batches and the initial MLP parameters."""
     rng = np.random.default_rng(seed)

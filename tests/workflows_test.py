@@ -6,6 +6,7 @@ import pytest
 
 import keras_bsgd
 from tests import reference
+from tests.trajectories import Batches
 from tests.trajectories import StateRecorder
 from tests.trajectories import make_stream
 from tests.trajectories import max_relative_error
@@ -86,24 +87,11 @@ def generator(batches, extra=()):
         yield x.astype("float32"), y.astype("float32")
 
 
-class Batches(keras.utils.PyDataset):
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        x, y = self.batches[i]
-        return x.astype("float32"), y.astype("float32")
-
-
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("kind", ["generator", "py_dataset"])
 def test_generators_and_py_datasets_train_with_the_first_batch_size(kind, mode):
     batches, params = make_stream(seed=22, num_batches=6)
-    data = generator(batches) if kind == "generator" else Batches(batches)
+    data = generator(batches) if kind == "generator" else Batches(list(generator(batches)))
     model = lazy_sequential(params)  # built from the first batch too
     states = fit_recorded(model, data, MODES[mode])
     assert_matches_reference(states, batches, params)
@@ -116,7 +104,7 @@ def test_a_shorter_batch_is_skipped_and_a_larger_one_refused_with_the_state_kept
     batches, params = make_stream(seed=23, num_batches=4)
     partial = (batches[0][0][:2], batches[0][1][:2])
     stream = [*batches[:2], partial, *batches[2:]]
-    data = generator(stream) if kind == "generator" else Batches(stream)
+    data = generator(stream) if kind == "generator" else Batches(list(generator(stream)))
     model = lazy_sequential(params)
     recorder = StateRecorder()
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, window=WINDOW), loss="mse", **MODES[mode])
@@ -129,7 +117,7 @@ def test_a_shorter_batch_is_skipped_and_a_larger_one_refused_with_the_state_kept
 
     larger = tuple(np.concatenate([a, a]) for a in batches[0])
     stream = [batches[0], larger]
-    data = generator(stream) if kind == "generator" else Batches(stream)
+    data = generator(stream) if kind == "generator" else Batches(list(generator(stream)))
     with pytest.raises(ValueError, match="holds batches of 4 examples.*a batch of 8 examples"):
         model.fit(data, verbose=0, callbacks=[recorder], shuffle=False)
     assert int(model.optimizer.iterations) == 5
