@@ -9,7 +9,8 @@ resident set size and the registry after each of `cycles` compile + fit
 cycles of a small model, with nothing purged by hand.
 
 Usage: `[KERAS_BACKEND=jax] python -m keras_bsgd.benchmarks.leak [--cycles 20]
-[--optimizer sgd] [--window 4 | --exact] [--replay-every 2] [--xla-unit map] [--no-xla]`. RSS is
+[--optimizer sgd | --compare] [--window 4 | --exact] [--replay-every 2] [--xla-unit map]
+[--no-xla]`; `--compare` alternates Keras `SGD` and `BackwardSGD` in one loop. RSS is
 read after the C heap's free pages are returned to the system (`rss.release_free_heap`), so that
 it counts what the process holds. Its last line is the growth per cycle from the third cycle on (a
 least-squares slope), which on TensorFlow is what XLA's compilation cache keeps of each compiled
@@ -87,21 +88,58 @@ def measure(cycles=20, steps=20, window=4, **settings):
     rows = []
     for cycle in range(1, cycles + 1):
         one_cycle(steps, window, **settings)
-        keras.backend.clear_session()
-        gc.collect()
-        untrimmed = rss_bytes()
-        release_free_heap()
+        untrimmed, settled = settled_rss()
         peak, _ = peak_rss_bytes()
         rows.append(
             {
                 "cycle": cycle,
                 "untrimmed_rss_mb": round(untrimmed / 2**20, 1),
-                "rss_mb": round(rss_bytes() / 2**20, 1),
+                "rss_mb": round(settled / 2**20, 1),
                 "peak_rss_mb": round(peak / 2**20, 1),
                 "custom_gradients": registered_custom_gradients(),
             }
         )
     return rows
+
+
+def settled_rss():
+    """`(before, after)` trimming the heap: RSS in bytes once the last model is released."""
+    keras.backend.clear_session()
+    gc.collect()
+    untrimmed = rss_bytes()
+    release_free_heap()
+    return untrimmed, rss_bytes()
+
+
+def compare(cycles=12, steps=20, window=4, **settings):
+    """Keras `SGD` and `BackwardSGD` cycles taking turns in one loop: the memory each model keeps.
+
+    A cycle keeps what RSS (heap trimmed) grew by from the cycle before it
+    to its end; each optimizer's first two cycles fill shared caches and
+    are left out.
+
+    Args:
+        cycles: Cycles of each optimizer.
+        steps, window: As in `one_cycle`.
+        **settings: `replay_every`, `xla_unit`, `jit` (see `one_cycle`).
+
+    Returns:
+        `{"sgd": MiB, "bsgd": MiB}`, each the mean kept per cycle.
+
+    Example:
+
+    >>> sorted(compare(cycles=3, steps=2))
+    ['bsgd', 'sgd']
+    """
+    kept = {"sgd": [], "bsgd": []}
+    _, before = settled_rss()
+    for _ in range(cycles):
+        for optimizer in kept:
+            one_cycle(steps, window, optimizer=optimizer, **settings)
+            _, after = settled_rss()
+            kept[optimizer].append(after - before)
+            before = after
+    return {name: float(np.mean(grown[2:])) / 2**20 for name, grown in kept.items()}
 
 
 def main(argv=None):
@@ -114,7 +152,21 @@ def main(argv=None):
     parser.add_argument("--replay-every", type=int, default=1)
     parser.add_argument("--xla-unit", choices=("auto", "step", "map"), default="auto")
     parser.add_argument("--no-xla", action="store_true", help="jit_compile=False")
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="Keras SGD and BackwardSGD taking turns in one loop (--cycles of each)",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        kept = compare(
+            args.cycles, args.steps, None if args.exact else args.window,
+            replay_every=args.replay_every, xla_unit=args.xla_unit, jit=not args.no_xla,
+        )
+        print(
+            f"MiB kept per compiled model, taking turns in one loop (cycles 3 to {args.cycles} "
+            f"of each): Keras SGD {kept['sgd']:.2f}, BackwardSGD {kept['bsgd']:.2f}"
+        )
+        return
     rows = measure(
         args.cycles, args.steps, None if args.exact else args.window,
         optimizer=args.optimizer, replay_every=args.replay_every,

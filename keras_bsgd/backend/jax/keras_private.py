@@ -42,7 +42,6 @@ def hold_state(model, state):
     model.jax_state_sync()
 
 
-
 def release_values(variables):
     """Drops `variables`' values while a step's state holds them, as Keras' `fit()` does."""
     for variable in variables:
