@@ -10,7 +10,7 @@ cycles of a small model, with nothing purged by hand.
 
 Usage: `[KERAS_BACKEND=jax] python -m keras_bsgd.benchmarks.leak [--cycles 20]
 [--optimizer sgd | --compare] [--window 4 | --exact] [--replay-every 2] [--xla-unit map]
-[--no-xla]`; `--compare` alternates Keras `SGD` and `BackwardSGD` in one loop. RSS is
+[--no-xla]`; `--compare` runs Keras `SGD`, then `BackwardSGD`, in one process. RSS is
 read after the C heap's free pages are returned to the system (`rss.release_free_heap`), so that
 it counts what the process holds. Its last line is the growth per cycle from the third cycle on (a
 least-squares slope), which on TensorFlow is what XLA's compilation cache keeps of each compiled
@@ -112,34 +112,34 @@ def settled_rss():
 
 
 def compare(cycles=12, steps=20, window=4, **settings):
-    """Keras `SGD` and `BackwardSGD` cycles taking turns in one loop: the memory each model keeps.
+    """Keras `SGD`, then `BackwardSGD`, in one process: the memory each compiled model keeps.
 
-    A cycle keeps what RSS (heap trimmed) grew by from the cycle before it
-    to its end; each optimizer's first two cycles fill shared caches and
-    are left out.
+    Each optimizer runs `cycles` cycles in a row, and keeps the slope of
+    RSS (heap trimmed) over its cycles from the third on (the first ones
+    also fill caches that later models share). Cycles taking turns would
+    not split the growth: what one model's compilation leaves in the
+    allocator, the next one's reuses.
 
     Args:
-        cycles: Cycles of each optimizer.
+        cycles: Cycles of each optimizer (at least 4).
         steps, window: As in `one_cycle`.
         **settings: `replay_every`, `xla_unit`, `jit` (see `one_cycle`).
 
     Returns:
-        `{"sgd": MiB, "bsgd": MiB}`, each the mean kept per cycle.
+        `{"sgd": MiB, "bsgd": MiB}`, each the growth per cycle.
 
     Example:
 
-    >>> sorted(compare(cycles=3, steps=2))
+    >>> sorted(compare(cycles=4, steps=2))
     ['bsgd', 'sgd']
     """
-    kept = {"sgd": [], "bsgd": []}
-    _, before = settled_rss()
-    for _ in range(cycles):
-        for optimizer in kept:
-            one_cycle(steps, window, optimizer=optimizer, **settings)
-            _, after = settled_rss()
-            kept[optimizer].append(after - before)
-            before = after
-    return {name: float(np.mean(grown[2:])) / 2**20 for name, grown in kept.items()}
+    kept = {}
+    for optimizer in ("sgd", "bsgd"):
+        rows = measure(cycles, steps, window, optimizer=optimizer, **settings)[2:]
+        kept[optimizer] = float(
+            np.polyfit([r["cycle"] for r in rows], [r["rss_mb"] for r in rows], 1)[0]
+        )
+    return kept
 
 
 def main(argv=None):
@@ -154,7 +154,7 @@ def main(argv=None):
     parser.add_argument("--no-xla", action="store_true", help="jit_compile=False")
     parser.add_argument(
         "--compare", action="store_true",
-        help="Keras SGD and BackwardSGD taking turns in one loop (--cycles of each)",
+        help="Keras SGD, then BackwardSGD, in this process (--cycles of each)",
     )
     args = parser.parse_args(argv)
     if args.compare:
@@ -163,7 +163,7 @@ def main(argv=None):
             replay_every=args.replay_every, xla_unit=args.xla_unit, jit=not args.no_xla,
         )
         print(
-            f"MiB kept per compiled model, taking turns in one loop (cycles 3 to {args.cycles} "
+            f"MiB kept per compiled model in one process (slope over cycles 3 to {args.cycles} "
             f"of each): Keras SGD {kept['sgd']:.2f}, BackwardSGD {kept['bsgd']:.2f}"
         )
         return
