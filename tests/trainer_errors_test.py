@@ -32,16 +32,6 @@ def trained_model(window=2, steps=4):
     return model, batches
 
 
-def test_numpy_batch_size_cannot_change_between_fits():
-    model, _ = trained_model()
-    before = snapshot(model)
-    model.fit(np.ones((8, 3), "float32"), np.ones((8, 2), "float32"), batch_size=4, verbose=0)
-    before = snapshot(model)
-    with pytest.raises(ValueError, match="holds batches of 4 examples.*Received: batch_size=8"):
-        model.fit(np.ones((16, 3), "float32"), np.ones((16, 2), "float32"), batch_size=8, verbose=0)
-    assert_unchanged(model, before)
-
-
 def test_batch_of_other_shape_or_dtype_is_rejected():
     model, batches = trained_model()
     before = snapshot(model)

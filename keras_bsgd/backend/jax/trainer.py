@@ -237,7 +237,16 @@ class ReplayTrainer(ReplayTrainerBase):
         last_logs = None
 
         def train_function(state, iterator):
-            batches = list(itertools.islice(iterator, self.steps_per_execution))
+            run = self._run_for(optimizer)
+            try:
+                batches = list(itertools.islice(iterator, self.steps_per_execution))
+                full = self._full_batches(batches, partial_batches.leading_size, run.batch_size)
+            except Exception:
+                # The input failed or was refused before any step: the model
+                # keeps `state` (Keras' fit() released its variables' values
+                # and syncs only a state its steps returned).
+                self._keep(state)
+                raise
             if not batches:
                 # A dataset of unknown length ended the epoch: its last step
                 # must leave the output iterate in the model.
@@ -245,8 +254,7 @@ class ReplayTrainer(ReplayTrainerBase):
                 self._replay_to_current_step()
                 raise StopIteration
             nonlocal last_logs
-            run = self._run_for(optimizer)
-            for data in self._full_batches(batches, partial_batches.leading_size, run.batch_size):
+            for data in full:
                 last_logs, state = self._train_one(optimizer, state, data)
             # Every batch skipped: the logs of the last step (a custom train_step's keys too).
             return self._metrics_logs(state) if last_logs is None else last_logs, state
