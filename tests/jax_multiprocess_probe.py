@@ -53,7 +53,9 @@ def train(settings, x, y, batch_size):
     # run does not buffer example indices).
     model.compile(optimizer=keras_bsgd.BackwardSGD(0.1, **settings), loss="mse",
                   index_buffering=False)
-    model.fit(x, y, batch_size=batch_size, epochs=3, shuffle=False, verbose=0)  # 24 steps
+    # 24 steps; a second fit() continues the run (its batch size is this process' part).
+    model.fit(x, y, batch_size=batch_size, epochs=2, shuffle=False, verbose=0)
+    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     ring = [v.value for v in model.optimizer.variables if "replay_batch" in v.path]
     return dict(
         weights=[np.asarray(v.value.addressable_shards[0].data).tolist()
