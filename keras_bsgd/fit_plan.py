@@ -41,7 +41,7 @@ def plan(run, optimizer, arguments, processes=1):
     steps_per_epoch = arguments.get("steps_per_epoch")
     batch_size, array_steps = _array_batches(arguments)
     global_size = None if batch_size is None else batch_size * processes
-    new_run = run.batch_size not in (None, global_size) and global_size is not None
+    new_run = global_size is not None and run.batch_size not in (None, global_size)
     if array_steps is not None:
         steps_per_epoch = steps_per_epoch or array_steps
     if steps_per_epoch is None and hasattr(x, "cardinality"):

@@ -1,7 +1,6 @@
 """The process' resident set size: now, and its peak (Linux `VmRSS` / `VmHWM`)."""
 
 import ctypes
-import ctypes.util
 import re
 import resource
 import sys
@@ -87,10 +86,10 @@ def release_free_heap():
     >>> release_free_heap() in (True, False)
     True
     """
-    name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
+        # The process' own symbols: libc's, without a library search per call.
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
         return False
     trim(0)
     return True

@@ -53,7 +53,8 @@ class Run(core_run.Run):
         self.left_weights = None
 
     def start_with_batch_size(self, batch_size, optimizer):
-        saved = self.saved if self.buffer is None else self.buffer.saved()
+        # Only a run with a live buffer has a batch size to change.
+        saved = self.buffer.saved()
         self.saved = saved.for_batch_size(batch_size, int(optimizer.iterations.numpy()))
         self.buffer = None
         self.incidents = None
