@@ -586,3 +586,35 @@ def test_comparison_figure_labels_and_contraction_legend():
     legend = [t.get_text() for t in figure.axes[1].get_legend().get_texts()]
     assert legend == ["forward_sgd: ρ=1.00000/step, t½=∞",
                       "backward_exact: ρ=0.99000/step, t½=69"]
+
+
+@pytest.mark.parametrize("frames, expected", [
+    # Stacks as memray reported them for what TensorFlow keeps of a compiled model.
+    (["operator new(unsigned long)",
+      "tensorflow::FrozenStackTrace::FrozenStackTrace(absl::Span<tsl::StackFrame const>)",
+      "tensorflow::(anonymous namespace)::StackTraceWrapper::LastUserFrame() const",
+      "tensorflow::XlaCompilationDevice::Compute(tensorflow::OpKernel*)"],
+     "stack traces of traced ops"),
+    (["llvm::sys::Memory::allocateMappedMemory(unsigned long)",
+      "xla::cpu::ContiguousSectionMemoryManager::reserveAllocationSpace(unsigned long)",
+      "llvm::RuntimeDyldImpl::loadObjectImpl(llvm::object::ObjectFile const&)"],
+     "XLA code generation and compiled code"),
+    (["operator new(unsigned long)",
+      "xla::HloDataflowAnalysis::NewHloValue(xla::HloInstruction*)",
+      "xla::BufferAssigner::CreateAssignment(xla::HloModule const*)"],
+     "XLA programs (HLO, analyses)"),
+    (["tsl::port::AlignedMalloc(unsigned long, std::align_val_t)",
+      "tensorflow::core::Arena::AllocNewBlock(unsigned long, unsigned int)",
+      "tensorflow::Graph::AddNode(tensorflow::NodeDef)"],
+     "TensorFlow runtime (graphs, functions)"),
+    # A signature that only mentions a stack trace type is not one.
+    (["operator new(unsigned long)",
+      "tensorflow::KernelAndDeviceOp::Run(std::optional<tensorflow::ManagedStackTrace> const&)"],
+     "TensorFlow runtime (graphs, functions)"),
+    (["_PyCode_CreateLineArray", "_PyEval_EvalFrameDefault"], "Python"),
+    (["malloc", "operator new(unsigned long)"], "other"),
+])
+def test_kept_memory_names_the_owner_by_the_innermost_known_frame(frames, expected):
+    from keras_bsgd.benchmarks import kept_memory
+
+    assert kept_memory.category(frames) == expected

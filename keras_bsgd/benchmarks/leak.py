@@ -10,7 +10,8 @@ cycles of a small model, with nothing purged by hand.
 
 Usage: `[KERAS_BACKEND=jax] python -m keras_bsgd.benchmarks.leak [--cycles 20]
 [--optimizer sgd | --compare] [--window 4 | --exact] [--replay-every 2] [--xla-unit map]
-[--no-xla]`; `--compare` runs Keras `SGD`, then `BackwardSGD`, in one process. RSS is
+[--no-xla] [--where]`; `--compare` runs Keras `SGD`, then `BackwardSGD`, in one process;
+`--where` says what the kept memory is (`keras_bsgd.benchmarks.kept_memory`, needs memray). RSS is
 read after the C heap's free pages are returned to the system (`rss.release_free_heap`), so that
 it counts what the process holds. Its last line is the growth per cycle from the third cycle on (a
 least-squares slope), which on TensorFlow is what XLA's compilation cache keeps of each compiled
@@ -31,9 +32,13 @@ import keras
 import numpy as np
 
 import keras_bsgd
+from keras_bsgd.benchmarks import kept_memory
 from keras_bsgd.benchmarks.rss import peak_rss_bytes
 from keras_bsgd.benchmarks.rss import release_free_heap
 from keras_bsgd.benchmarks.rss import rss_bytes
+
+
+LABELS = {"sgd": "Keras SGD", "bsgd": "BackwardSGD"}
 
 
 def registered_custom_gradients():
@@ -156,7 +161,22 @@ def main(argv=None):
         "--compare", action="store_true",
         help="Keras SGD, then BackwardSGD, in this process (--cycles of each)",
     )
+    parser.add_argument(
+        "--where", action="store_true",
+        help="what each model keeps, by the code that allocated it (memray; --cycles tracked)",
+    )
     args = parser.parse_args(argv)
+    if args.where:
+        optimizers = ("sgd", "bsgd") if args.compare else (args.optimizer,)
+        print(kept_memory.report({
+            LABELS[name]: kept_memory.measure(
+                args.cycles, args.steps, None if args.exact else args.window,
+                optimizer=name, replay_every=args.replay_every,
+                xla_unit=args.xla_unit, jit=not args.no_xla,
+            )
+            for name in optimizers
+        }))
+        return
     if args.compare:
         kept = compare(
             args.cycles, args.steps, None if args.exact else args.window,
