@@ -88,3 +88,25 @@ def test_model_is_traced_a_fixed_number_of_times_whatever_the_window():
     # traces it a fixed number of times, so compile time is flat in w.
     assert model_traces_per_step_function(2) == model_traces_per_step_function(32)
     assert model_traces_per_step_function(None) <= model_traces_per_step_function(2)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_under_xla_the_steps_ops_record_no_library_frames(jit_compile):
+    """TensorFlow keeps what XLA-compiled ops record of their stacks for the process' life.
+
+    Under XLA the step's ops record the caller's frames only (`op_traces`),
+    which halved what each compiled model keeps (docs/performance.md,
+    "Memory"); without XLA nothing is kept, and error messages keep every frame.
+    """
+    from keras_bsgd.backend.tensorflow import step as step_module
+
+    model = keras_bsgd.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(
+        optimizer=keras_bsgd.BackwardSGD(0.1, window=2), loss="mse", jit_compile=jit_compile
+    )
+    x, y = np.ones((4, 3), "float32"), np.ones((4, 2), "float32")
+    model.fit(x, y, batch_size=4, verbose=0)
+    traced = tf.function(model.train_step, autograph=False)
+    graph = traced.get_concrete_function((tf.constant(x), tf.constant(y))).graph
+    frames = {frame.filename for op in graph.get_operations() for frame in op.traceback}
+    assert (step_module.__file__ in frames) is not jit_compile

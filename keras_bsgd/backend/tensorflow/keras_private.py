@@ -11,6 +11,12 @@ Used through the functions here:
   it under this name only.
 - `_DefaultDistributionStrategy`: the class name of "no strategy", which has
   no public class.
+- `tensorflow.python.util.tf_stack.StackTraceFilter`: leaves frames out of
+  the stacks TensorFlow records for traced ops, which it keeps for as long as
+  the process lives once XLA has compiled them (`op_traces`); TensorFlow's own
+  autograph filters its frames this way, with no public API.
+- `tensorflow.python.framework.ops.Operation.from_node_def`: the frame every
+  traced op's recorded stack passes through (`op_traces` keeps its file).
 
 Overridden, so they stay methods of `backend/tensorflow/trainer.py`:
 - `Trainer._maybe_symbolic_build(iterator, data_batch)`: builds the model
@@ -23,7 +29,17 @@ The core's private Keras names are in `keras_bsgd/keras_private.py`.
 or TensorFlow changes one.
 """
 
+import inspect
+
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.util.tf_stack import StackTraceFilter  # noqa: F401
+
 DEFAULT_STRATEGY_CLASS = "_DefaultDistributionStrategy"
+
+
+def op_creation_file():
+    """The source file of the frame through which TensorFlow creates every traced op."""
+    return inspect.getfile(tf_ops.Operation.from_node_def)
 
 
 def clip_gradients(optimizer, grads):

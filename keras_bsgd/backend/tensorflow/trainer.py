@@ -25,6 +25,7 @@ from keras_bsgd.backend.tensorflow import keras_private as tf_private
 from keras_bsgd import index_feed
 from keras_bsgd import keras_private
 from keras_bsgd import run_callback
+from keras_bsgd.backend.tensorflow import op_traces
 from keras_bsgd.backend.tensorflow import run_saving
 from keras_bsgd.backend.tensorflow import xla_units
 from keras_bsgd.backend.tensorflow.buffer import SavedBuffer
@@ -302,7 +303,12 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             # Nothing to replay: Keras' own step (loss, metrics, BatchNorm
             # statistics), as Keras trains a model without trainable weights.
             return super().train_step(self._gathered(optimizer, data))
-        return self._backward_step(optimizer, data, self._replicas or LocalReplicas())
+        return self._traced_step(optimizer, data, self._replicas or LocalReplicas())
+
+    def _traced_step(self, optimizer, data, replicas):
+        """`_backward_step`, its ops recording only the caller's frames under XLA (`op_traces`)."""
+        with op_traces.callers_frames_only(bool(self.jit_compile)):
+            return self._backward_step(optimizer, data, replicas)
 
     def _gathered(self, optimizer, data):
         """`data`, or with index buffering the batch its example indices point to."""
@@ -411,7 +417,8 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             return None
 
         def replay_to_current_step():
-            return self._replay_step(optimizer, replicas)
+            with op_traces.callers_frames_only(bool(self.jit_compile)):
+                return self._replay_step(optimizer, replicas)
 
         if self.run_eagerly:
             return replay_to_current_step
@@ -444,7 +451,7 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
         replicas = MirroredReplicas(strategy, jit_gradients=bool(self.jit_compile))
         self._replicas = replicas
         step = tf.function(
-            lambda data: self._backward_step(optimizer, data, replicas),
+            lambda data: self._traced_step(optimizer, data, replicas),
             reduce_retracing=True,
             autograph=False,
         )
