@@ -10,12 +10,8 @@ process keeps of each compiled program for as long as it lives (docs/performance
 Usage: `python -m keras_bsgd.benchmarks.leak --where [--compare] [...]`.
 """
 
-import collections
-import gc
 import os
 import tempfile
-
-import keras
 
 # The innermost frame of a known component names an allocation's owner;
 # stack traces are named first, whatever code froze them.
@@ -79,24 +75,19 @@ def measure(cycles=3, steps=20, window=4, **settings):
     from keras_bsgd.benchmarks import leak
 
     leak.one_cycle(steps, window, **settings)
-    _release()
+    leak.settled_rss()
     kept = dict.fromkeys(CATEGORIES, 0.0)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "cycles.bin")
         with memray.Tracker(path, native_traces=True):
             for _ in range(cycles):
                 leak.one_cycle(steps, window, **settings)
-                _release()
+                leak.settled_rss()
         reader = memray.FileReader(path)
         for record in reader.get_leaked_allocation_records(merge_threads=True):
             frames = [frame[0] for frame in record.native_stack_trace()]
             kept[category(frames)] += record.size / 2**20 / cycles
     return kept
-
-
-def _release():
-    keras.backend.clear_session()
-    gc.collect()
 
 
 def report(kept_by_label):
