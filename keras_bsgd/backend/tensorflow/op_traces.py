@@ -2,14 +2,12 @@
 
 TensorFlow records the Python stack of every op it traces. When XLA compiles a
 function, TensorFlow freezes each op's stack into strings and keeps them for as
-long as the process lives, as it keeps the compiled program (docs/performance.md,
-"Memory"): with every frame, that was half of what each compiled backward-SGD
-model left behind. Its ops are made through tf.function, Keras and keras_bsgd
-frames that tell a user nothing (TensorFlow hides its own frames from error
-messages already), so the step is traced with those frames left out. The caller's
-frames stay, a user's own layers included; so does the innermost frame, in
-TensorFlow's `ops.py`, which every op's recorded stack passes through: a stack
-with no frame left would crash TensorFlow.
+long as the process lives, as it keeps the compiled program: with every frame,
+that was half of what each compiled backward-SGD model left behind
+(docs/performance.md, "Memory"). The step's ops are made through tf.function,
+Keras and keras_bsgd frames that tell a user nothing, so under XLA they are
+traced with those frames left out; the caller's frames stay, a user's own layers
+included.
 """
 
 import contextlib
@@ -49,11 +47,12 @@ class _LibraryFrames(tf_private.StackTraceFilter):
 def callers_frames_only(enabled=True):
     """A context in which traced ops record no TensorFlow, Keras or keras_bsgd frame.
 
-    Two files keep their frames: TensorFlow's `ops.py`, whose innermost frames
-    TensorFlow drops from every recorded stack itself (`StackTraceFilter`'s
-    contract), and the file of the code that enters the context, which is on
-    the stack of every op made inside it. So no op is left without a frame,
-    whatever calls the step.
+    Two files keep their frames, so that no op is left without one (which
+    crashes TensorFlow): TensorFlow's `ops.py`, whose three frames that create
+    an op are the innermost ones TensorFlow skips in every recorded stack (it
+    skips frames that the filter keeps: without them it would skip three of
+    the caller's), and the file of the code that enters the context, which is
+    on the stack of every op made inside it.
 
     Args:
         enabled: False: a context that changes nothing.
