@@ -10,7 +10,6 @@ traced with those frames left out; the caller's frames stay, a user's own layers
 included.
 """
 
-import contextlib
 import os
 import sys
 
@@ -44,31 +43,35 @@ class _LibraryFrames(tf_private.StackTraceFilter):
         return library_files() - self._kept
 
 
-def callers_frames_only(enabled=True):
-    """A context in which traced ops record no TensorFlow, Keras or keras_bsgd frame.
+def call_with_callers_frames(fn, *args, enabled=True):
+    """`fn(*args)`, its traced ops recording no TensorFlow, Keras or keras_bsgd frame.
 
     Two files keep their frames, so that no op is left without one (which
     crashes TensorFlow): TensorFlow's `ops.py`, whose three frames that create
     an op are the innermost ones TensorFlow skips in every recorded stack (it
     skips frames that the filter keeps: without them it would skip three of
-    the caller's), and the file of the code that enters the context, which is
-    on the stack of every op made inside it.
+    the caller's), and this one, whose frame calling `fn` is on the stack of
+    every op `fn` makes.
 
     Args:
-        enabled: False: a context that changes nothing.
+        fn: What to call.
+        *args: Its arguments.
+        enabled: False: `fn(*args)`, recording every frame.
+
+    Returns:
+        What `fn` returns.
 
     Example:
 
     >>> @tf.function
     ... def f():
-    ...     with callers_frames_only():
-    ...         return keras.ops.add(tf.ones(2), 1.0)
+    ...     return call_with_callers_frames(keras.ops.add, tf.ones(2), 1.0)
     >>> graph = f.get_concrete_function().graph
     >>> files = {frame.filename for op in graph.get_operations() for frame in op.traceback}
     >>> keras.src.ops.numpy.__file__ in files
     False
     """
     if not enabled:
-        return contextlib.nullcontext()
-    entering = sys._getframe(1).f_code.co_filename
-    return _LibraryFrames(frozenset((tf_private.op_creation_file(), entering)))
+        return fn(*args)
+    with _LibraryFrames(frozenset((tf_private.op_creation_file(), __file__))):
+        return fn(*args)

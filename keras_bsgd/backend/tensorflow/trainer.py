@@ -307,8 +307,9 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
 
     def _traced_step(self, optimizer, data, replicas):
         """`_backward_step`, its ops recording only the caller's frames under XLA (`op_traces`)."""
-        with op_traces.callers_frames_only(bool(self.jit_compile)):
-            return self._backward_step(optimizer, data, replicas)
+        return op_traces.call_with_callers_frames(
+            self._backward_step, optimizer, data, replicas, enabled=bool(self.jit_compile)
+        )
 
     def _gathered(self, optimizer, data):
         """`data`, or with index buffering the batch its example indices point to."""
@@ -417,8 +418,9 @@ class ReplayTrainer(ReplayTrainerBase, BackwardStep):
             return None
 
         def replay_to_current_step():
-            with op_traces.callers_frames_only(bool(self.jit_compile)):
-                return self._replay_step(optimizer, replicas)
+            return op_traces.call_with_callers_frames(
+                self._replay_step, optimizer, replicas, enabled=bool(self.jit_compile)
+            )
 
         if self.run_eagerly:
             return replay_to_current_step
